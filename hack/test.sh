@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test. Privileged tests (network namespaces, BPF) run as root and
+# skip otherwise; MESHBED_REQUIRE_PRIVILEGED=1 turns such a skip into a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hack/deps.sh
+
+go vet ./...
+# Packages run one at a time: the privileged tests build network namespaces
+# and embedded etcd servers, and the machines are small.
+go test -p 1 -count=1 -timeout 40m ./... "$@"
+# Every benchmark once, so they cannot rot.
+go test -p 1 -count=1 -run '^$' -bench . -benchtime 1x -timeout 20m ./... >/dev/null
