@@ -1,0 +1,229 @@
+// Package kvstore is the mesh's access layer to etcd: a connection with a
+// custom dialer and a bounded health signal, a Writer that owns a set of
+// leased keys, and a Reader that mirrors a prefix into events.
+//
+// The three consumers use it as follows:
+//
+//   - mesh-apiserver: one Writer on its own (ephemeral) etcd. It upserts its
+//     cluster's nodes, services, ipcache entries and identities, calls
+//     Writer.Synced for each prefix once the initial set is enqueued (which
+//     prunes leftovers and then writes the sync canary), and upserts the
+//     cluster-config and heartbeat keys.
+//   - kvstoremesh: per remote cluster, a Client dialled to the remote etcd,
+//     one Reader per remote prefix (waiting for the remote canary), and a
+//     Writer on the local etcd that copies every event under the cache prefix
+//     and writes the cached cluster-config and canaries. A Health on the remote
+//     Client tells it when the remote cluster is lost.
+//   - agent: Readers (on the remote etcd directly, or on the local cache) whose
+//     events it decodes with package wire, plus a Health to withdraw the
+//     cluster's backends within a bounded time when it becomes unreachable.
+//
+// Every component runs in Run(ctx) and stops when ctx is done; none logs
+// except through the *slog.Logger it is given.
+package kvstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+)
+
+// Defaults of Config. Keepalive is what bounds the detection of a silently
+// dead connection (black-holed partition): Time+Timeout must stay well below
+// the health bound.
+const (
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultKeepAliveTime    = time.Second
+	DefaultKeepAliveTimeout = time.Second
+	DefaultRequestTimeout   = 5 * time.Second
+)
+
+// Config describes how to reach one etcd cluster.
+type Config struct {
+	// Endpoints are etcd client URLs, e.g. "https://10.0.0.1:2379".
+	Endpoints []string
+	// TLS, when set, is used for every endpoint (mTLS: put the client
+	// certificate in it). Nil means plaintext.
+	TLS *tls.Config
+	// Username and Password authenticate with etcd's auth, if enabled.
+	Username, Password string
+
+	// DialTimeout bounds the initial connection; zero means
+	// DefaultDialTimeout. Connect does not fail when the server is down: the
+	// connection is retried in the background and Health reports it.
+	DialTimeout time.Duration
+	// KeepAliveTime and KeepAliveTimeout set the gRPC keepalive pings that
+	// detect a dead transport; zero means the defaults above.
+	KeepAliveTime, KeepAliveTimeout time.Duration
+	// RequestTimeout bounds the one-shot requests of Client (Get, Put, ...)
+	// when the caller's context has no earlier deadline; zero means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+
+	// Dialer, when set, opens every transport connection (for instance from
+	// inside a network namespace in the simulator). addr is "host:port".
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// DialOptions are appended to the gRPC dial options, after Dialer.
+	DialOptions []grpc.DialOption
+
+	// Logger receives the package's diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// Client is a connection to one etcd cluster. It is safe for concurrent use;
+// Writers, Readers and Health built on it share its single gRPC connection.
+type Client struct {
+	etcd   *clientv3.Client
+	cfg    Config
+	logger *slog.Logger
+}
+
+// Connect creates a Client. It does not wait for the server: an unreachable
+// etcd is not an error here (readers and writers retry, Health reports it).
+// It fails only on an invalid Config.
+func Connect(ctx context.Context, cfg Config) (*Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("connect to etcd: no endpoints")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.KeepAliveTime <= 0 {
+		cfg.KeepAliveTime = DefaultKeepAliveTime
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var dialOpts []grpc.DialOption
+	if cfg.Dialer != nil {
+		dialOpts = append(dialOpts, grpc.WithContextDialer(cfg.Dialer))
+	}
+	dialOpts = append(dialOpts, cfg.DialOptions...)
+	ec, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		TLS:                  cfg.TLS,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    cfg.KeepAliveTime,
+		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
+		// Keepalive must also run while no stream is open, or a dead
+		// transport would only be noticed by the next request.
+		PermitWithoutStream: true,
+		DialOptions:         dialOpts,
+		Context:             ctx,
+		// The etcd client logs through zap; this package logs through slog
+		// only, so the client's own chatter is dropped.
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return &Client{etcd: ec, cfg: cfg, logger: logger}, nil
+}
+
+// Close closes the connection. Components still running on the Client see
+// their requests fail and should be stopped first.
+func (c *Client) Close() error {
+	if err := c.etcd.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("close etcd client: %w", err)
+	}
+	return nil
+}
+
+// Etcd returns the underlying etcd client, for what this package does not
+// cover (tests, diagnostics). Leases and watches opened on it are the
+// caller's to manage.
+func (c *Client) Etcd() *clientv3.Client { return c.etcd }
+
+// Endpoints returns the configured endpoints.
+func (c *Client) Endpoints() []string { return c.cfg.Endpoints }
+
+func (c *Client) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < c.cfg.RequestTimeout {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.cfg.RequestTimeout)
+}
+
+// Get reads one key (linearizable). found is false when the key does not exist.
+func (c *Client) Get(ctx context.Context, key string) (value []byte, found bool, err error) {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, key)
+	if err != nil {
+		return nil, false, fmt.Errorf("get %q: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, false, nil
+	}
+	return resp.Kvs[0].Value, true, nil
+}
+
+// List reads every key under prefix (a trailing "/" is added if missing, so
+// "cluster1" never matches "cluster10") and the store revision of the read.
+func (c *Client) List(ctx context.Context, prefix string) (kvs map[string][]byte, revision int64, err error) {
+	prefix = DirPrefix(prefix)
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %q: %w", prefix, err)
+	}
+	kvs = make(map[string][]byte, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		kvs[string(kv.Key)] = kv.Value
+	}
+	return kvs, resp.Header.Revision, nil
+}
+
+// Put writes key without a lease: it stays until deleted. Owners of state
+// use a Writer instead; Put is for tools and tests.
+func (c *Client) Put(ctx context.Context, key string, value []byte) error {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	if _, err := c.etcd.Put(ctx, key, string(value)); err != nil {
+		return fmt.Errorf("put %q: %w", key, err)
+	}
+	return nil
+}
+
+// Delete removes key; deleting a missing key is not an error.
+func (c *Client) Delete(ctx context.Context, key string) error {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	if _, err := c.etcd.Delete(ctx, key); err != nil {
+		return fmt.Errorf("delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// WaitKey blocks until key exists and returns its value. It retries across
+// connection errors until ctx is done (used to wait for sync canaries and
+// cluster-config).
+func (c *Client) WaitKey(ctx context.Context, key string) ([]byte, error) {
+	panic("not implemented")
+}
+
+// DirPrefix returns prefix with exactly one trailing "/", the form every
+// watch and list uses so that "cluster1" never matches "cluster10".
+func DirPrefix(prefix string) string {
+	return strings.TrimRight(prefix, "/") + "/"
+}
