@@ -1,0 +1,478 @@
+// Package scenarios is the scenario file format meshbed.io/v1alpha1 (see
+// shared/SCENARIOS.md): the typed form of a scenario, its strict decoder and
+// validator, and the results of a run (report.json, report.html and the
+// terminal progress lines).
+//
+// A scenario file is decoded and checked completely before anything starts:
+// Load returns either a Scenario in which every reference resolves and every
+// value is typed (durations, rates, share and count matchers, parsed
+// manifests), or every problem found at once, each formatted
+//
+//	FILE: step N (NAME): FIELD: what is wrong
+//	FILE: spec.topology.clusters[1].id: what is wrong
+//
+// so that a user fixes a file in one pass. The engine that executes steps
+// works on these types only and never sees YAML.
+//
+// # Value grammar
+//
+// Durations are Go durations with a unit ("5s", "500ms", "1m30s"); a bare
+// number is rejected because its unit would be a guess.
+//
+// Matchers (expect.responses values, expect.errors, kvstore count):
+//
+//	matcher = [op] amount
+//	op      = ">=" | "<=" | ">" | "<" | "=" | "=="     (none means equal)
+//	amount  = count | share
+//	count   = digits                                  a number of requests
+//	share   = digits ["." 1*3digits] "%"              0% to 100%
+//
+// A YAML number (0, 52) is a count. Spaces around op are allowed. A value
+// that begins with ">" must be quoted in YAML (">=25%"), since a bare ">"
+// starts a folded block. expect.errors also accepts "all": every request
+// failed (what a policy denial looks like), and at least one was made. A
+// kvstore count accepts counts only.
+//
+// A response share is the share of the successful responses that a cluster
+// answered (failures are not in the denominator); with no successful
+// response every share is 0%. An errors share is failed requests over all
+// requests.
+//
+// Rates (traffic.rate) are "N/UNIT" or "N/DURATION": a positive integer
+// number of requests per period, e.g. "50/s", "600/m", "5/100ms". The
+// resulting interval between two requests must be at least 1ms.
+package scenarios
+
+import (
+	"fmt"
+	"net/netip"
+	"net/url"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// APIVersion and Kind identify a scenario file.
+const (
+	APIVersion = "meshbed.io/v1alpha1"
+	Kind       = "Scenario"
+)
+
+// Limits of the format.
+const (
+	// MaxClusterID is the largest cluster ID: the mesh splits identities
+	// for 255 clusters (DESIGN.md §3).
+	MaxClusterID = 255
+	// MaxClusterNameLen is the longest cluster name.
+	MaxClusterNameLen = 32
+	// MaxNodes is the most nodes a simulated cluster may have.
+	MaxNodes = 256
+	// DefaultNodes is the node count of a cluster that does not say.
+	DefaultNodes = 2
+	// DefaultCurlCount and DefaultTimeout are the curl and traffic
+	// defaults.
+	DefaultCurlCount = 10
+	DefaultTimeout   = time.Second
+	// MinRateInterval bounds a traffic stream's rate from above.
+	MinRateInterval = time.Millisecond
+	// DefaultNamespace is the namespace of namespaced objects and
+	// references that do not name one.
+	DefaultNamespace = "default"
+)
+
+// Scenario is a decoded and validated scenario file.
+type Scenario struct {
+	// File is the path the scenario was loaded from, as given.
+	File        string
+	Name        string
+	Description string
+	// Seed drives every random choice of a run except load balancing.
+	// Zero when the file does not set it.
+	Seed      int64
+	Topology  Topology
+	Manifests []Manifest
+	Steps     []Step
+}
+
+// Routing is how pod traffic crosses nodes and clusters.
+type Routing string
+
+const (
+	RoutingTunnel Routing = "tunnel" // VXLAN, the default
+	RoutingNative Routing = "native"
+)
+
+// RemoteLoss is what an agent does with a remote cluster's backends once it
+// has lost its connection to that cluster (DESIGN.md §4).
+type RemoteLoss string
+
+const (
+	// RemoteLossWithdraw takes the backends out of load balancing and keeps
+	// identities and ipcache entries. The default.
+	RemoteLossWithdraw RemoteLoss = "withdraw"
+	// RemoteLossFailStatic keeps everything, as Cilium does.
+	RemoteLossFailStatic RemoteLoss = "fail-static"
+)
+
+// Topology is the simulated mesh. Defaults are filled in by the decoder.
+type Topology struct {
+	Routing     Routing
+	KVStoreMesh bool
+	RemoteLoss  RemoteLoss
+	Clusters    []Cluster
+	// Connections lists the connected cluster pairs, each pair once, in
+	// file order; when the file has no connections list it holds every
+	// pair (a full mesh). An explicit empty list connects nothing.
+	Connections [][2]string
+}
+
+// Cluster is one simulated cluster.
+type Cluster struct {
+	Name string
+	ID   int
+	// Nodes is the number of nodes, named node-1..node-N.
+	Nodes int
+	// PodCIDR and ServiceCIDR default to 10.<id>.0.0/16 and 10.0.<id>.0/24,
+	// so that defaults of distinct IDs never overlap.
+	PodCIDR     netip.Prefix
+	ServiceCIDR netip.Prefix
+}
+
+// NodeNames returns node-1..node-N.
+func (c Cluster) NodeNames() []string {
+	names := make([]string, c.Nodes)
+	for i := range names {
+		names[i] = NodeName(i + 1)
+	}
+	return names
+}
+
+// NodeName is the name of a cluster's i-th node, counting from 1.
+func NodeName(i int) string { return fmt.Sprintf("node-%d", i) }
+
+// DefaultPodCIDR and DefaultServiceCIDR are the CIDRs of a cluster that does
+// not set them.
+func DefaultPodCIDR(id int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(id), 0, 0}), 16)
+}
+
+// DefaultServiceCIDR: see DefaultPodCIDR.
+func DefaultServiceCIDR(id int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(id), 0}), 24)
+}
+
+// Cluster returns the cluster with that name.
+func (t *Topology) Cluster(name string) (Cluster, bool) {
+	for _, c := range t.Clusters {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Cluster{}, false
+}
+
+// Connected reports whether clusters a and b see each other.
+func (t *Topology) Connected(a, b string) bool {
+	for _, p := range t.Connections {
+		if (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Manifest is a set of Kubernetes objects applied to some clusters, in order.
+type Manifest struct {
+	Clusters []string
+	// File is the manifest file as written in the scenario (relative to
+	// the scenario file), or empty for inline objects.
+	File    string
+	Objects []Object
+}
+
+// Object is one Kubernetes object of a supported kind.
+type Object struct {
+	APIVersion string
+	Kind       string
+	// Namespace is empty for cluster-scoped kinds (Namespace) and defaults
+	// to "default" for the others.
+	Namespace string
+	Name      string
+	// Object is the decoded object with its namespace (and a Deployment's
+	// replicas, 1) defaulted: *corev1.Namespace, *corev1.Service,
+	// *corev1.ConfigMap, *appsv1.Deployment, *networkingv1.NetworkPolicy,
+	// or *unstructured.Unstructured for a CiliumNetworkPolicy (cilium.io/v2),
+	// whose rules the policy code interprets.
+	Object runtime.Object
+	// JSON is Object encoded as JSON.
+	JSON []byte
+}
+
+// Step is one step of a scenario: exactly one of the action fields is set.
+// Stop, Start and Restart share their fields (Process).
+type Step struct {
+	// Index counts steps from 1, as error messages and reports do.
+	Index int
+	// Name defaults to the action's name.
+	Name string
+
+	Apply       *Apply
+	Delete      *Delete
+	Scale       *Scale
+	Annotate    *Annotate
+	Curl        *Curl
+	Traffic     *Traffic
+	StopTraffic *StopTraffic
+	Partition   *Partition
+	Heal        *Heal
+	Stop        *Stop
+	Start       *Start
+	Restart     *Restart
+	Wait        *Wait
+
+	Expect Expect
+}
+
+// Action is implemented by every action type.
+type Action interface {
+	// ActionName is the action's key in a scenario file ("curl",
+	// "stopTraffic"), also used in reports.
+	ActionName() string
+}
+
+// Action returns the step's action, nil only for a Step not made by the
+// decoder.
+func (s *Step) Action() Action {
+	// A typed nil pointer in an interface is not nil, hence one case each.
+	switch {
+	case s.Apply != nil:
+		return s.Apply
+	case s.Delete != nil:
+		return s.Delete
+	case s.Scale != nil:
+		return s.Scale
+	case s.Annotate != nil:
+		return s.Annotate
+	case s.Curl != nil:
+		return s.Curl
+	case s.Traffic != nil:
+		return s.Traffic
+	case s.StopTraffic != nil:
+		return s.StopTraffic
+	case s.Partition != nil:
+		return s.Partition
+	case s.Heal != nil:
+		return s.Heal
+	case s.Stop != nil:
+		return s.Stop
+	case s.Start != nil:
+		return s.Start
+	case s.Restart != nil:
+		return s.Restart
+	case s.Wait != nil:
+		return s.Wait
+	}
+	return nil
+}
+
+// Apply creates or updates objects, like kubectl apply.
+type Apply struct{ Manifest }
+
+// Delete deletes one object.
+type Delete struct {
+	Cluster string
+	// Kind is one of the supported kinds (Namespace, Deployment, Service,
+	// ConfigMap, CiliumNetworkPolicy, NetworkPolicy).
+	Kind string
+	// Namespace is empty for a Namespace and defaults to "default".
+	Namespace string
+	Name      string
+}
+
+// Scale sets a deployment's replicas, like kubectl scale.
+type Scale struct {
+	Cluster    string
+	Namespace  string
+	Deployment string
+	Replicas   int
+}
+
+// Annotate sets or removes annotations of a service, like kubectl annotate.
+type Annotate struct {
+	Cluster   string
+	Namespace string
+	Service   string
+	// Annotations maps a key to its new value; nil removes the key.
+	Annotations map[string]*string
+}
+
+// Workload names a deployment in a cluster: curl and traffic pick one of
+// its ready pods.
+type Workload struct {
+	Cluster    string
+	Namespace  string
+	Deployment string
+}
+
+// String formats w as the scenario file does: cluster/deployment, with the
+// namespace in the middle when it is not "default".
+func (w Workload) String() string {
+	if w.Namespace == DefaultNamespace {
+		return w.Cluster + "/" + w.Deployment
+	}
+	return w.Cluster + "/" + w.Namespace + "/" + w.Deployment
+}
+
+// Curl makes Count sequential requests from one pod of From.
+type Curl struct {
+	From    Workload
+	URL     *url.URL
+	Count   int
+	Timeout time.Duration
+}
+
+// Traffic starts a background stream of requests, one every
+// Rate.Interval(), until a StopTraffic of the same name.
+type Traffic struct {
+	Name    string
+	From    Workload
+	URL     *url.URL
+	Rate    Rate
+	Timeout time.Duration
+}
+
+// StopTraffic stops a stream; the stream's whole record is the step's result.
+type StopTraffic struct{ Name string }
+
+// Plane is what a partition cuts.
+type Plane string
+
+const (
+	// PlaneBoth cuts everything between the groups, as a real network
+	// partition does. The default.
+	PlaneBoth Plane = "both"
+	// PlaneData cuts pod and node traffic only.
+	PlaneData Plane = "data"
+	// PlaneControl cuts only connections between mesh control-plane
+	// components of different clusters.
+	PlaneControl Plane = "control"
+)
+
+// Member is a member of a partition group: a whole cluster (Node empty) or
+// one node of it.
+type Member struct {
+	Cluster string
+	Node    string
+}
+
+func (m Member) String() string {
+	if m.Node == "" {
+		return m.Cluster
+	}
+	return m.Cluster + "/" + m.Node
+}
+
+// Partition cuts the network between groups. Members not in any group keep
+// their connectivity. No member appears twice, and a cluster never appears
+// both whole and by node.
+type Partition struct {
+	Groups [][]Member
+	Plane  Plane
+	// OneWay cuts only traffic from the first group to the others.
+	OneWay bool
+}
+
+// Heal removes every partition.
+type Heal struct{}
+
+// Component is a process that stop, start and restart act on.
+type Component string
+
+const (
+	// ComponentAPIServer is a cluster's mesh-apiserver; stopping it also
+	// stops its etcd.
+	ComponentAPIServer   Component = "apiserver"
+	ComponentKVStoreMesh Component = "kvstoremesh"
+	ComponentAgent       Component = "agent"
+)
+
+// Process names one process: Node is set for agents only.
+type Process struct {
+	Component Component
+	Cluster   string
+	Node      string
+}
+
+// Stop, Start and Restart are process-level faults.
+type (
+	Stop    struct{ Process }
+	Start   struct{ Process }
+	Restart struct{ Process }
+)
+
+// Wait sleeps.
+type Wait struct{ Duration time.Duration }
+
+func (*Apply) ActionName() string       { return "apply" }
+func (*Delete) ActionName() string      { return "delete" }
+func (*Scale) ActionName() string       { return "scale" }
+func (*Annotate) ActionName() string    { return "annotate" }
+func (*Curl) ActionName() string        { return "curl" }
+func (*Traffic) ActionName() string     { return "traffic" }
+func (*StopTraffic) ActionName() string { return "stopTraffic" }
+func (*Partition) ActionName() string   { return "partition" }
+func (*Heal) ActionName() string        { return "heal" }
+func (*Stop) ActionName() string        { return "stop" }
+func (*Start) ActionName() string       { return "start" }
+func (*Restart) ActionName() string     { return "restart" }
+func (*Wait) ActionName() string        { return "wait" }
+
+// Expect holds a step's expectations; the zero value expects nothing.
+type Expect struct {
+	// Within, when non-zero, retries the action (or re-checks state
+	// expectations) until every expectation holds, for at most this long.
+	Within time.Duration
+	// Responses maps a cluster name to the share or count of successful
+	// responses it must have answered (curl, stopTraffic).
+	Responses map[string]Matcher
+	// Errors bounds the failed requests (curl, stopTraffic).
+	Errors *Matcher
+	// MaxOutage bounds the longest stretch in which every request failed
+	// (stopTraffic).
+	MaxOutage *time.Duration
+	// Backends and KVStore are state expectations (any step). The file may
+	// give one object or a list.
+	Backends []BackendsExpect
+	KVStore  []KVStoreExpect
+}
+
+// IsZero reports whether e expects nothing.
+func (e *Expect) IsZero() bool {
+	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
+		e.Backends == nil && e.KVStore == nil
+}
+
+// BackendsExpect: on every node of Cluster, the datapath's service map holds
+// backends for the service from exactly the clusters From (empty: none).
+type BackendsExpect struct {
+	Cluster   string
+	Namespace string
+	Service   string
+	// From is sorted and free of duplicates.
+	From []string
+}
+
+// KVStoreExpect reads Cluster's mesh-apiserver etcd. Either Key is set (with
+// Exists, and JSON when Exists), or Prefix with Count.
+type KVStoreExpect struct {
+	Cluster string
+
+	Key    string
+	Exists bool
+	// JSON, when non-nil, must be a subset of the key's value: see
+	// MatchJSONSubset.
+	JSON any
+
+	Prefix string
+	Count  *Matcher
+}
