@@ -181,13 +181,13 @@ func ParseKey(key string) (Key, error) {
 		s := strings.Join(elems, "/")
 		if strings.Contains(s, "/") {
 			p, err := netip.ParsePrefix(s)
-			if err != nil || p.String() != s {
+			if err != nil || p.Addr().Is4In6() || p.Masked() != p || p.String() != s {
 				return k, fmt.Errorf("key %q: %q is not a canonical prefix", key, s)
 			}
 			k.Prefix, k.IsCIDR = p, true
 		} else {
 			a, err := netip.ParseAddr(s)
-			if err != nil || a.Zone() != "" || a.String() != s {
+			if err != nil || a.Zone() != "" || a.Is4In6() || a.String() != s {
 				return k, fmt.Errorf("key %q: %q is not a canonical IP address", key, s)
 			}
 			k.Prefix = netip.PrefixFrom(a, a.BitLen())

@@ -1,0 +1,45 @@
+package etcdtest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestStartRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	s := Start(t)
+	t.Logf("started in %v", time.Since(start))
+	c := s.Client()
+	if _, err := c.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	eps := s.Endpoints()[0]
+
+	start = time.Now()
+	s.Restart()
+	t.Logf("restarted in %v", time.Since(start))
+	if s.Endpoints()[0] != eps {
+		t.Errorf("endpoint changed: %s -> %s", eps, s.Endpoints()[0])
+	}
+	// The same client reconnects and finds the store empty.
+	resp, err := c.Get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("key survived restart: %v", resp.Kvs)
+	}
+
+	s.Stop()
+	if s.Running() {
+		t.Error("Running after Stop")
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if _, err := c.Get(short, "k"); err == nil {
+		t.Error("Get succeeded on a stopped server")
+	}
+}
