@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * conntrack.h: connection tracking. It answers one question per packet and
+ * scope: does this packet open a connection (NEW), continue one in the
+ * direction it was opened (ESTABLISHED), or answer one (REPLY)? Replies skip
+ * policy, and replies to service connections are reverse-NATed.
+ *
+ * Scopes keep the two ends of a pod-to-pod connection on the same node apart:
+ * the client's egress entry must not make the server's ingress policy think
+ * the connection was already allowed.
+ *
+ * There is no garbage collector: expired entries read as missing and are
+ * overwritten, and the LRU map evicts the least recently used when full.
+ */
+#pragma once
+
+#include "abi.h"
+#include "maps.h"
+#include "packet.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define CT_LIFETIME_TCP (21600ULL * NSEC_PER_SEC)  /* established TCP */
+#define CT_LIFETIME_OTHER (60ULL * NSEC_PER_SEC)   /* UDP, ICMP, unanswered SYN */
+#define CT_LIFETIME_CLOSING (10ULL * NSEC_PER_SEC) /* after FIN or RST */
+/* last_seen is refreshed at most this often: writing a shared cache line on
+ * every packet costs more than the precision is worth. */
+#define CT_REFRESH_INTERVAL (1ULL * NSEC_PER_SEC)
+
+enum ct_status {
+	CT_NEW = 0,
+	CT_ESTABLISHED = 1,
+	CT_REPLY = 2,
+};
+
+static __always_inline void ct_key_from(struct ct_key *k, const struct pkt *p, __u8 scope,
+					bool reverse)
+{
+	if (reverse) {
+		k->saddr = p->daddr;
+		k->daddr = p->saddr;
+		k->sport = p->dport;
+		k->dport = p->sport;
+	} else {
+		k->saddr = p->saddr;
+		k->daddr = p->daddr;
+		k->sport = p->sport;
+		k->dport = p->dport;
+	}
+	k->proto = p->proto;
+	k->scope = scope;
+	k->pad = 0;
+}
+
+static __always_inline bool ct_expired(const struct ct_entry *e, __u8 proto, __u64 now)
+{
+	__u64 lifetime = CT_LIFETIME_OTHER;
+
+	if (e->flags & CT_F_CLOSING)
+		lifetime = CT_LIFETIME_CLOSING;
+	else if (proto == IPPROTO_TCP && (e->flags & CT_F_REPLY_SEEN))
+		lifetime = CT_LIFETIME_TCP;
+	return now - e->last_seen > lifetime;
+}
+
+/* ct_touch records activity on an entry the packet matched. */
+static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, bool reply, __u64 now)
+{
+	__u8 flags = e->flags;
+
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		flags |= CT_F_CLOSING;
+	else if (p->tcp_flags & TCP_FLAG_SYN && !(p->tcp_flags & TCP_FLAG_ACK))
+		/* a new SYN on a closing tuple reuses it for a new connection */
+		flags &= ~(CT_F_CLOSING | CT_F_REPLY_SEEN);
+	if (reply)
+		flags |= CT_F_REPLY_SEEN;
+	if (flags != e->flags)
+		e->flags = flags;
+	if (now - e->last_seen > CT_REFRESH_INTERVAL)
+		e->last_seen = now;
+}
+
+/* ct_lookup classifies p in the forward scope fwd_scope; a reply is looked
+ * for in rev_scope (the scope in which the other end opened it). On REPLY,
+ * *entry points to the opening side's entry (for reverse NAT). */
+static __always_inline enum ct_status ct_lookup(const struct pkt *p, __u8 fwd_scope, __u8 rev_scope,
+						struct ct_entry **entry)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+	__u64 now = bpf_ktime_get_ns();
+
+	ct_key_from(&k, p, fwd_scope, false);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && !ct_expired(e, p->proto, now)) {
+		ct_touch(e, p, false, now);
+		*entry = e;
+		return CT_ESTABLISHED;
+	}
+	ct_key_from(&k, p, rev_scope, true);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && !ct_expired(e, p->proto, now)) {
+		ct_touch(e, p, true, now);
+		*entry = e;
+		return CT_REPLY;
+	}
+	*entry = NULL;
+	return CT_NEW;
+}
+
+static __always_inline void ct_create(const struct pkt *p, __u8 scope, __u32 backend_id,
+				      __u16 rev_nat_id)
+{
+	struct ct_key k;
+	struct ct_entry e = {
+		.last_seen = bpf_ktime_get_ns(),
+		.backend_id = backend_id,
+		.rev_nat_id = rev_nat_id,
+	};
+
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		e.flags = CT_F_CLOSING;
+	ct_key_from(&k, p, scope, false);
+	/* An LRU map evicts rather than fails; if it still fails the packet
+	 * goes on untracked and the next one tries again. */
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * packet.h parses the headers the datapath decides on and rewrites addresses
+ * and ports for NAT. Headers are copied with bpf_skb_load_bytes rather than
+ * read in place: it works on non-linear skbs (GRO'd packets from the overlay)
+ * and keeps the verifier out of variable-offset bounds checks, at the price
+ * of a small copy. IPv4 only.
+ */
+#pragma once
+
+#include "abi.h"
+#include "proto.h"
+#include <bpf_helpers.h>
+#include <bpf_endian.h>
+
+struct pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport; /* 0 when the protocol has no ports or for later fragments */
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u16 l4_off;
+	bool has_ports;
+};
+
+#define PARSE_OK 0
+#define PARSE_NOT_IPV4 1
+#define PARSE_MALFORMED 2
+
+static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
+{
+	struct iphdr ip;
+	__u32 ihl;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	ihl = (ip.ihl_version & 0x0f) * 4;
+	if ((ip.ihl_version >> 4) != 4 || ihl < sizeof(ip))
+		return PARSE_MALFORMED;
+
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->l4_off = ETH_HLEN + ihl;
+	p->sport = 0;
+	p->dport = 0;
+	p->tcp_flags = 0;
+	p->has_ports = false;
+
+	/* Later fragments carry no L4 header: they are handled on addresses
+	 * alone (port 0 in policy), a known limitation. */
+	if (ip.frag_off & bpf_htons(IP_OFFSET))
+		return PARSE_OK;
+
+	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return PARSE_MALFORMED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->has_ports = true;
+	}
+	if (ip.protocol == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, p->l4_off + offsetof(struct tcphdr, flags),
+				       &p->tcp_flags, 1) < 0)
+			return PARSE_MALFORMED;
+	}
+	return PARSE_OK;
+}
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+
+/* nat_rewrite replaces the source (dst == false) or destination address and
+ * port, fixing the IP checksum and the TCP/UDP checksum incrementally. The
+ * csum helpers also handle CHECKSUM_PARTIAL skbs from veth, where only the
+ * pseudo-header part of the checksum is in the packet. A UDP checksum of 0
+ * means "none" and is left alone (BPF_F_MARK_MANGLED_0). */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, bool dst,
+				       __be32 addr, __be16 port)
+{
+	__be32 old_addr = dst ? p->daddr : p->saddr;
+	__be16 old_port = dst ? p->dport : p->sport;
+	__u32 addr_off = dst ? IP_DADDR_OFF : IP_SADDR_OFF;
+	__u32 port_off = p->l4_off + (dst ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source));
+	__u32 csum_off = 0;
+	__u64 mangled = 0;
+
+	if (p->proto == IPPROTO_TCP) {
+		csum_off = p->l4_off + offsetof(struct tcphdr, check);
+	} else if (p->proto == IPPROTO_UDP) {
+		csum_off = p->l4_off + offsetof(struct udphdr, check);
+		mangled = BPF_F_MARK_MANGLED_0;
+	}
+
+	if (addr != old_addr) {
+		if (csum_off && bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
+						    BPF_F_PSEUDO_HDR | mangled | sizeof(addr)) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, addr, sizeof(addr)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0) < 0)
+			return -1;
+	}
+	if (p->has_ports && port != old_port) {
+		if (csum_off && bpf_l4_csum_replace(skb, csum_off, old_port, port,
+						    mangled | sizeof(port)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
+			return -1;
+	}
+
+	if (dst) {
+		p->daddr = addr;
+		if (p->has_ports)
+			p->dport = port;
+	} else {
+		p->saddr = addr;
+		if (p->has_ports)
+			p->sport = port;
+	}
+	return 0;
+}

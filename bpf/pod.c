@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * pod.c: the programs on a pod's host-side veth.
+ *
+ * from_container (tcx ingress: packets the pod sends) does, in order:
+ * source check, service load balancing (DNAT), destination lookup (local
+ * endpoint or ipcache), connection tracking, egress policy by destination
+ * identity, then forwarding: into a local pod (running its ingress half
+ * inline, see deliver.h), into the VXLAN device with the source identity in
+ * the VNI, or to the host stack (native routing, or destinations outside the
+ * mesh).
+ *
+ * to_container (tcx egress: packets the host stack routes to the pod, e.g.
+ * from other nodes in native routing mode) runs the ingress half with the
+ * source identity from the ipcache.
+ */
+#include "abi.h"
+#include "proto.h"
+#include <bpf_helpers.h>
+#include <bpf_endian.h>
+#include "lib/maps.h"
+#include "lib/packet.h"
+#include "lib/events.h"
+#include "lib/conntrack.h"
+#include "lib/lb.h"
+#include "lib/policy.h"
+#include "lib/ipcache.h"
+#include "lib/deliver.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int encap(struct __sk_buff *skb, const struct node_config *cfg, struct flow_event *ev,
+				 const struct pkt *p, __u32 identity, __be32 endpoint)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (!cfg->vxlan_ifindex)
+		return drop(skb, ev, p, DROP_NO_TUNNEL_DEVICE);
+	/* The receiving node learns who sent the packet from the VNI alone:
+	 * identities are global in the mesh and fit its 24 bits. */
+	key.tunnel_id = identity & IDENTITY_MASK;
+	key.remote_ipv4 = bpf_ntohl(endpoint);
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(skb, ev, p, DROP_TUNNEL_FAILED);
+	trace(skb, cfg, ev, p, REASON_FWD_TUNNEL);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	struct flow_event ev = { .obs = OBS_FROM_CONTAINER };
+	struct lb_result lb = {};
+	struct pkt p = {};
+	struct endpoint *src, *dst;
+	struct ct_entry *ce;
+	struct node_config *cfg;
+	struct peer peer;
+	enum ct_status st;
+	int ret;
+
+	cfg = config_get();
+	if (!cfg)
+		return TC_ACT_SHOT;
+
+	ret = pkt_parse(skb, &p);
+	if (ret == PARSE_NOT_IPV4)
+		return TC_ACT_OK; /* ARP and (for now) IPv6 are the host stack's */
+	if (ret != PARSE_OK)
+		return drop(skb, &ev, &p, DROP_MALFORMED);
+
+	/* The pod behind this veth may only send from its own address:
+	 * everything after trusts the source identity derived from it. */
+	src = bpf_map_lookup_elem(&endpoints, &p.saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop(skb, &ev, &p, DROP_INVALID_SOURCE);
+	ev.endpoint_id = src->id;
+	ev.src_identity = src->identity;
+	ev.src_cluster = cfg->cluster_id;
+
+	ret = lb_translate(skb, &p, &lb);
+	if (ret != LB_NOT_SERVICE) {
+		ev.rev_nat_id = lb.rev_nat_id;
+		ev.orig_daddr = lb.orig_daddr;
+		ev.orig_dport = lb.orig_dport;
+		ev.backend_id = lb.backend_id;
+		if (ret == LB_NO_BACKEND)
+			return drop(skb, &ev, &p, DROP_NO_BACKEND);
+		if (ret == LB_NAT_FAILED)
+			return drop(skb, &ev, &p, DROP_NAT_FAILED);
+	}
+
+	dst = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	if (dst) {
+		peer.identity = dst->identity;
+		peer.tunnel_endpoint = 0;
+		peer.cluster_id = cfg->cluster_id;
+	} else {
+		ipcache_resolve(p.daddr, &peer);
+	}
+	ev.dst_identity = peer.identity;
+	ev.dst_cluster = peer.cluster_id;
+	ev.tunnel_endpoint = peer.tunnel_endpoint;
+
+	st = ct_lookup(&p, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, &ce);
+	/* Replies of connections the pod accepted are always allowed. */
+	if (st != CT_REPLY && (src->flags & EP_F_EGRESS_ENFORCED) &&
+	    !policy_allows(src->id, DIR_EGRESS, peer.identity, p.proto, p.dport))
+		return drop(skb, &ev, &p, DROP_POLICY_EGRESS);
+
+	if (st == CT_NEW)
+		ct_create(&p, CT_SCOPE_EGRESS, lb.backend_id, lb.rev_nat_id);
+	if (st == CT_NEW || lb.new_conn) {
+		if (peer.cluster_id && peer.cluster_id != cfg->cluster_id) {
+			metric_count(REASON_REMOTE_CLUSTER, skb->len);
+			event_emit(skb, &ev, &p, VERDICT_FORWARDED, REASON_REMOTE_CLUSTER);
+		} else if (lb.new_conn) {
+			metric_count(REASON_SERVICE, skb->len);
+			event_emit(skb, &ev, &p, VERDICT_FORWARDED, REASON_SERVICE);
+		}
+	}
+
+	if (dst)
+		return to_endpoint(skb, &p, dst, src->identity, &ev, cfg, DELIVER_REDIRECT);
+	if (!(cfg->flags & CFG_NATIVE_ROUTING) && peer.tunnel_endpoint)
+		return encap(skb, cfg, &ev, &p, src->identity, peer.tunnel_endpoint);
+	trace(skb, cfg, &ev, &p, REASON_FWD_STACK);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	struct flow_event ev = { .obs = OBS_TO_CONTAINER };
+	struct pkt p = {};
+	struct endpoint *ep;
+	struct node_config *cfg;
+	struct peer src;
+	int ret;
+
+	cfg = config_get();
+	if (!cfg)
+		return TC_ACT_SHOT;
+
+	ret = pkt_parse(skb, &p);
+	if (ret == PARSE_NOT_IPV4)
+		return TC_ACT_OK;
+	if (ret != PARSE_OK)
+		return drop(skb, &ev, &p, DROP_MALFORMED);
+
+	ep = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	if (!ep)
+		return TC_ACT_OK; /* not addressed to a pod we manage */
+
+	ipcache_resolve(p.saddr, &src);
+	ev.src_cluster = src.cluster_id;
+	return to_endpoint(skb, &p, ep, src.identity, &ev, cfg, DELIVER_PASS);
+}

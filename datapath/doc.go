@@ -1,0 +1,66 @@
+// Package datapath is meshbed's eBPF datapath: it loads the programs built
+// from bpf/ (via bpf2go), attaches them to a node's interfaces with tcx, and
+// reconciles the BPF maps to the desired state the agent computes
+// (state.State). It never decides anything about the mesh itself.
+//
+// # Programs
+//
+//   - from_container, tcx ingress of each pod's host-side veth (traffic the pod
+//     sends): source check, service load balancing (DNAT to a random backend,
+//     pinned per connection in conntrack), egress policy by destination
+//     identity, then delivery to a local pod (bpf_redirect_peer), into the
+//     VXLAN device (collect-metadata mode, the source security identity in the
+//     VNI, the tunnel endpoint from the ipcache), or to the host stack (native
+//     routing and destinations outside the mesh).
+//   - to_container, tcx egress of the same veth (traffic the host stack routes
+//     to the pod): ingress policy by source identity from the ipcache and
+//     reverse NAT of service replies. Packets from local pods and from the
+//     overlay run the same checks inline before bpf_redirect_peer and never
+//     reach this hook.
+//   - from_overlay, tcx ingress of the VXLAN device: the source identity is
+//     the VNI of the tunnel key; then the same pod-ingress checks.
+//
+// IPv4 only for now: other EtherTypes pass to the host stack untouched.
+//
+// # Maps and sizes
+//
+//	map        type       key -> value                                   max entries
+//	services   hash       {frontend ip,port,proto, slot} -> backend/count  262144 (frontends + active backends)
+//	backends   hash       backend ID -> ip, port, proto, state, cluster    131072
+//	revnat     hash       rev-NAT ID -> frontend ip, port                  65536
+//	conntrack  LRU hash   {tuple, scope} -> backend, rev-NAT ID, flags     65536 (Options.ConntrackEntries)
+//	ipcache    LPM trie   prefix -> identity, tunnel endpoint, cluster     524288
+//	endpoints  hash       pod IP -> ifindex, identity, endpoint ID, flags  65536
+//	policy     LPM trie   {identity, endpoint, dir, proto, port} -> allow  262144
+//	metrics    per-CPU    reason -> packets, bytes                         64
+//	events     ring buf   flow events                                      256 KiB (Options.EventBufferBytes)
+//	config     array      node settings (VXLAN ifindex, routing, cluster)  1
+//
+// The agent-written hash maps and tries are not preallocated, so a node pays
+// kernel memory only for the entries it has; conntrack is an LRU map and
+// preallocated, which is why its size is an option.
+//
+// Services follow Cilium's layout: slot 0 of a frontend is the master entry
+// holding the number of active backends and the rev-NAT ID; slots 1..n hold
+// one backend ID each. A backend is chosen with two lookups whatever the
+// size of the table. Terminating backends get no slot but stay in the
+// backends map, so established connections keep them.
+//
+// Policy is an LPM trie keyed by {peer identity, endpoint ID, direction,
+// protocol, port}: an entry for "any protocol" is a prefix that stops before
+// the protocol, "any port" stops before the port, and a port range is split
+// into aligned power-of-two blocks, one prefix each (at most 30 for any
+// range). A packet is looked up twice: with the peer's identity and with
+// identity 0 (any peer). An endpoint without policy in a direction allows
+// everything in that direction; replies of allowed connections always pass.
+//
+// # Reconciliation
+//
+// Apply validates the whole state before touching a map, then diffs it
+// against what this Datapath programmed and writes only the difference.
+// A service is changed so that a concurrent lookup always sees a complete
+// backend set: new backends and slots are written first, then the master
+// slot count is flipped, then what is no longer needed is deleted. When a
+// map is full the affected item keeps its earlier state and Apply returns an
+// error wrapping ErrMapFull.
+package datapath
