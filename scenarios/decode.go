@@ -52,6 +52,7 @@ type state struct {
 	// whose other fields are invalid, so that a bad ID does not turn every
 	// reference to it into a second error.
 	clusterNames map[string]bool
+	declared     []string
 	objects      map[string]map[objectKey]bool
 	// deletedBy remembers which step deleted an object, for the message.
 	deletedBy map[string]map[objectKey]int
@@ -219,6 +220,9 @@ func (d *decoder) topology(field string, v any, st *state) {
 		if v, ok := d.required(cf, cm, "name"); ok {
 			if s, ok := d.str(join(cf, "name"), v); ok {
 				c.Name = s
+				if !st.clusterNames[s] {
+					st.declared = append(st.declared, s)
+				}
 				st.clusterNames[s] = true
 				if err := checkClusterName(s); err != nil {
 					d.errorf(join(cf, "name"), "%v", err)
@@ -318,6 +322,7 @@ func (d *decoder) topology(field string, v any, st *state) {
 
 	cv, ok = get(m, "connections")
 	if !ok {
+		t.Connections = [][2]string{}
 		for i, a := range t.Clusters {
 			for _, b := range t.Clusters[i+1:] {
 				t.Connections = append(t.Connections, [2]string{a.Name, b.Name})
@@ -404,14 +409,10 @@ func parseCIDR(s string) (netip.Prefix, error) {
 // knownClusters lists the topology's clusters for "unknown cluster"
 // messages.
 func knownClusters(st *state) string {
-	var names []string
-	for _, c := range st.topo.Clusters {
-		names = append(names, c.Name)
-	}
-	if len(names) == 0 {
+	if len(st.declared) == 0 {
 		return ""
 	}
-	return " (clusters: " + strings.Join(names, ", ") + ")"
+	return " (clusters: " + strings.Join(st.declared, ", ") + ")"
 }
 
 // cluster resolves a cluster reference.

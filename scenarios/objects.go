@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -46,7 +47,8 @@ func KindNames() []string {
 	return names
 }
 
-// typed decodes strictly into a Kubernetes API type and runs check.
+// typed decodes strictly into a Kubernetes API type and runs check, which
+// may also fill in defaults.
 func typed[T runtime.Object](alloc func() T, check func(T) error) func([]byte) (runtime.Object, error) {
 	return func(data []byte) (runtime.Object, error) {
 		obj := alloc()
@@ -95,9 +97,13 @@ func checkDeployment(dep *appsv1.Deployment) error {
 		if c.Image == "" {
 			return fmt.Errorf("spec.template.spec.containers[%d].image: required", i)
 		}
-		for j, p := range c.Ports {
+		for j := range c.Ports {
+			p := &dep.Spec.Template.Spec.Containers[i].Ports[j]
 			if p.ContainerPort < 1 || p.ContainerPort > 65535 {
 				return fmt.Errorf("spec.template.spec.containers[%d].ports[%d].containerPort: %d is not a port", i, j, p.ContainerPort)
+			}
+			if p.Protocol == "" {
+				p.Protocol = corev1.ProtocolTCP
 			}
 		}
 	}
@@ -109,7 +115,16 @@ func checkService(svc *corev1.Service) error {
 		return fmt.Errorf("metadata.name: %q: %s", svc.Name, strings.Join(errs, "; "))
 	}
 	names := map[string]bool{}
-	for i, p := range svc.Spec.Ports {
+	for i := range svc.Spec.Ports {
+		p := &svc.Spec.Ports[i]
+		// Defaults the API server would fill in, so that the engine never
+		// guesses them.
+		if p.Protocol == "" {
+			p.Protocol = corev1.ProtocolTCP
+		}
+		if p.TargetPort.IntVal == 0 && p.TargetPort.StrVal == "" {
+			p.TargetPort = intstr.FromInt32(p.Port)
+		}
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("spec.ports[%d].port: %d is not a port", i, p.Port)
 		}

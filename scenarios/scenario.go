@@ -198,8 +198,10 @@ type Object struct {
 	// to "default" for the others.
 	Namespace string
 	Name      string
-	// Object is the decoded object with its namespace (and a Deployment's
-	// replicas, 1) defaulted: *corev1.Namespace, *corev1.Service,
+	// Object is the decoded object with the API server's defaults that the
+	// engine needs filled in (namespace "default", a Deployment's replicas
+	// 1, port protocols TCP, a Service port's targetPort its port):
+	// *corev1.Namespace, *corev1.Service,
 	// *corev1.ConfigMap, *appsv1.Deployment, *networkingv1.NetworkPolicy,
 	// or *unstructured.Unstructured for a CiliumNetworkPolicy (cilium.io/v2),
 	// whose rules the policy code interprets.

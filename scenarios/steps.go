@@ -25,14 +25,12 @@ func (d *decoder) stepAt(n int, v any, st *state) (Step, bool) {
 	defer func() { d.step, d.stepName = 0, "" }()
 	errsBefore := len(d.errs)
 
-	m := d.object("", v, stepKeys...)
-	if m == nil {
+	m, ok := v.(map[string]any)
+	if !ok {
+		d.errorf("", "must be an object, got %s", describe(v))
 		return Step{}, false
 	}
 	step := Step{Index: n}
-	if v, ok := get(m, "name"); ok {
-		step.Name, _ = d.str("name", v)
-	}
 	// A key that is present counts as an action even when its value is
 	// null: "heal:" is a heal.
 	var present []string
@@ -41,10 +39,21 @@ func (d *decoder) stepAt(n int, v any, st *state) (Step, bool) {
 			present = append(present, k)
 		}
 	}
+	// The name goes into every message about the step, so it is read
+	// before anything is reported.
+	if v, ok := get(m, "name"); ok {
+		if s, ok := v.(string); ok {
+			step.Name = s
+		}
+	}
 	if step.Name == "" && len(present) == 1 {
 		step.Name = present[0]
 	}
 	d.stepName = step.Name
+	d.object("", m, stepKeys...)
+	if v, ok := get(m, "name"); ok {
+		d.str("name", v)
+	}
 	switch len(present) {
 	case 0:
 		d.errorf("", "no action: a step has exactly one of %s", strings.Join(actionKeys, ", "))
@@ -84,10 +93,9 @@ func (d *decoder) action(step *Step, key string, v any, st *state) {
 	case "partition":
 		step.Partition = d.partition(key, v, st)
 	case "heal":
-		if v != nil {
-			if m := d.object(key, v); m == nil {
-				return
-			}
+		if m, ok := v.(map[string]any); v != nil && (!ok || len(m) > 0) {
+			d.errorf(key, "takes no fields: write heal: {}")
+			return
 		}
 		step.Heal = &Heal{}
 	case "stop":
