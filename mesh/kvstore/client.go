@@ -36,15 +36,18 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 )
 
-// Defaults of Config. Keepalive is what bounds the detection of a silently
-// dead connection (black-holed partition): Time+Timeout must stay well below
-// the health bound.
+// Defaults of Config. The keepalive makes gRPC drop a silently dead
+// transport (black-holed partition) and reconnect, which in turn makes
+// Readers resync. It is not what bounds loss detection (Health is): etcd
+// servers refuse pings more often than every 5 s by default
+// (--grpc-keepalive-min-time) and would close the connection.
 const (
 	DefaultDialTimeout      = 5 * time.Second
-	DefaultKeepAliveTime    = time.Second
-	DefaultKeepAliveTimeout = time.Second
+	DefaultKeepAliveTime    = 10 * time.Second
+	DefaultKeepAliveTimeout = 3 * time.Second
 	DefaultRequestTimeout   = 5 * time.Second
 )
 
@@ -63,7 +66,8 @@ type Config struct {
 	// connection is retried in the background and Health reports it.
 	DialTimeout time.Duration
 	// KeepAliveTime and KeepAliveTimeout set the gRPC keepalive pings that
-	// detect a dead transport; zero means the defaults above.
+	// detect a dead transport; zero means the defaults above. KeepAliveTime
+	// must not be below the server's --grpc-keepalive-min-time.
 	KeepAliveTime, KeepAliveTimeout time.Duration
 	// RequestTimeout bounds the one-shot requests of Client (Get, Put, ...)
 	// when the caller's context has no earlier deadline; zero means
@@ -124,11 +128,8 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    cfg.KeepAliveTime,
 		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
-		// Keepalive must also run while no stream is open, or a dead
-		// transport would only be noticed by the next request.
-		PermitWithoutStream: true,
-		DialOptions:         dialOpts,
-		Context:             ctx,
+		DialOptions:          dialOpts,
+		Context:              ctx,
 		// The etcd client logs through zap; this package logs through slog
 		// only, so the client's own chatter is dropped.
 		Logger: zap.NewNop(),
@@ -215,11 +216,111 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// waitKeyRecheck bounds how long WaitKey trusts a watch alone: a watch on
+// an etcd that restarted empty resumes at a revision the new store has not
+// reached yet and would miss the key.
+const waitKeyRecheck = 2 * time.Second
+
 // WaitKey blocks until key exists and returns its value. It retries across
-// connection errors until ctx is done (used to wait for sync canaries and
-// cluster-config).
+// connection errors until ctx is done, and then returns ctx's error. It is
+// how readers wait for sync canaries and cluster-config.
 func (c *Client) WaitKey(ctx context.Context, key string) ([]byte, error) {
-	panic("not implemented")
+	bo := newBackoff(0, 0)
+	for {
+		v, found, rev, err := c.getRev(ctx, key)
+		if err == nil && found {
+			return v, nil
+		}
+		if err != nil {
+			c.logger.Debug("waiting for key", "key", key, "error", err)
+			if !bo.wait(ctx) {
+				return nil, fmt.Errorf("wait for %q: %w", key, ctx.Err())
+			}
+			continue
+		}
+		bo.reset()
+		if v, ok := c.watchForKey(ctx, key, rev); ok {
+			return v, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("wait for %q: %w", key, ctx.Err())
+		}
+	}
+}
+
+// watchForKey watches key from after rev and returns its value once it is
+// put. It gives up (false) on a watch error, a reconnect, or after
+// waitKeyRecheck, so that the caller reads the key again.
+func (c *Client) watchForKey(ctx context.Context, key string, rev int64) ([]byte, bool) {
+	wctx, cancel := context.WithTimeout(ctx, waitKeyRecheck)
+	defer cancel()
+	reconnected := c.reconnects(wctx)
+	wch := c.etcd.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(rev+1))
+	for {
+		select {
+		case <-reconnected:
+			return nil, false
+		case resp, ok := <-wch:
+			if !ok || resp.Err() != nil {
+				return nil, false
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypePut {
+					return ev.Kv.Value, true
+				}
+			}
+		}
+	}
+}
+
+func (c *Client) getRev(ctx context.Context, key string) (value []byte, found bool, rev int64, err error) {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, key)
+	if err != nil {
+		return nil, false, 0, fmt.Errorf("get %q: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, false, resp.Header.Revision, nil
+	}
+	return resp.Kvs[0].Value, true, resp.Header.Revision, nil
+}
+
+// reconnects returns a channel that is closed the first time the gRPC
+// connection becomes ready again after having been ready and then lost,
+// or never if ctx ends first. Watches survive a reconnect by resuming at
+// their last revision, which is wrong after the server restarted empty
+// (the revision went back) and hides nothing but costs a relist
+// otherwise; so every consumer resyncs on this signal.
+func (c *Client) reconnects(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{})
+	conn := c.etcd.ActiveConnection()
+	go func() {
+		seenReady, lost := false, false
+		for {
+			s := conn.GetState()
+			switch s {
+			case connectivity.Ready:
+				if lost {
+					close(ch)
+					return
+				}
+				seenReady = true
+			case connectivity.Idle:
+				// An idle channel only reconnects when asked.
+				conn.Connect()
+				lost = lost || seenReady
+			case connectivity.Shutdown:
+				return
+			default:
+				lost = lost || seenReady
+			}
+			if !conn.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+	}()
+	return ch
 }
 
 // DirPrefix returns prefix with exactly one trailing "/", the form every

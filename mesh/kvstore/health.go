@@ -2,7 +2,12 @@ package kvstore
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
 	"time"
+
+	"github.com/meshbed/meshbed/mesh/wire"
 )
 
 // Defaults of HealthConfig: a loss is reported within Interval+Timeout
@@ -24,8 +29,8 @@ type HealthConfig struct {
 	// and a working transport); empty means wire.HeartbeatKey. It must be
 	// readable by the client's user; it need not exist.
 	Key string
-	// OnChange, when set, is called from Run each time Reachable flips
-	// (and on the first probe result).
+	// OnChange, when set, is called from Run each time Reachable flips,
+	// and once when the first verdict is known.
 	OnChange func(Status)
 }
 
@@ -33,9 +38,9 @@ type HealthConfig struct {
 type Status struct {
 	// Reachable: a probe succeeded within the last Timeout.
 	Reachable bool
-	// Known is false until the first probe completes or times out.
+	// Known is false until the first probe succeeds or Timeout passes.
 	Known bool
-	// Since is when Reachable last changed.
+	// Since is when Reachable (or Known) last changed.
 	Since time.Time
 	// LastSuccess is the time of the last successful probe (zero if none).
 	LastSuccess time.Time
@@ -43,28 +48,123 @@ type Status struct {
 	Err error
 }
 
+// ErrUnreachable is Status.Err when probes have not completed within the
+// timeout (they hang rather than fail in a black-holed partition).
+var ErrUnreachable = errors.New("etcd unreachable")
+
 // Health probes a Client periodically and reports whether its etcd is
 // reachable, with a bounded detection time.
 type Health struct {
+	c   *Client
+	cfg HealthConfig
+
+	mu      sync.Mutex
+	status  Status
+	changed chan struct{}
 }
 
 // NewHealth returns a Health for c; it probes only while Run runs.
 func NewHealth(c *Client, cfg HealthConfig) *Health {
-	panic("not implemented")
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultHealthInterval
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultHealthTimeout
+	}
+	if cfg.Key == "" {
+		cfg.Key = wire.HeartbeatKey
+	}
+	return &Health{c: c, cfg: cfg, changed: make(chan struct{})}
 }
 
-// Run probes until ctx is done, then returns nil.
+// Run probes until ctx is done, then returns nil. At most one probe is in
+// flight; the verdict is re-evaluated every Interval even while a probe
+// hangs, which is what bounds the detection time.
 func (h *Health) Run(ctx context.Context) error {
-	panic("not implemented")
+	start := time.Now()
+	ticker := time.NewTicker(h.cfg.Interval)
+	defer ticker.Stop()
+	results := make(chan error, 1)
+	inFlight := false
+	probe := func() {
+		inFlight = true
+		go func() {
+			pctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
+			defer cancel()
+			_, err := h.c.etcd.Get(pctx, h.cfg.Key)
+			if err != nil {
+				err = fmt.Errorf("probe %q: %w", h.cfg.Key, err)
+			}
+			results <- err
+		}()
+	}
+	probe()
+	for {
+		select {
+		case <-ctx.Done():
+			if inFlight {
+				<-results
+			}
+			return nil
+		case err := <-results:
+			inFlight = false
+			now := time.Now()
+			h.mu.Lock()
+			if err == nil {
+				h.status.LastSuccess = now
+			}
+			h.status.Err = err
+			h.evaluateLocked(now, start)
+			h.mu.Unlock()
+		case <-ticker.C:
+			now := time.Now()
+			h.mu.Lock()
+			h.evaluateLocked(now, start)
+			h.mu.Unlock()
+			if !inFlight {
+				probe()
+			}
+		}
+	}
+}
+
+// evaluateLocked sets Reachable from the age of the last success and
+// notifies on a change.
+func (h *Health) evaluateLocked(now, start time.Time) {
+	last := h.status.LastSuccess
+	reachable := !last.IsZero() && now.Sub(last) < h.cfg.Timeout
+	known := reachable || now.Sub(start) >= h.cfg.Timeout
+	if !known {
+		return
+	}
+	if !reachable && h.status.Err == nil {
+		h.status.Err = ErrUnreachable
+	}
+	if h.status.Known && h.status.Reachable == reachable {
+		return
+	}
+	h.status.Known, h.status.Reachable, h.status.Since = true, reachable, now
+	close(h.changed)
+	h.changed = make(chan struct{})
+	if h.cfg.OnChange != nil {
+		// Called under the lock so that callbacks are serialized and in
+		// order; OnChange must not call back into h.
+		h.cfg.OnChange(h.status)
+	}
 }
 
 // Status returns the current status.
 func (h *Health) Status() Status {
-	panic("not implemented")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.status
 }
 
 // Changed returns a channel that is closed at the next change of
-// Status().Reachable, for callers that select rather than use OnChange.
+// Status().Reachable (or Known), for callers that select rather than use
+// OnChange.
 func (h *Health) Changed() <-chan struct{} {
-	panic("not implemented")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
 }

@@ -1,10 +1,20 @@
 package kvstore
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshbed/meshbed/mesh/wire"
 )
 
 // DefaultLeaseTTL is the lease TTL of written keys (Cilium's choice): keys
@@ -14,11 +24,14 @@ const DefaultLeaseTTL = 15 * time.Minute
 // WriterConfig configures a Writer.
 type WriterConfig struct {
 	// LeaseTTL of the lease every key is attached to; zero means
-	// DefaultLeaseTTL.
+	// DefaultLeaseTTL. The lease is renewed every LeaseTTL/3, which is also
+	// how late an externally revoked lease may be noticed.
 	LeaseTTL time.Duration
 	// MinBackoff and MaxBackoff bound the (jittered, exponential) wait
 	// between retries after an etcd error; zero means 50ms and 5s.
 	MinBackoff, MaxBackoff time.Duration
+	// Now returns the time written into canaries; nil means time.Now.
+	Now func() time.Time
 }
 
 // Writer owns a set of keys in one etcd and keeps them written: it is the
@@ -28,36 +41,116 @@ type WriterConfig struct {
 // writes it. A burst of updates to one key is one write of the last value,
 // a Delete cancels a pending Upsert, and an Upsert of the value already
 // written is not written again. Every key is attached to a lease that Run
-// keeps alive; if the lease is lost (expired, revoked, or the etcd restarted
-// empty) Run grants a new one and rewrites every key. Errors are retried
-// with backoff until ctx is done.
+// keeps alive; if the lease is lost (expired, revoked, or the etcd
+// restarted empty) Run grants a new one and rewrites every key. Errors are
+// retried with backoff until ctx is done.
 //
 // A Writer is safe for concurrent use. Operations made before Run starts are
 // written once it does.
 type Writer struct {
+	c      *Client
+	cfg    WriterConfig
+	logger *slog.Logger
+	wake   chan struct{}
+
+	mu sync.Mutex
+	// seq numbers every operation; it orders canaries after the keys
+	// enqueued before them.
+	seq uint64
+	// desired is what the store must hold (canaries excluded).
+	desired map[string][]byte
+	// dirty maps a key whose desired state is not yet written to a lower
+	// bound of the seq of its oldest unwritten operation; lastOp is the seq
+	// of its newest operation.
+	dirty  map[string]uint64
+	lastOp map[string]uint64
+	// written is what was committed under the current lease.
+	written  map[string][]byte
+	canaries map[string]*canary
+	lease    clientv3.LeaseID
+	flushes  []flushWaiter
+}
+
+// canary is a sync canary and the barrier it waits for.
+type canary struct {
+	// barrier: every operation with seq <= barrier must be committed first.
+	barrier uint64
+	// seq of the Synced call (or lease re-grant) that made it pending.
+	seq     uint64
+	prune   []string
+	pending bool
+}
+
+type flushWaiter struct {
+	seq  uint64
+	done chan struct{}
 }
 
 // NewWriter returns a Writer on c. Nothing is written until Run.
 func NewWriter(c *Client, cfg WriterConfig) *Writer {
-	panic("not implemented")
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Writer{
+		c:        c,
+		cfg:      cfg,
+		logger:   c.logger,
+		wake:     make(chan struct{}, 1),
+		desired:  make(map[string][]byte),
+		dirty:    make(map[string]uint64),
+		lastOp:   make(map[string]uint64),
+		written:  make(map[string][]byte),
+		canaries: make(map[string]*canary),
+	}
 }
 
-// Run writes the desired state until ctx is done, then returns nil. It
-// returns an error only if it cannot start. The lease is not revoked on
-// return: the keys stay until the lease expires, so a restarting owner does
-// not make them flap. Run must be called once.
-func (w *Writer) Run(ctx context.Context) error {
-	panic("not implemented")
+func (w *Writer) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
-// Upsert sets key to value.
+// enqueueLocked records an operation on key.
+func (w *Writer) enqueueLocked(key string) {
+	w.seq++
+	if _, ok := w.dirty[key]; !ok {
+		w.dirty[key] = w.seq
+	}
+	w.lastOp[key] = w.seq
+}
+
+// Upsert sets key to value. The Writer keeps its own copy of value.
 func (w *Writer) Upsert(key string, value []byte) {
-	panic("not implemented")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if old, ok := w.desired[key]; ok && bytes.Equal(old, value) {
+		return
+	}
+	w.desired[key] = bytes.Clone(value)
+	w.enqueueLocked(key)
+	w.signal()
 }
 
 // Delete removes key.
 func (w *Writer) Delete(key string) {
-	panic("not implemented")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.desired[key]; !ok {
+		if _, pending := w.dirty[key]; !pending {
+			// Not ours and nothing pending: still delete it, it may be a
+			// leftover of a previous owner the caller knows about.
+			w.enqueueLocked(key)
+			w.signal()
+		}
+		return
+	}
+	delete(w.desired, key)
+	w.enqueueLocked(key)
+	w.signal()
 }
 
 // Synced declares that every initial key has been enqueued (Upsert or
@@ -67,24 +160,371 @@ func (w *Writer) Delete(key string) {
 // restarting on a non-empty store replaces the prefix's content — and then
 // writes canaryKey (typically wire.SyncedKey(cluster, prefix)) with an RFC
 // 3339 timestamp, on the lease like every other key. After a lease loss the
-// canary is rewritten only after every other key is rewritten.
+// canary is rewritten only after every other key is rewritten. Calling
+// Synced again for the same canary rewrites it after the keys enqueued
+// since.
 func (w *Writer) Synced(canaryKey string, prune ...string) {
-	panic("not implemented")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	barrier := w.seq
+	w.seq++
+	w.canaries[canaryKey] = &canary{barrier: barrier, seq: w.seq, prune: slices.Clone(prune), pending: true}
+	w.signal()
+}
+
+// committedThroughLocked returns the highest seq s such that every
+// operation with seq <= s is committed.
+func (w *Writer) committedThroughLocked() uint64 {
+	low := w.seq + 1
+	for _, s := range w.dirty {
+		low = min(low, s)
+	}
+	for _, cn := range w.canaries {
+		if cn.pending {
+			low = min(low, cn.seq)
+		}
+	}
+	return low - 1
 }
 
 // Flush blocks until every operation enqueued before the call is committed
-// (including canaries whose barrier it covers), or ctx is done.
+// (including canaries of earlier Synced calls), or ctx is done.
 func (w *Writer) Flush(ctx context.Context) error {
-	panic("not implemented")
+	w.mu.Lock()
+	target := w.seq
+	if w.committedThroughLocked() >= target {
+		w.mu.Unlock()
+		return nil
+	}
+	done := make(chan struct{})
+	w.flushes = append(w.flushes, flushWaiter{seq: target, done: done})
+	w.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("flush writes: %w", ctx.Err())
+	}
 }
 
-// Keys returns the number of keys the Writer currently holds (desired).
+func (w *Writer) notifyFlushesLocked() {
+	through := w.committedThroughLocked()
+	kept := w.flushes[:0]
+	for _, f := range w.flushes {
+		if f.seq <= through {
+			close(f.done)
+		} else {
+			kept = append(kept, f)
+		}
+	}
+	w.flushes = kept
+}
+
+// Keys returns the number of keys the Writer currently holds (desired),
+// canaries excluded.
 func (w *Writer) Keys() int {
-	panic("not implemented")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.desired)
 }
 
 // LeaseID is the lease the keys are currently attached to, 0 before Run
 // granted one. For tests and diagnostics.
 func (w *Writer) LeaseID() clientv3.LeaseID {
-	panic("not implemented")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lease
+}
+
+// errLeaseLost makes Run grant a new lease and rewrite everything.
+var errLeaseLost = errors.New("lease lost")
+
+// Run writes the desired state until ctx is done, then returns nil. The
+// lease is not revoked on return: the keys stay until the lease expires,
+// so a restarting owner does not make them flap. Run must be called once.
+func (w *Writer) Run(ctx context.Context) error {
+	bo := newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
+	for ctx.Err() == nil {
+		err := w.runLease(ctx, bo)
+		if ctx.Err() != nil {
+			break
+		}
+		w.logger.Info("kvstore writer: new lease", "reason", err)
+		if !bo.wait(ctx) {
+			break
+		}
+	}
+	return nil
+}
+
+// runLease grants a lease, rewrites every key on it, and keeps writing
+// until the lease is lost or ctx ends.
+func (w *Writer) runLease(ctx context.Context, bo *backoff) error {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lease, err := w.grant(lctx)
+	if err != nil {
+		return err
+	}
+	ka, err := w.c.etcd.KeepAlive(lctx, lease)
+	if err != nil {
+		return fmt.Errorf("keep lease %x alive: %w", lease, err)
+	}
+	reconnected := w.c.reconnects(lctx)
+	var retry <-chan time.Time
+	for {
+		err := w.process(lctx)
+		switch {
+		case errors.Is(err, errLeaseLost):
+			return err
+		case err != nil:
+			if lctx.Err() != nil {
+				return lctx.Err()
+			}
+			w.logger.Warn("kvstore write failed, retrying", "error", err)
+			retry = time.After(bo.next())
+		default:
+			bo.reset()
+			retry = nil
+		}
+		select {
+		case <-lctx.Done():
+			return lctx.Err()
+		case <-w.wake:
+		case <-retry:
+		case _, ok := <-ka:
+			if !ok {
+				return fmt.Errorf("lease %x expired or revoked", lease)
+			}
+		case <-reconnected:
+			// The server may have restarted empty, taking the lease along;
+			// the keepalive would only notice at its next renewal.
+			reconnected = w.c.reconnects(lctx)
+			if err := w.checkLease(lctx, lease); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (w *Writer) checkLease(ctx context.Context, lease clientv3.LeaseID) error {
+	rctx, cancel := w.c.requestContext(ctx)
+	defer cancel()
+	resp, err := w.c.etcd.TimeToLive(rctx, lease)
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("lease %x: %w", lease, errLeaseLost)
+		}
+		// Unknown: the next write tells.
+		return nil
+	}
+	if resp.TTL <= 0 {
+		return fmt.Errorf("lease %x not found after reconnect: %w", lease, errLeaseLost)
+	}
+	return nil
+}
+
+// grant obtains a new lease and marks everything for rewriting on it.
+func (w *Writer) grant(ctx context.Context) (clientv3.LeaseID, error) {
+	bo := newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
+	ttl := int64(w.cfg.LeaseTTL / time.Second)
+	for {
+		rctx, cancel := w.c.requestContext(ctx)
+		resp, err := w.c.etcd.Grant(rctx, max(ttl, 1))
+		cancel()
+		if err == nil {
+			w.mu.Lock()
+			w.lease = resp.ID
+			w.written = make(map[string][]byte)
+			w.seq++
+			for k := range w.desired {
+				if _, ok := w.dirty[k]; !ok {
+					w.dirty[k] = w.seq
+					w.lastOp[k] = w.seq
+				}
+			}
+			// Written canaries go again, after every key is rewritten;
+			// pending ones keep their own barrier.
+			w.seq++
+			for _, cn := range w.canaries {
+				if !cn.pending {
+					cn.barrier, cn.seq, cn.prune, cn.pending = w.seq-1, w.seq, nil, true
+				}
+			}
+			w.mu.Unlock()
+			return resp.ID, nil
+		}
+		w.logger.Warn("kvstore: grant lease failed, retrying", "error", err)
+		if !bo.wait(ctx) {
+			return 0, fmt.Errorf("grant lease: %w", ctx.Err())
+		}
+	}
+}
+
+type op struct {
+	key    string
+	value  []byte
+	delete bool
+	seq    uint64
+}
+
+// process writes every dirty key, then every canary whose barrier is
+// passed. It stops at the first error and leaves the rest dirty.
+func (w *Writer) process(ctx context.Context) error {
+	w.mu.Lock()
+	lease := w.lease
+	ops := make([]op, 0, len(w.dirty))
+	for k := range w.dirty {
+		v, ok := w.desired[k]
+		if ok && bytes.Equal(w.written[k], v) {
+			// Set back to the written value before we got to it.
+			w.doneLocked(k, w.lastOp[k])
+			continue
+		}
+		ops = append(ops, op{key: k, value: v, delete: !ok, seq: w.lastOp[k]})
+	}
+	w.notifyFlushesLocked()
+	w.mu.Unlock()
+	slices.SortFunc(ops, func(a, b op) int { return cmp.Compare(a.seq, b.seq) })
+
+	for chunk := range slices.Chunk(ops, maxTxnOps) {
+		if err := w.writeTxn(ctx, lease, chunk); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		for _, o := range chunk {
+			if o.delete {
+				delete(w.written, o.key)
+			} else {
+				w.written[o.key] = o.value
+			}
+			w.doneLocked(o.key, o.seq)
+		}
+		w.notifyFlushesLocked()
+		w.mu.Unlock()
+	}
+	return w.processCanaries(ctx, lease)
+}
+
+// maxTxnOps is how many writes go in one transaction: etcd's default
+// --max-txn-ops. Batching makes the initial write of thousands of ipcache
+// keys take a few round trips instead of thousands.
+const maxTxnOps = 128
+
+func (w *Writer) writeTxn(ctx context.Context, lease clientv3.LeaseID, ops []op) error {
+	if len(ops) == 1 {
+		return w.write(ctx, lease, ops[0])
+	}
+	eops := make([]clientv3.Op, len(ops))
+	for i, o := range ops {
+		if o.delete {
+			eops[i] = clientv3.OpDelete(o.key)
+		} else {
+			eops[i] = clientv3.OpPut(o.key, string(o.value), clientv3.WithLease(lease))
+		}
+	}
+	rctx, cancel := w.c.requestContext(ctx)
+	defer cancel()
+	_, err := w.c.etcd.Txn(rctx).Then(eops...).Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("write %d keys from %q: %w", len(ops), ops[0].key, errLeaseLost)
+	}
+	if err != nil {
+		return fmt.Errorf("write %d keys from %q: %w", len(ops), ops[0].key, err)
+	}
+	return nil
+}
+
+// doneLocked records that the operations on key up to seq are written.
+func (w *Writer) doneLocked(key string, seq uint64) {
+	if w.lastOp[key] == seq {
+		delete(w.dirty, key)
+		delete(w.lastOp, key)
+	} else {
+		w.dirty[key] = seq + 1
+	}
+}
+
+func (w *Writer) write(ctx context.Context, lease clientv3.LeaseID, o op) error {
+	rctx, cancel := w.c.requestContext(ctx)
+	defer cancel()
+	var err error
+	if o.delete {
+		_, err = w.c.etcd.Delete(rctx, o.key)
+	} else {
+		_, err = w.c.etcd.Put(rctx, o.key, string(o.value), clientv3.WithLease(lease))
+	}
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("write %q: %w", o.key, errLeaseLost)
+	}
+	if err != nil {
+		if o.delete {
+			return fmt.Errorf("delete %q: %w", o.key, err)
+		}
+		return fmt.Errorf("put %q: %w", o.key, err)
+	}
+	return nil
+}
+
+func (w *Writer) processCanaries(ctx context.Context, lease clientv3.LeaseID) error {
+	for {
+		w.mu.Lock()
+		through := w.seq + 1
+		for _, s := range w.dirty {
+			through = min(through, s)
+		}
+		var key string
+		var cn canary
+		for k, c := range w.canaries {
+			if c.pending && c.barrier < through && (key == "" || k < key) {
+				key, cn = k, *c
+			}
+		}
+		w.mu.Unlock()
+		if key == "" {
+			return nil
+		}
+		for _, p := range cn.prune {
+			if err := w.prune(ctx, p); err != nil {
+				return err
+			}
+		}
+		if err := w.write(ctx, lease, op{key: key, value: []byte(wire.Timestamp(w.cfg.Now()))}); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		if c := w.canaries[key]; c.seq == cn.seq {
+			c.pending, c.prune = false, nil
+		}
+		w.notifyFlushesLocked()
+		w.mu.Unlock()
+	}
+}
+
+// prune deletes the keys under prefix this Writer does not hold.
+func (w *Writer) prune(ctx context.Context, prefix string) error {
+	prefix = DirPrefix(prefix)
+	rctx, cancel := w.c.requestContext(ctx)
+	resp, err := w.c.etcd.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list %q to prune: %w", prefix, err)
+	}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		w.mu.Lock()
+		_, held := w.desired[k]
+		_, isCanary := w.canaries[k]
+		w.mu.Unlock()
+		if held || isCanary {
+			continue
+		}
+		rctx, cancel := w.c.requestContext(ctx)
+		_, err := w.c.etcd.Delete(rctx, k)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("prune %q: %w", k, err)
+		}
+	}
+	return nil
 }
