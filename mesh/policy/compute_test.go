@@ -110,10 +110,10 @@ func TestCompute(t *testing.T) {
 			want:     allowing(true, false, in(c1DB, any, 0)),
 		},
 		{
-			name:  "remote namespace labels come from the identity",
-			extra: []Identity{podIdentity(2<<16|9, "cluster2", "ops", "app", "probe", LabelNamespaceLabelsPrefix+"team", "a")},
+			name:     "remote namespace labels come from the identity",
+			extra:    []Identity{podIdentity(2<<16|9, "cluster2", "ops", "app", "probe", LabelNamespaceLabelsPrefix+"team", "a")},
 			policies: []string{cnp("p", rebelSubject+"  ingress:\n  - fromEndpoints:\n    - matchLabels: {io.cilium.k8s.namespace.labels.team: a, io.cilium.k8s.policy.cluster: cluster2}\n")},
-			want: allowing(true, false, in(2<<16|9, any, 0)),
+			want:     allowing(true, false, in(2<<16|9, any, 0)),
 		},
 		{
 			name:     "reserved label selector",
