@@ -1,0 +1,629 @@
+// Package agent is the per-node mesh agent. It watches the local Kubernetes
+// API and every remote cluster (directly, or through the local kvstoremesh
+// cache), merges global services, resolves identities and policy, owns the
+// node's endpoints (address management and plumbing on request of the CNI
+// path), and hands the node's complete desired datapath state to a
+// state.Datapath.
+//
+// The agent never touches netlink or BPF itself: plumbing and the datapath
+// are interfaces, supplied by cmd/meshbed-agent on a real node and by the
+// simulator on a virtual one.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/identity"
+	"github.com/meshbed/meshbed/mesh/policy"
+	"github.com/meshbed/meshbed/mesh/service"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+// CiliumNetworkPolicies is the resource the agent reads CNPs from.
+var CiliumNetworkPolicies = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
+
+// Defaults.
+const (
+	DefaultSyncTimeout = 30 * time.Second
+	DefaultCoalesce    = 5 * time.Millisecond
+)
+
+// Config of an agent.
+type Config struct {
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters uint32
+	NodeName             string
+
+	Kube    kubernetes.Interface
+	Dynamic dynamic.Interface
+
+	Datapath state.Datapath
+	Plumber  Plumber
+	// Remote delivers the state of remote clusters; nil runs a single
+	// cluster.
+	Remote Remote
+
+	// Mode says what happens to an unreachable cluster's backends.
+	Mode service.Mode
+	// PolicyAllClusters makes CNP selectors without a cluster label match
+	// every cluster (the pre-1.19 Cilium default).
+	PolicyAllClusters bool
+	// SyncTimeout bounds how long the agent waits for remote services to
+	// sync before it programs services (and so prunes stale backends).
+	SyncTimeout time.Duration
+	// Coalesce is how long a change waits for more before the desired
+	// state is recomputed.
+	Coalesce time.Duration
+	// StateDir keeps the node's endpoints across agent restarts, so a
+	// restarted agent restores them instead of tearing them down. Empty
+	// keeps them in memory only.
+	StateDir string
+
+	Logger *slog.Logger
+}
+
+// Remote is the agent's view of the remote clusters (implemented over
+// mesh/remote). Run delivers changes to sink until ctx ends.
+type Remote interface {
+	Run(ctx context.Context, sink RemoteSink) error
+}
+
+// RemoteSink receives the state of remote clusters. Calls for one cluster
+// arrive in order; the agent makes them safe to call from any goroutine.
+type RemoteSink interface {
+	// ClusterConfigured announces a cluster the agent is configured to
+	// connect to, before it connects: services are not programmed until
+	// every configured cluster has synced them (or SyncTimeout expires).
+	ClusterConfigured(cluster string)
+	// ClusterUp announces a remote cluster (after its cluster-config was
+	// validated). It may be called again with a changed ID.
+	ClusterUp(cluster string, clusterID uint32)
+	// ClusterDown forgets a remote cluster and everything it exported.
+	ClusterDown(cluster string)
+	// Reachable reports whether the cluster's state is current. An
+	// unreachable cluster keeps its identities and ipcache entries; its
+	// backends are withdrawn unless the agent runs fail-static.
+	Reachable(cluster string, reachable bool)
+	// ServicesSynced says the cluster's services finished their initial sync.
+	ServicesSynced(cluster string)
+
+	UpsertService(cluster string, svc *wire.ClusterService)
+	DeleteService(cluster, namespace, name string)
+	UpsertNode(cluster string, node *wire.Node)
+	DeleteNode(cluster, name string)
+	UpsertIPCache(cluster string, pair *wire.IPIdentityPair)
+	DeleteIPCache(cluster string, ip netip.Addr)
+	UpsertIdentity(cluster string, id uint32, labels wire.Labels)
+	DeleteIdentity(cluster string, id uint32)
+}
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	ids      *identity.Cache
+	alloc    *identity.Allocator
+	factory  informers.SharedInformerFactory
+	dfactory dynamicinformer.DynamicSharedInformerFactory
+	svcInf   cache.SharedIndexInformer
+	sliceInf cache.SharedIndexInformer
+	podInf   cache.SharedIndexInformer
+	nodeInf  cache.SharedIndexInformer
+	npInf    cache.SharedIndexInformer
+	nsInf    cache.SharedIndexInformer
+	cnpInf   cache.SharedIndexInformer
+
+	dirty chan struct{}
+
+	mu        sync.Mutex
+	remotes   map[string]*remoteCluster
+	policies  *policy.Repository
+	badPolicy map[policy.Ref]error
+	endpoints map[string]*endpoint // by pod namespace/name
+	ipam      *ipam
+	started   time.Time
+	synced    bool // services may be programmed (remote services synced or timed out)
+	last      *state.State
+	lastErr   error
+	decisions []service.Decision
+	applied   chan struct{} // closed and replaced after every Apply
+}
+
+// New validates cfg and returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if err := wire.ValidateClusterName(cfg.ClusterName); err != nil {
+		return nil, fmt.Errorf("agent: cluster name: %w", err)
+	}
+	if cfg.MaxConnectedClusters == 0 {
+		cfg.MaxConnectedClusters = wire.MaxConnectedClusters255
+	}
+	if err := wire.ValidateClusterID(cfg.ClusterID, cfg.MaxConnectedClusters); err != nil {
+		return nil, fmt.Errorf("agent: cluster %q: %w", cfg.ClusterName, err)
+	}
+	switch {
+	case cfg.NodeName == "":
+		return nil, errors.New("agent: node name is required")
+	case cfg.Kube == nil || cfg.Dynamic == nil:
+		return nil, errors.New("agent: Kubernetes clients are required")
+	case cfg.Datapath == nil:
+		return nil, errors.New("agent: a datapath is required")
+	}
+	if cfg.SyncTimeout == 0 {
+		cfg.SyncTimeout = DefaultSyncTimeout
+	}
+	if cfg.Coalesce == 0 {
+		cfg.Coalesce = DefaultCoalesce
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Logger.With("cluster", cfg.ClusterName, "node", cfg.NodeName)
+	ids, err := identity.NewCache(cfg.Dynamic, identity.Config{
+		Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID,
+		MaxConnectedClusters: cfg.MaxConnectedClusters, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	repo, err := policy.NewRepository(policy.Config{ClusterName: cfg.ClusterName, AllClusters: cfg.PolicyAllClusters})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	f := informers.NewSharedInformerFactory(cfg.Kube, 0)
+	df := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
+	a := &Agent{
+		cfg: cfg, log: log,
+		ids: ids, alloc: identity.NewAllocator(cfg.Dynamic, ids),
+		factory: f, dfactory: df,
+		svcInf:    f.Core().V1().Services().Informer(),
+		sliceInf:  f.Discovery().V1().EndpointSlices().Informer(),
+		podInf:    f.Core().V1().Pods().Informer(),
+		nodeInf:   f.Core().V1().Nodes().Informer(),
+		npInf:     f.Networking().V1().NetworkPolicies().Informer(),
+		nsInf:     f.Core().V1().Namespaces().Informer(),
+		cnpInf:    df.ForResource(CiliumNetworkPolicies).Informer(),
+		dirty:     make(chan struct{}, 1),
+		remotes:   map[string]*remoteCluster{},
+		policies:  repo,
+		badPolicy: map[policy.Ref]error{},
+		endpoints: map[string]*endpoint{},
+		applied:   make(chan struct{}),
+	}
+	changed := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.markDirty() },
+		UpdateFunc: func(any, any) { a.markDirty() },
+		DeleteFunc: func(any) { a.markDirty() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{a.svcInf, a.sliceInf, a.podInf, a.nodeInf} {
+		_, _ = inf.AddEventHandler(changed)
+	}
+	_, _ = a.cnpInf.AddEventHandler(a.policyHandler(policy.SourceCiliumNetworkPolicy))
+	_, _ = a.npInf.AddEventHandler(a.policyHandler(policy.SourceNetworkPolicy))
+	_, _ = a.nsInf.AddEventHandler(a.namespaceHandler())
+	ids.AddHandler(a.localIdentity)
+	return a, nil
+}
+
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the agent until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	idErr := make(chan error, 1)
+	wg.Go(func() { idErr <- a.ids.Run(ctx) })
+	a.factory.Start(ctx.Done())
+	a.dfactory.Start(ctx.Done())
+	defer a.factory.Shutdown()
+	defer a.dfactory.Shutdown()
+	for typ, ok := range a.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("agent: informer for %v did not sync", typ)
+		}
+	}
+	for typ, ok := range a.dfactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("agent: informer for %v did not sync", typ)
+		}
+	}
+	if err := a.ids.WaitSynced(ctx); err != nil {
+		return fmt.Errorf("agent: identities: %w", err)
+	}
+	a.mu.Lock()
+	a.started = time.Now()
+	node, err := a.cfg.Kube.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1GetOptions)
+	if err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent: read own node %s: %w", a.cfg.NodeName, err)
+	}
+	if a.ipam, err = newIPAM(node); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent: node %s: %w", a.cfg.NodeName, err)
+	}
+	restored, err := a.restoreEndpointsLocked()
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("agent: restore endpoints: %w", err)
+	}
+	if restored > 0 {
+		a.log.Info("Restored endpoints", "count", restored)
+	}
+	a.log.Info("Agent started", "podCIDR", a.ipam.cidr)
+
+	if a.cfg.Remote != nil {
+		wg.Go(func() {
+			if err := a.cfg.Remote.Run(ctx, (*sink)(a)); err != nil && ctx.Err() == nil {
+				a.log.Error("Remote clusters stopped", "err", err)
+			}
+		})
+	}
+	syncDeadline := time.NewTimer(a.cfg.SyncTimeout)
+	defer syncDeadline.Stop()
+	a.markDirty()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-idErr:
+			if ctx.Err() == nil {
+				return fmt.Errorf("agent: identities: %w", err)
+			}
+			return nil
+		case <-syncDeadline.C:
+			a.mu.Lock()
+			if !a.synced {
+				a.log.Warn("Remote services did not sync in time; programming services anyway",
+					"timeout", a.cfg.SyncTimeout, "pending", a.pendingSyncLocked())
+				a.synced = true
+			}
+			a.mu.Unlock()
+			a.markDirty()
+		case <-a.dirty:
+			// Let a burst of changes land before recomputing.
+			t := time.NewTimer(a.cfg.Coalesce)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			a.rebuild()
+		}
+	}
+}
+
+// rebuild computes the desired state and hands it to the datapath.
+func (a *Agent) rebuild() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.synced && a.allSyncedLocked() {
+		a.synced = true
+		a.log.Info("Remote services synced", "after", time.Since(a.started).Round(time.Millisecond))
+	}
+	s := &state.State{}
+	var warns []error
+	if a.synced {
+		res := service.Merge(a.mergeInputLocked())
+		s.Services = res.Services
+		a.decisions = res.Decisions
+		warns = append(warns, res.Warnings...)
+	} else if a.last != nil {
+		// Until remotes have synced, keep what is programmed: pruning now
+		// would drop backends that are merely not relisted yet.
+		s.Services = a.last.Services
+	}
+	s.Nodes = a.nodesLocked()
+	s.IPCache = a.ipcacheLocked(s.Nodes)
+	s.Endpoints = a.endpointsLocked()
+	for _, w := range warns {
+		a.log.Warn("Service merge", "err", w)
+	}
+	err := a.cfg.Datapath.Apply(s)
+	if err != nil {
+		a.log.Error("Datapath apply failed; will retry", "err", err)
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			a.markDirty()
+		}()
+	}
+	a.last, a.lastErr = s, err
+	close(a.applied)
+	a.applied = make(chan struct{})
+}
+
+// State returns the last desired state handed to the datapath, whether the
+// datapath accepted it, and whether services are programmed (remote
+// services synced or the bounded wait expired).
+func (a *Agent) State() (s *state.State, applyErr error, servicesSynced bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last, a.lastErr, a.synced
+}
+
+// Applied returns a channel closed after the next Apply.
+func (a *Agent) Applied() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.applied
+}
+
+// Decisions returns the merge decisions of the last rebuild (affinity
+// fall-backs, withdrawn clusters), for flow reports.
+func (a *Agent) Decisions() []service.Decision {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]service.Decision(nil), a.decisions...)
+}
+
+func (a *Agent) mergeInputLocked() *service.Input {
+	in := &service.Input{Options: service.Options{LocalClusterID: a.cfg.ClusterID, Mode: a.cfg.Mode}}
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, o := range a.sliceInf.GetStore().List() {
+		s := o.(*discoveryv1.EndpointSlice)
+		name := s.Labels[discoveryv1.LabelServiceName]
+		if name == "" {
+			continue
+		}
+		key := s.Namespace + "/" + name
+		slicesBySvc[key] = append(slicesBySvc[key], s)
+	}
+	for _, o := range a.svcInf.GetStore().List() {
+		svc := o.(*corev1.Service)
+		ls, err := service.FromKubernetes(svc, slicesBySvc[svc.Namespace+"/"+svc.Name])
+		if err != nil {
+			a.log.Warn("Skipping service", "service", svc.Namespace+"/"+svc.Name, "err", err)
+			continue
+		}
+		in.Local = append(in.Local, ls)
+	}
+	sort.Slice(in.Local, func(i, j int) bool { return in.Local[i].NamespacedName() < in.Local[j].NamespacedName() })
+	for _, name := range a.remoteNamesLocked() {
+		rc := a.remotes[name]
+		in.Remote = append(in.Remote, service.RemoteCluster{
+			Name: name, ID: rc.id, Reachable: rc.reachable, Services: rc.serviceList(),
+		})
+	}
+	return in
+}
+
+// nodesLocked lists this cluster's nodes (from Kubernetes) and every remote
+// cluster's (from the kvstore).
+func (a *Agent) nodesLocked() []state.Node {
+	var nodes []state.Node
+	for _, o := range a.nodeInf.GetStore().List() {
+		n := o.(*corev1.Node)
+		ip, ok := nodeInternalIP(n)
+		if !ok {
+			continue
+		}
+		cidr, _ := netip.ParsePrefix(n.Spec.PodCIDR)
+		nodes = append(nodes, state.Node{Name: n.Name, Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, IP: ip, PodCIDR: cidr})
+	}
+	for _, name := range a.remoteNamesLocked() {
+		nodes = append(nodes, a.remotes[name].nodeList()...)
+	}
+	sort.Slice(nodes, func(i, j int) bool {
+		if nodes[i].Cluster != nodes[j].Cluster {
+			return nodes[i].Cluster < nodes[j].Cluster
+		}
+		return nodes[i].Name < nodes[j].Name
+	})
+	return nodes
+}
+
+func nodeInternalIP(n *corev1.Node) (netip.Addr, bool) {
+	for _, addr := range n.Status.Addresses {
+		if addr.Type == corev1.NodeInternalIP {
+			ip, err := netip.ParseAddr(addr.Address)
+			return ip, err == nil
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ipcacheLocked maps every known address to its identity: node addresses
+// (host for this node's cluster, remote-node for the others), local pods
+// (from Kubernetes), remote pods (from the kvstore), and the CIDR identities
+// that policies need.
+func (a *Agent) ipcacheLocked(nodes []state.Node) []state.IPCacheEntry {
+	byPrefix := map[netip.Prefix]state.IPCacheEntry{}
+	var self netip.Addr
+	for _, n := range nodes {
+		id := state.IdentityRemoteNode
+		if n.Cluster == a.cfg.ClusterName {
+			id = state.IdentityHost
+			if n.Name == a.cfg.NodeName {
+				self = n.IP
+			}
+		}
+		byPrefix[netip.PrefixFrom(n.IP, n.IP.BitLen())] = state.IPCacheEntry{
+			Prefix: netip.PrefixFrom(n.IP, n.IP.BitLen()), Identity: id, ClusterID: n.ClusterID,
+		}
+	}
+	for _, name := range a.remoteNamesLocked() {
+		for _, e := range a.remotes[name].ipcacheList() {
+			byPrefix[e.Prefix] = e
+		}
+	}
+	for _, o := range a.podInf.GetStore().List() {
+		p := o.(*corev1.Pod)
+		if p.Spec.HostNetwork || p.Status.PodIP == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil {
+			continue
+		}
+		id, ok := a.ids.LookupLabels(identity.PodLabels(a.cfg.ClusterName, p.Namespace, p.Labels))
+		if !ok {
+			continue // not allocated yet; the identity event marks us dirty
+		}
+		e := state.IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: id, ClusterID: a.cfg.ClusterID}
+		if hostIP, err := netip.ParseAddr(p.Status.HostIP); err == nil && hostIP != self {
+			e.TunnelEndpoint = hostIP
+		}
+		byPrefix[e.Prefix] = e
+	}
+	for _, e := range a.policies.CIDRIdentities() {
+		if _, taken := byPrefix[e.Prefix]; !taken {
+			byPrefix[e.Prefix] = e
+		}
+	}
+	out := make([]state.IPCacheEntry, 0, len(byPrefix))
+	for _, e := range byPrefix {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Prefix.Addr().Compare(out[j].Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].Prefix.Bits() < out[j].Prefix.Bits()
+	})
+	return out
+}
+
+func (a *Agent) remoteNamesLocked() []string {
+	names := make([]string, 0, len(a.remotes))
+	for name := range a.remotes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// policyHandler feeds one kind of policy object into the repository. A
+// policy that fails to decode is reported and the last good version of it
+// stays in force.
+func (a *Agent) policyHandler(src policy.Source) cache.ResourceEventHandlerFuncs {
+	decode := func(obj any) (*policy.Policy, error) {
+		switch o := obj.(type) {
+		case *unstructured.Unstructured:
+			return policy.DecodeCNPObject(o.Object)
+		case *networkingv1.NetworkPolicy:
+			return policy.DecodeNetworkPolicy(o)
+		}
+		return nil, fmt.Errorf("unexpected %T", obj)
+	}
+	upsert := func(obj any) {
+		p, err := decode(obj)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err != nil {
+			ref := refOf(src, obj)
+			a.badPolicy[ref] = err
+			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
+			return
+		}
+		if _, err := a.policies.UpsertPolicy(p); err != nil {
+			ref := refOf(src, obj)
+			a.badPolicy[ref] = err
+			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
+			return
+		}
+		delete(a.badPolicy, refOf(src, obj))
+		for _, w := range p.Warnings {
+			a.log.Warn("Policy accepted with a limitation", "policy", refOf(src, obj), "warning", w)
+		}
+		a.markDirty()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			a.mu.Lock()
+			ref := refOf(src, obj)
+			a.policies.DeletePolicy(ref)
+			delete(a.badPolicy, ref)
+			a.mu.Unlock()
+			a.markDirty()
+		},
+	}
+}
+
+func refOf(src policy.Source, obj any) policy.Ref {
+	type named interface {
+		GetNamespace() string
+		GetName() string
+	}
+	if n, ok := obj.(named); ok {
+		return policy.Ref{Source: src, Namespace: n.GetNamespace(), Name: n.GetName()}
+	}
+	return policy.Ref{Source: src}
+}
+
+// PolicyErrors returns the policies currently rejected, with why.
+func (a *Agent) PolicyErrors() map[string]error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]error{}
+	for ref, err := range a.badPolicy {
+		out[ref.String()] = err
+	}
+	return out
+}
+
+func (a *Agent) namespaceHandler() cache.ResourceEventHandlerFuncs {
+	set := func(obj any) {
+		ns, ok := obj.(*corev1.Namespace)
+		if !ok {
+			return
+		}
+		a.mu.Lock()
+		a.policies.SetNamespaceLabels(ns.Name, ns.Labels)
+		a.mu.Unlock()
+		a.markDirty()
+	}
+	return cache.ResourceEventHandlerFuncs{AddFunc: set, UpdateFunc: func(_, o any) { set(o) }}
+}
+
+// localIdentity mirrors this cluster's identities into the policy
+// repository.
+func (a *Agent) localIdentity(ev identity.Event) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ev.Deleted {
+		a.policies.DeleteIdentity(ev.ID)
+	} else if _, err := a.policies.UpsertIdentity(policy.Identity{ID: ev.ID, Labels: plainLabels(ev.Labels)}); err != nil {
+		a.log.Warn("Identity not usable by policy", "identity", ev.ID, "err", err)
+	}
+	a.markDirty()
+}
+
+func plainLabels(l wire.Labels) map[string]string {
+	m := make(map[string]string, len(l))
+	for _, lbl := range l {
+		m[lbl.Key] = lbl.Value
+	}
+	return m
+}
