@@ -1,0 +1,467 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+const localID = 1
+
+var globalAnn = map[string]string{AnnotationGlobal: "true"}
+
+func ann(kv ...string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+// local builds rebel-base with one ClusterIP and port http 80/TCP.
+func local(a map[string]string, backends ...LocalBackend) LocalService {
+	return LocalService{
+		Namespace: "default", Name: "rebel-base",
+		ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports:       []ServicePort{{Name: "http", Port: 80, Protocol: state.TCP}},
+		Annotations: a,
+		Backends:    backends,
+	}
+}
+
+func ready(ip string) LocalBackend {
+	return LocalBackend{IP: netip.MustParseAddr(ip), Ports: []BackendPort{{Name: "http", Port: 8080, Protocol: state.TCP}}, Ready: true, Serving: true}
+}
+
+func terminating(ip string) LocalBackend {
+	b := ready(ip)
+	b.Ready, b.Terminating = false, true
+	return b
+}
+
+func notReady(ip string) LocalBackend {
+	b := ready(ip)
+	b.Ready, b.Serving = false, false
+	return b
+}
+
+// export builds the ClusterService cluster c (ID id) exports for rebel-base.
+func export(c string, id uint32, backends ...string) *wire.ClusterService {
+	cs := &wire.ClusterService{
+		Cluster: c, ClusterID: id, Namespace: "default", Name: "rebel-base", Shared: true,
+		Frontends: map[string]wire.PortConfiguration{"10.200.0.1": {"http": {Protocol: "TCP", Port: 80}}},
+		Backends:  map[string]wire.PortConfiguration{},
+	}
+	for _, b := range backends {
+		cs.Backends[b] = wire.PortConfiguration{"http": {Protocol: "TCP", Port: 8080}}
+	}
+	return cs
+}
+
+func remote(name string, id uint32, reachable bool, svcs ...*wire.ClusterService) RemoteCluster {
+	return RemoteCluster{Name: name, ID: id, Reachable: reachable, Services: svcs}
+}
+
+// render prints services compactly: "ns/name fe -> be A|T, ...".
+func render(svcs []state.Service) []string {
+	var out []string
+	for _, s := range svcs {
+		var bs []string
+		for _, b := range s.Backends {
+			st := "A"
+			if b.State == state.BackendTerminating {
+				st = "T"
+			}
+			bs = append(bs, fmt.Sprintf("%s:%d@%d%s", b.IP, b.Port, b.ClusterID, st))
+		}
+		out = append(out, fmt.Sprintf("%s %s -> %s", s.Name, s.Frontend, strings.Join(bs, " ")))
+	}
+	return out
+}
+
+func renderDecisions(ds []Decision) []string {
+	var out []string
+	for _, d := range ds {
+		s := string(d.Kind)
+		if d.Cluster != "" {
+			s += " " + d.Cluster
+		}
+		if d.Frontend.IP.IsValid() {
+			s += " " + d.Frontend.String()
+		}
+		out = append(out, fmt.Sprintf("%s %d", s, d.Backends))
+	}
+	return out
+}
+
+const fe = "default/rebel-base 10.96.0.10:80/TCP -> "
+
+func TestMerge(t *testing.T) {
+	tests := []struct {
+		name      string
+		mode      Mode
+		local     []LocalService
+		remote    []RemoteCluster
+		want      []string
+		decisions []string
+		warning   error
+	}{
+		{
+			name:      "not global takes no remote backends",
+			local:     []LocalService{local(nil, ready("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:      []string{fe + "10.1.0.1:8080@1A"},
+			decisions: []string{"NotGlobal 1"},
+		},
+		{
+			name:   "global none unions all clusters",
+			local:  []LocalService{local(globalAnn, ready("10.1.0.1"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1", "10.2.0.2")), remote("c3", 3, true, export("c3", 3, "10.3.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2A 10.2.0.2:8080@2A 10.3.0.1:8080@3A"},
+		},
+		{
+			name:   "global with no local backends uses remote",
+			local:  []LocalService{local(globalAnn)},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:   []string{fe + "10.2.0.1:8080@2A"},
+		},
+		{
+			name:  "remote port matched by name, unknown names and other protocols ignored",
+			local: []LocalService{local(globalAnn)},
+			remote: []RemoteCluster{remote("c2", 2, true, func() *wire.ClusterService {
+				cs := export("c2", 2)
+				cs.Backends["10.2.0.1"] = wire.PortConfiguration{"http": {Protocol: "TCP", Port: 9090}, "metrics": {Protocol: "TCP", Port: 80}}
+				cs.Backends["10.2.0.2"] = wire.PortConfiguration{"http": {Protocol: "UDP", Port: 8080}}
+				cs.Backends["10.2.0.3"] = wire.PortConfiguration{"web": {Protocol: "TCP", Port: 80}}
+				return cs
+			}())},
+			want:      []string{fe + "10.2.0.1:9090@2A"},
+			decisions: []string{"PortsIgnored c2 3"},
+		},
+		{
+			name:  "remote frontends ignored, service only remote gets no frontend",
+			local: []LocalService{local(globalAnn)},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"), func() *wire.ClusterService {
+				cs := export("c2", 2, "10.2.0.9")
+				cs.Name = "only-remote"
+				return cs
+			}())},
+			want: []string{fe + "10.2.0.1:8080@2A"},
+		},
+		{
+			name:      "remote shared=false ignored",
+			local:     []LocalService{local(globalAnn, ready("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, func() *wire.ClusterService { cs := export("c2", 2, "10.2.0.1"); cs.Shared = false; return cs }())},
+			want:      []string{fe + "10.1.0.1:8080@1A"},
+			decisions: []string{"NotShared c2 1"},
+		},
+		{
+			name:   "local shared=false still imports",
+			local:  []LocalService{local(ann(AnnotationGlobal, "true", AnnotationShared, "false"), ready("10.1.0.1"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2A"},
+		},
+		{
+			name:   "affinity local with active local backend: remote drain only",
+			local:  []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "local"), ready("10.1.0.1"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2T"},
+		},
+		{
+			name:      "affinity local without local backends falls back to remote",
+			local:     []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "Local"), notReady("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:      []string{fe + "10.2.0.1:8080@2A"},
+			decisions: []string{"AffinityFallback 10.96.0.10:80/TCP 1"},
+		},
+		{
+			name:      "affinity local with only terminating local backends falls back, local keeps draining",
+			local:     []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "local"), terminating("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:      []string{fe + "10.1.0.1:8080@1T 10.2.0.1:8080@2A"},
+			decisions: []string{"AffinityFallback 10.96.0.10:80/TCP 1"},
+		},
+		{
+			name:   "affinity remote with active remote: local drain only",
+			local:  []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "remote"), ready("10.1.0.1"), terminating("10.1.0.2"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1T 10.1.0.2:8080@1T 10.2.0.1:8080@2A"},
+		},
+		{
+			name:      "affinity remote without remote backends falls back to local",
+			local:     []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "remote"), ready("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, export("c2", 2))},
+			want:      []string{fe + "10.1.0.1:8080@1A"},
+			decisions: []string{"AffinityFallback 10.96.0.10:80/TCP 1"},
+		},
+		{
+			name:      "affinity remote with remote withdrawn falls back to local",
+			local:     []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "remote"), ready("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, false, export("c2", 2, "10.2.0.1"))},
+			want:      []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2T"},
+			decisions: []string{"AffinityFallback 10.96.0.10:80/TCP 1", "ClusterWithdrawn c2 1"},
+		},
+		{
+			name:    "unknown affinity is none with a warning",
+			local:   []LocalService{local(ann(AnnotationGlobal, "true", AnnotationAffinity, "nearest"), ready("10.1.0.1"))},
+			remote:  []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:    []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2A"},
+			warning: ErrUnknownAffinity,
+		},
+		{
+			name:      "withdraw: unreachable cluster drains, reachable ones serve",
+			local:     []LocalService{local(globalAnn)},
+			remote:    []RemoteCluster{remote("c2", 2, false, export("c2", 2, "10.2.0.1")), remote("c3", 3, true, export("c3", 3, "10.3.0.1"))},
+			want:      []string{fe + "10.2.0.1:8080@2T 10.3.0.1:8080@3A"},
+			decisions: []string{"ClusterWithdrawn c2 1"},
+		},
+		{
+			name:      "fail-static keeps unreachable cluster",
+			mode:      ModeFailStatic,
+			local:     []LocalService{local(globalAnn)},
+			remote:    []RemoteCluster{remote("c2", 2, false, export("c2", 2, "10.2.0.1")), remote("c3", 3, true, export("c3", 3, "10.3.0.1"))},
+			want:      []string{fe + "10.2.0.1:8080@2A 10.3.0.1:8080@3A"},
+			decisions: []string{"ClusterFailStatic c2 1"},
+		},
+		{
+			name:   "legacy annotations, case-insensitive true",
+			local:  []LocalService{local(ann(AnnotationGlobalLegacy, "TRUE", AnnotationAffinityLegacy, "local"), ready("10.1.0.1"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2T"},
+		},
+		{
+			name:      "global annotation not true",
+			local:     []LocalService{local(ann(AnnotationGlobal, "yes"), ready("10.1.0.1"))},
+			remote:    []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+			want:      []string{fe + "10.1.0.1:8080@1A"},
+			decisions: []string{"NotGlobal 1"},
+		},
+		{
+			name:  "not ready local backend excluded, terminating drains",
+			local: []LocalService{local(nil, notReady("10.1.0.1"), terminating("10.1.0.2"), ready("10.1.0.3"))},
+			want:  []string{fe + "10.1.0.2:8080@1T 10.1.0.3:8080@1A"},
+		},
+		{
+			name: "dual stack: each frontend gets its family",
+			local: []LocalService{func() LocalService {
+				s := local(globalAnn, ready("10.1.0.1"), ready("fd00:1::1"))
+				s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr("fd00:96::10"))
+				return s
+			}()},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1", "fd00:2::1"))},
+			want: []string{
+				fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2A",
+				"default/rebel-base [fd00:96::10]:80/TCP -> fd00:1::1:8080@1A fd00:2::1:8080@2A",
+			},
+		},
+		{
+			name:   "headless service has no frontend",
+			local:  []LocalService{func() LocalService { s := local(globalAnn, ready("10.1.0.1")); s.ClusterIPs = nil; return s }()},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.2.0.1"))},
+		},
+		{
+			name:    "import contradicting its cluster rejected",
+			local:   []LocalService{local(globalAnn, ready("10.1.0.1"))},
+			remote:  []RemoteCluster{remote("c2", 2, true, export("c3", 3, "10.2.0.1"))},
+			want:    []string{fe + "10.1.0.1:8080@1A"},
+			warning: ErrInvalidImport,
+		},
+		{
+			name:    "import claiming the local cluster ID rejected",
+			local:   []LocalService{local(globalAnn, ready("10.1.0.1"))},
+			remote:  []RemoteCluster{remote("c1b", localID, true, export("c1b", localID, "10.2.0.1"))},
+			want:    []string{fe + "10.1.0.1:8080@1A"},
+			warning: ErrInvalidImport,
+		},
+		{
+			name:   "duplicate addresses: active wins, then local",
+			local:  []LocalService{local(globalAnn, terminating("10.1.0.1"), ready("10.1.0.1"), ready("10.9.0.1"))},
+			remote: []RemoteCluster{remote("c2", 2, true, export("c2", 2, "10.9.0.1"))},
+			want:   []string{fe + "10.1.0.1:8080@1A 10.9.0.1:8080@1A"},
+		},
+		{
+			name: "multiple ports matched independently",
+			local: []LocalService{func() LocalService {
+				s := local(ann(AnnotationGlobal, "true", AnnotationAffinity, "local"), ready("10.1.0.1"))
+				s.Ports = append(s.Ports, ServicePort{Name: "dns", Port: 53, Protocol: state.UDP})
+				return s
+			}()},
+			remote: []RemoteCluster{remote("c2", 2, true, func() *wire.ClusterService {
+				cs := export("c2", 2)
+				cs.Backends["10.2.0.1"] = wire.PortConfiguration{"http": {Protocol: "TCP", Port: 8080}, "dns": {Protocol: "UDP", Port: 5353}}
+				return cs
+			}())},
+			want: []string{
+				"default/rebel-base 10.96.0.10:53/UDP -> 10.2.0.1:5353@2A",
+				fe + "10.1.0.1:8080@1A 10.2.0.1:8080@2T",
+			},
+			decisions: []string{"AffinityFallback 10.96.0.10:53/UDP 1"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Merge(&Input{Options: Options{LocalClusterID: localID, Mode: tt.mode}, Local: tt.local, Remote: tt.remote})
+			if got := render(res.Services); !slices.Equal(got, tt.want) {
+				t.Errorf("services:\n got  %q\n want %q", got, tt.want)
+			}
+			if got := renderDecisions(res.Decisions); !slices.Equal(got, tt.decisions) {
+				t.Errorf("decisions:\n got  %q\n want %q", got, tt.decisions)
+			}
+			switch {
+			case tt.warning == nil && len(res.Warnings) > 0:
+				t.Errorf("unexpected warnings %v", res.Warnings)
+			case tt.warning != nil && (len(res.Warnings) != 1 || !errors.Is(res.Warnings[0], tt.warning)):
+				t.Errorf("warnings %v, want one wrapping %v", res.Warnings, tt.warning)
+			}
+			for _, w := range res.Warnings {
+				if !strings.Contains(w.Error(), "default/rebel-base") {
+					t.Errorf("warning %q does not name the service", w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseAnnotations(t *testing.T) {
+	tests := []struct {
+		name string
+		in   map[string]string
+		want Policy
+		err  error
+	}{
+		{"none", nil, Policy{Affinity: AffinityNone}, nil},
+		{"global defaults shared", ann(AnnotationGlobal, "true"), Policy{Global: true, Shared: true, Affinity: AffinityNone}, nil},
+		{"global mixed case", ann(AnnotationGlobal, "True"), Policy{Global: true, Shared: true, Affinity: AffinityNone}, nil},
+		{"global false", ann(AnnotationGlobal, "false", AnnotationAffinity, "bogus"), Policy{Affinity: AffinityNone}, nil},
+		{"shared false", ann(AnnotationGlobal, "true", AnnotationShared, "FALSE"), Policy{Global: true, Affinity: AffinityNone}, nil},
+		{"shared not true means false", ann(AnnotationGlobal, "true", AnnotationShared, "no"), Policy{Global: true, Affinity: AffinityNone}, nil},
+		{"legacy", ann(AnnotationGlobalLegacy, "true", AnnotationSharedLegacy, "false", AnnotationAffinityLegacy, "REMOTE"), Policy{Global: true, Affinity: AffinityRemote}, nil},
+		{"new key wins over legacy", ann(AnnotationGlobal, "false", AnnotationGlobalLegacy, "true"), Policy{Affinity: AffinityNone}, nil},
+		{"affinity local", ann(AnnotationGlobal, "true", AnnotationAffinity, "local"), Policy{Global: true, Shared: true, Affinity: AffinityLocal}, nil},
+		{"affinity empty", ann(AnnotationGlobal, "true", AnnotationAffinity, ""), Policy{Global: true, Shared: true, Affinity: AffinityNone}, nil},
+		{"affinity unknown", ann(AnnotationGlobal, "true", AnnotationAffinity, "closest"), Policy{Global: true, Shared: true, Affinity: AffinityNone}, ErrUnknownAffinity},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseAnnotations(tt.in)
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+			if !errors.Is(err, tt.err) || (tt.err == nil) != (err == nil) {
+				t.Errorf("err %v, want %v", err, tt.err)
+			}
+		})
+	}
+}
+
+// TestMergeDeterministic checks that input order never changes the output.
+func TestMergeDeterministic(t *testing.T) {
+	in := benchInput(50, 6, 3)
+	in.Remote[2].Reachable = false
+	want := Merge(in)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 20 {
+		shuffled := *in
+		shuffled.Local = slices.Clone(in.Local)
+		shuffled.Remote = slices.Clone(in.Remote)
+		r.Shuffle(len(shuffled.Local), func(i, j int) { shuffled.Local[i], shuffled.Local[j] = shuffled.Local[j], shuffled.Local[i] })
+		r.Shuffle(len(shuffled.Remote), func(i, j int) { shuffled.Remote[i], shuffled.Remote[j] = shuffled.Remote[j], shuffled.Remote[i] })
+		for k := range shuffled.Local {
+			b := slices.Clone(shuffled.Local[k].Backends)
+			r.Shuffle(len(b), func(i, j int) { b[i], b[j] = b[j], b[i] })
+			shuffled.Local[k].Backends = b
+		}
+		if got := Merge(&shuffled); !reflect.DeepEqual(got, want) {
+			t.Fatalf("shuffle %d: result differs", i)
+		}
+	}
+}
+
+// TestMergeServiceMatchesMerge checks the incremental entry point against the
+// whole-set merge.
+func TestMergeServiceMatchesMerge(t *testing.T) {
+	in := benchInput(20, 4, 2)
+	in.Remote[1].Reachable = false
+	whole := Merge(in)
+	slices.SortFunc(in.Local, func(a, b LocalService) int { return strings.Compare(a.NamespacedName(), b.NamespacedName()) })
+	var got []state.Service
+	for i := range in.Local {
+		var imports []Import
+		for _, rc := range in.Remote {
+			for _, cs := range rc.Services {
+				imports = append(imports, Import{Cluster: rc.Name, ClusterID: rc.ID, Reachable: rc.Reachable, Service: cs})
+			}
+		}
+		got = append(got, MergeService(&in.Local[i], imports, in.Options).Services...)
+	}
+	if !reflect.DeepEqual(got, whole.Services) {
+		t.Fatalf("MergeService differs from Merge:\n%q\n%q", render(got)[:2], render(whole.Services)[:2])
+	}
+}
+
+// benchInput builds n global services (ports http/TCP and dns/UDP, one
+// ClusterIP) with b local backends, and c remote clusters exporting b
+// backends each.
+func benchInput(n, c, b int) *Input {
+	in := &Input{Options: Options{LocalClusterID: localID}}
+	for i := range n {
+		s := LocalService{
+			Namespace: fmt.Sprintf("ns%d", i%10), Name: fmt.Sprintf("svc%d", i),
+			ClusterIPs:  []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+			Ports:       []ServicePort{{Name: "http", Port: 80, Protocol: state.TCP}, {Name: "dns", Port: 53, Protocol: state.UDP}},
+			Annotations: map[string]string{AnnotationGlobal: "true"},
+		}
+		if i%3 == 0 {
+			s.Annotations = map[string]string{AnnotationGlobal: "true", AnnotationAffinity: "local"}
+		}
+		for j := range b {
+			s.Backends = append(s.Backends, LocalBackend{
+				IP:    netip.AddrFrom4([4]byte{10, 1, byte(i), byte(j)}),
+				Ports: []BackendPort{{Name: "http", Port: 8080, Protocol: state.TCP}, {Name: "dns", Port: 5353, Protocol: state.UDP}},
+				Ready: true, Serving: true,
+			})
+		}
+		in.Local = append(in.Local, s)
+	}
+	for k := range c {
+		id := uint32(k + 2)
+		rc := RemoteCluster{Name: fmt.Sprintf("c%d", id), ID: id, Reachable: true}
+		for i := range n {
+			cs := &wire.ClusterService{
+				Cluster: rc.Name, ClusterID: id, Namespace: fmt.Sprintf("ns%d", i%10), Name: fmt.Sprintf("svc%d", i), Shared: true,
+				Backends: map[string]wire.PortConfiguration{},
+			}
+			for j := range b {
+				ip := netip.AddrFrom4([4]byte{10, byte(id), byte(i), byte(j)})
+				cs.Backends[ip.String()] = wire.PortConfiguration{"http": {Protocol: "TCP", Port: 8080}, "dns": {Protocol: "UDP", Port: 5353}}
+			}
+			rc.Services = append(rc.Services, cs)
+		}
+		in.Remote = append(in.Remote, rc)
+	}
+	return in
+}
+
+func BenchmarkMerge(b *testing.B) {
+	const services, clusters, backends = 1000, 16, 4
+	in := benchInput(services, clusters, backends)
+	var res Result
+	for b.Loop() {
+		res = Merge(in)
+	}
+	nb := 0
+	for _, s := range res.Services {
+		nb += len(s.Backends)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/merge")
+	b.ReportMetric(float64(len(res.Services)), "frontends")
+	b.ReportMetric(float64(nb), "backends")
+}
