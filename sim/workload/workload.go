@@ -1,0 +1,155 @@
+// Package workload holds the simulator's built-in pod behaviours: an echo
+// server that answers every request with its cluster's name (the seed
+// demo's rebel-base), and an HTTP client that makes real TCP requests from
+// inside a pod's network namespace (the seed demo's x-wing running curl).
+package workload
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// IsEcho reports whether a container image gets the echo server: meshbed/echo
+// or cilium/json-mock, with any registry prefix and any tag or digest.
+func IsEcho(image string) bool {
+	name := image
+	if i := strings.IndexByte(name, '@'); i >= 0 {
+		name = name[:i]
+	}
+	if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
+		name = name[:i]
+	}
+	return name == "meshbed/echo" || strings.HasSuffix(name, "/meshbed/echo") ||
+		name == "cilium/json-mock" || strings.HasSuffix(name, "/cilium/json-mock")
+}
+
+// Answer is the echo server's reply body.
+type Answer struct {
+	Galaxy  string `json:"Galaxy"`
+	Cluster string `json:"Cluster"`
+	Pod     string `json:"Pod"`
+	Node    string `json:"Node"`
+	Port    int    `json:"Port"`
+}
+
+// Echo serves Answer on every listener until Close.
+type Echo struct {
+	servers []*http.Server
+	done    chan error
+}
+
+// ServeEcho answers on each listener (one per declared container port).
+func ServeEcho(cluster, node, pod string, listeners []net.Listener) *Echo {
+	e := &Echo{done: make(chan error, len(listeners))}
+	for _, ln := range listeners {
+		port := 0
+		if a, ok := ln.Addr().(*net.TCPAddr); ok {
+			port = a.Port
+		}
+		body, _ := json.Marshal(Answer{Galaxy: "Alderaan", Cluster: cluster, Pod: pod, Node: node, Port: port})
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write(body)
+			}),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+		e.servers = append(e.servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				e.done <- err
+				return
+			}
+			e.done <- nil
+		}()
+	}
+	return e
+}
+
+// Close stops the servers and drops their connections.
+func (e *Echo) Close() error {
+	var errs []error
+	for _, s := range e.servers {
+		errs = append(errs, s.Close())
+	}
+	for range e.servers {
+		errs = append(errs, <-e.done)
+	}
+	return errors.Join(errs...)
+}
+
+// DialFunc dials from inside a pod.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Result is one request's outcome.
+type Result struct {
+	Start    time.Time
+	Duration time.Duration
+	// Cluster is the answering cluster, empty when the request failed.
+	Cluster string
+	Pod     string
+	Err     error
+}
+
+// Client makes sequential requests like `curl`, a new TCP connection each
+// time (so that every request is a new load-balancing decision).
+type Client struct {
+	http *http.Client
+}
+
+// NewClient returns a client that dials through dial.
+func NewClient(dial DialFunc, timeout time.Duration) *Client {
+	tr := &http.Transport{
+		DialContext:       dial,
+		DisableKeepAlives: true,
+		Proxy:             nil,
+	}
+	return &Client{http: &http.Client{Transport: tr, Timeout: timeout}}
+}
+
+// Get requests url (whose host is already an IP) and reports who answered.
+func (c *Client) Get(ctx context.Context, url string) Result {
+	r := Result{Start: time.Now()}
+	defer func() { r.Duration = time.Since(r.Start) }()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	if resp.StatusCode != http.StatusOK {
+		r.Err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		return r
+	}
+	var a Answer
+	if err := json.Unmarshal(body, &a); err != nil || a.Cluster == "" {
+		r.Err = fmt.Errorf("answer is not an echo reply: %q", truncate(string(body), 80))
+		return r
+	}
+	r.Cluster, r.Pod = a.Cluster, a.Pod
+	return r
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
