@@ -497,7 +497,7 @@ func entity(v value, s string) (Entity, error) {
 	}
 	switch s {
 	case "world-ipv4", "world-ipv6":
-		return "", v.unsupported(fmt.Sprintf("entity %q (meshbed has one world identity: use world)", s))
+		return "", &fieldError{path: v.path, err: fmt.Errorf("entity %q: %w (there is one world identity: use world)", s, ErrUnsupported)}
 	case "ingress", "cluster-mesh", "kube-dns", "remote-cluster":
 		return "", v.unsupported(fmt.Sprintf("entity %q", s))
 	}
@@ -625,10 +625,10 @@ func (d *cnpDecoder) portRule(v value, dir state.Direction, r *Rule) error {
 			return err
 		}
 		if err := ro.reject(map[string]string{
-			"http":    "L7 HTTP rules (rules.http; meshbed enforces L3/L4 only)",
-			"kafka":   "L7 Kafka rules (rules.kafka; meshbed enforces L3/L4 only)",
-			"l7proto": "L7 protocol parsers (rules.l7proto; meshbed enforces L3/L4 only)",
-			"l7":      "L7 rules (rules.l7; meshbed enforces L3/L4 only)",
+			"http":    "L7 HTTP rules (meshbed enforces L3/L4 only)",
+			"kafka":   "L7 Kafka rules (meshbed enforces L3/L4 only)",
+			"l7proto": "L7 protocol parsers (meshbed enforces L3/L4 only)",
+			"l7":      "L7 rules (meshbed enforces L3/L4 only)",
 		}); err != nil {
 			return err
 		}
@@ -735,7 +735,7 @@ func portNumber(v value, s string) (uint16, error) {
 	if s[0] >= '0' && s[0] <= '9' {
 		return 0, v.errorf("%q is not a port number (0-65535)", s)
 	}
-	return 0, v.unsupported(fmt.Sprintf("named port %q (use the port number)", s))
+	return 0, &fieldError{path: v.path, err: fmt.Errorf("named port %q: %w, use the port number", s, ErrUnsupported)}
 }
 
 // protocol parses TCP, UDP or ANY; an empty string means def.
@@ -750,7 +750,7 @@ func protocol(v value, s string, def state.Protocol) (state.Protocol, error) {
 	case "ANY":
 		return state.ProtoAny, nil
 	case "SCTP", "ICMP", "ICMPv6", "VRRP", "IGMP":
-		return 0, v.unsupported(fmt.Sprintf("protocol %s (meshbed enforces TCP, UDP and ANY)", s))
+		return 0, &fieldError{path: v.path, err: fmt.Errorf("protocol %s: %w (TCP, UDP and ANY are)", s, ErrUnsupported)}
 	}
 	return 0, v.errorf("unknown protocol %q (want TCP, UDP or ANY)", s)
 }

@@ -57,7 +57,7 @@ func (v value) errorf(format string, args ...any) error {
 }
 
 func (v value) unsupported(what string) error {
-	return &fieldError{path: v.path, err: fmt.Errorf("%s %w", what, ErrUnsupported)}
+	return &fieldError{path: v.path, err: fmt.Errorf("%s: %w", what, ErrUnsupported)}
 }
 
 func (v value) child(name string, x any) value {

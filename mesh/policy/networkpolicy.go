@@ -1,8 +1,13 @@
 package policy
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -16,18 +21,130 @@ import (
 )
 
 // DecodeNetworkPolicyYAML decodes one networking.k8s.io/v1 NetworkPolicy
-// from YAML or JSON, rejecting unknown fields, then converts it with
-// DecodeNetworkPolicy.
+// from YAML or JSON, rejecting duplicate keys and unknown fields (by path),
+// then converts it with DecodeNetworkPolicy.
 func DecodeNetworkPolicyYAML(data []byte) (*Policy, error) {
+	ref := Ref{Source: SourceNetworkPolicy}
+	fail := func(path string, err error) (*Policy, error) {
+		return nil, &DecodeError{Ref: ref, Path: path, Err: err}
+	}
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return fail("", fmt.Errorf("parse YAML: %w", err))
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
+	var obj any
+	if err := dec.Decode(&obj); err != nil {
+		return fail("", fmt.Errorf("parse JSON: %w", err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fail("", errors.New("trailing data after the object"))
+	}
+	// The name first, so that every later error carries it.
+	if m, ok := obj.(map[string]any); ok {
+		if md, ok := m["metadata"].(map[string]any); ok {
+			ref.Name, _ = md["name"].(string)
+			ref.Namespace, _ = md["namespace"].(string)
+		}
+	}
+	if err := checkFields(value{v: obj}, reflect.TypeFor[networkingv1.NetworkPolicy]()); err != nil {
+		var fe *fieldError
+		if errors.As(err, &fe) {
+			return fail(fe.path, fe.err)
+		}
+		return fail("", err)
+	}
 	var np networkingv1.NetworkPolicy
-	if err := yaml.UnmarshalStrict(data, &np); err != nil {
-		return nil, &DecodeError{Ref: Ref{Source: SourceNetworkPolicy}, Err: fmt.Errorf("parse: %w", err)}
+	if err := json.Unmarshal(j, &np); err != nil {
+		return fail("", fmt.Errorf("parse: %w", err))
 	}
 	if np.APIVersion != "networking.k8s.io/v1" || np.Kind != "NetworkPolicy" {
-		return nil, &DecodeError{Ref: Ref{Source: SourceNetworkPolicy, Namespace: np.Namespace, Name: np.Name},
-			Err: fmt.Errorf("apiVersion/kind is %q/%q, want networking.k8s.io/v1/NetworkPolicy", np.APIVersion, np.Kind)}
+		return fail("", fmt.Errorf("apiVersion/kind is %q/%q, want networking.k8s.io/v1/NetworkPolicy", np.APIVersion, np.Kind))
 	}
 	return DecodeNetworkPolicy(&np)
+}
+
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
+// checkFields rejects the first field of a generic JSON tree that the
+// type t (with json tags, as Kubernetes API types have) does not declare.
+// Type mismatches are left to encoding/json.
+func checkFields(v value, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return nil // IntOrString, Time, FieldsV1: their own format
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		fields := jsonFields(t, map[string]reflect.Type{})
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			ft, ok := fields[k]
+			if !ok {
+				return v.child(k, nil).errorf("unknown field")
+			}
+			if err := checkFields(v.child(k, m[k]), ft); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		l, ok := v.v.([]any)
+		if !ok {
+			return nil
+		}
+		for i, e := range l {
+			if err := checkFields(value{path: fmt.Sprintf("%s[%d]", v.path, i), v: e}, t.Elem()); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		m, ok := v.v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if err := checkFields(value{path: fmt.Sprintf("%s[%q]", v.path, k), v: m[k]}, t.Elem()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// jsonFields collects the JSON field names of a struct, descending into
+// inline embedded structs (TypeMeta, ObjectMeta's neighbours).
+func jsonFields(t reflect.Type, out map[string]reflect.Type) map[string]reflect.Type {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && (name == "" || strings.Contains(opts, "inline")) {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				jsonFields(ft, out)
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
 }
 
 // DecodeNetworkPolicy converts a NetworkPolicy, validating what the API
@@ -195,7 +312,7 @@ func npPort(path string, p *networkingv1.NetworkPolicyPort) (Port, error) {
 		case corev1.ProtocolUDP:
 			out.Protocol = state.UDP
 		case corev1.ProtocolSCTP:
-			return out, &fieldError{path: path + ".protocol", err: fmt.Errorf("protocol SCTP %w", ErrUnsupported)}
+			return out, &fieldError{path: path + ".protocol", err: fmt.Errorf("protocol SCTP: %w (TCP and UDP are)", ErrUnsupported)}
 		default:
 			return out, &fieldError{path: path + ".protocol", err: fmt.Errorf("unknown protocol %q (want TCP, UDP or SCTP)", *p.Protocol)}
 		}
@@ -208,7 +325,7 @@ func npPort(path string, p *networkingv1.NetworkPolicyPort) (Port, error) {
 			}
 			out.Port = uint16(p.Port.IntVal)
 		case intstr.String:
-			return out, &fieldError{path: path + ".port", err: fmt.Errorf("named port %q (use the port number) %w", p.Port.StrVal, ErrUnsupported)}
+			return out, &fieldError{path: path + ".port", err: fmt.Errorf("named port %q: %w, use the port number", p.Port.StrVal, ErrUnsupported)}
 		default:
 			return out, &fieldError{path: path + ".port", err: fmt.Errorf("invalid port type %d", p.Port.Type)}
 		}

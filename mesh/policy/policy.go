@@ -27,7 +27,7 @@ const (
 // ErrUnsupported marks a well-formed policy that uses a feature meshbed
 // does not enforce; the caller should report it to the user and keep the
 // previous version of the policy.
-var ErrUnsupported = errors.New("is not supported by meshbed")
+var ErrUnsupported = errors.New("not supported by meshbed")
 
 // ErrUnknownIdentity is returned by Compute and Track for an identity the
 // Repository does not know. The policy returned with it denies everything:
@@ -286,7 +286,7 @@ func (p Port) validate() error {
 	switch p.Protocol {
 	case state.ProtoAny, state.TCP, state.UDP:
 	default:
-		return fmt.Errorf("protocol %s %w", p.Protocol, ErrUnsupported)
+		return fmt.Errorf("protocol %s: %w", p.Protocol, ErrUnsupported)
 	}
 	if p.EndPort != 0 {
 		if p.Port == 0 {

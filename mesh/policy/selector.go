@@ -219,5 +219,5 @@ func canonicalKey(key string) (string, error) {
 	case "reserved":
 		return key, nil
 	}
-	return "", fmt.Errorf("label source %q in key %q %w (use k8s:, any: or reserved:)", src, key, ErrUnsupported)
+	return "", fmt.Errorf("label source %q in key %q: %w (use k8s:, any: or reserved:)", src, key, ErrUnsupported)
 }
