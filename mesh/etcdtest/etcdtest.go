@@ -1,7 +1,13 @@
 // Package etcdtest starts a real, embedded, single-member etcd for tests:
 // temporary data dir, loopback random ports, election timings tuned for
-// speed, its own logs discarded. Restart brings it back on the same ports
-// with a fresh data dir, which is exactly what a restarting ephemeral
+// speed, its own logs discarded.
+//
+// Clients reach it through a small TCP relay on a fixed loopback port, which
+// lets a test act on the connection the way the network or a crash would:
+// Stop drops every connection at once and refuses new ones (a dead server),
+// Partition silently stops delivering bytes while keeping connections open
+// (a black hole) until Heal, and Restart brings a new etcd with a fresh data
+// dir behind the same address, which is exactly what a restarting ephemeral
 // mesh-apiserver does to its clients: same address, every key gone.
 package etcdtest
 
@@ -30,71 +36,94 @@ const (
 
 // Server is an embedded etcd for one test.
 type Server struct {
-	tb         testing.TB
-	clientURL  url.URL
-	peerURL    url.URL
+	tb testing.TB
+	// addr is the relay's stable listen address, what clients dial.
+	addr string
+
 	mu         sync.Mutex
 	etcd       *embed.Etcd
+	backend    string // etcd's own client address
+	listener   net.Listener
+	conns      map[*relayConn]struct{}
+	partition  chan struct{} // closed on Heal; nil when not partitioned
 	client     *clientv3.Client
 	generation int
+	wg         sync.WaitGroup
 }
 
 // Start starts an etcd for tb and stops it when tb ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	s := &Server{tb: tb}
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		s.clientURL, s.peerURL = freeURL(tb), freeURL(tb)
-		if err = s.start(); err == nil {
-			break
-		}
-	}
+	s := &Server{tb: tb, conns: make(map[*relayConn]struct{})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		tb.Fatalf("listen: %v", err)
+	}
+	s.addr = l.Addr().String()
+	if err := s.startEtcd(); err != nil {
+		l.Close()
 		tb.Fatalf("start etcd: %v", err)
 	}
+	s.serve(l)
 	tb.Cleanup(func() {
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.client != nil {
-			s.client.Close()
-			s.client = nil
+		c := s.client
+		s.client = nil
+		s.mu.Unlock()
+		if c != nil {
+			c.Close()
 		}
-		s.stopLocked()
+		s.Heal()
+		s.Stop()
+		s.wg.Wait()
 	})
 	return s
 }
 
-// freeURL reserves a loopback port by binding and releasing it. The port
-// is then kept across restarts, so clients reconnect to the same address.
-func freeURL(tb testing.TB) url.URL {
-	tb.Helper()
+func localURL() (url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		tb.Fatalf("reserve port: %v", err)
+		return url.URL{}, err
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
 }
 
-func (s *Server) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.etcd != nil {
-		return nil
+// startEtcd starts a fresh etcd on new private ports.
+func (s *Server) startEtcd() error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = s.tryStartEtcd(); err == nil {
+			return nil
+		}
 	}
+	return err
+}
+
+func (s *Server) tryStartEtcd() error {
+	clientURL, err := localURL()
+	if err != nil {
+		return fmt.Errorf("reserve port: %w", err)
+	}
+	peerURL, err := localURL()
+	if err != nil {
+		return fmt.Errorf("reserve port: %w", err)
+	}
+	s.mu.Lock()
 	s.generation++
+	gen := s.generation
+	s.mu.Unlock()
 	cfg := embed.NewConfig()
 	cfg.Name = "etcdtest"
 	cfg.Dir = s.tb.TempDir()
-	cfg.ListenClientUrls = []url.URL{s.clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
-	cfg.ListenPeerUrls = []url.URL{s.peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
-	cfg.InitialCluster = cfg.Name + "=" + s.peerURL.String()
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
 	// A new token per generation makes every restart a new cluster, as a
 	// fresh ephemeral etcd is.
-	cfg.InitialClusterToken = fmt.Sprintf("etcdtest-%d", s.generation)
+	cfg.InitialClusterToken = fmt.Sprintf("etcdtest-%d", gen)
 	cfg.TickMs = tickMs
 	cfg.ElectionMs = electionMs
 	cfg.UnsafeNoFsync = true
@@ -105,32 +134,107 @@ func (s *Server) start() error {
 	cfg.GRPCKeepAliveMinTime = 100 * time.Millisecond
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return fmt.Errorf("start embedded etcd on %s: %w", s.clientURL.Host, err)
+		return fmt.Errorf("start embedded etcd: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(readyTimeout):
 		e.Close()
-		return fmt.Errorf("embedded etcd on %s not ready after %v", s.clientURL.Host, readyTimeout)
+		return fmt.Errorf("embedded etcd not ready after %v", readyTimeout)
 	}
-	s.etcd = e
+	s.mu.Lock()
+	s.etcd, s.backend = e, clientURL.Host
+	s.mu.Unlock()
 	return nil
 }
 
-func (s *Server) stopLocked() {
-	if s.etcd == nil {
+// serve relays connections accepted on l to the current etcd.
+func (s *Server) serve(l net.Listener) {
+	s.mu.Lock()
+	s.listener = l
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.relay(c)
+		}
+	}()
+}
+
+// relayConn is one client connection and its etcd side.
+type relayConn struct {
+	client, backend net.Conn
+}
+
+func (rc *relayConn) close() {
+	rc.client.Close()
+	if rc.backend != nil {
+		rc.backend.Close()
+	}
+}
+
+func (s *Server) relay(c net.Conn) {
+	s.mu.Lock()
+	backend := s.backend
+	s.mu.Unlock()
+	b, err := net.Dial("tcp", backend)
+	if err != nil {
+		c.Close()
 		return
 	}
-	s.etcd.Close()
-	<-s.etcd.Server.StopNotify()
-	s.etcd = nil
+	rc := &relayConn{client: c, backend: b}
+	s.mu.Lock()
+	if s.etcd == nil {
+		s.mu.Unlock()
+		rc.close()
+		return
+	}
+	s.conns[rc] = struct{}{}
+	s.mu.Unlock()
+	s.wg.Add(2)
+	go s.pipe(rc, b, c)
+	go s.pipe(rc, c, b)
+}
+
+// pipe copies src to dst, holding the bytes back while partitioned.
+func (s *Server) pipe(rc *relayConn, dst, src net.Conn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, rc)
+		s.mu.Unlock()
+		rc.close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			s.mu.Lock()
+			heal := s.partition
+			s.mu.Unlock()
+			if heal != nil {
+				<-heal
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // Endpoints are the client URLs; they stay the same across Restart.
-func (s *Server) Endpoints() []string { return []string{s.clientURL.String()} }
+func (s *Server) Endpoints() []string { return []string{"http://" + s.addr} }
 
-// Addr is the client listen address, host:port.
-func (s *Server) Addr() string { return s.clientURL.Host }
+// Addr is the client address, host:port; it stays the same across Restart.
+func (s *Server) Addr() string { return s.addr }
 
 // Client returns a plain etcd client of the server, created on first use
 // and closed when the test ends. It survives Restart (it reconnects).
@@ -152,29 +256,50 @@ func (s *Server) Client() *clientv3.Client {
 	return s.client
 }
 
-// Stop stops the server; its clients see connection errors until Restart.
+// Stop kills the server the way a crash does: every client connection is
+// dropped at once, new ones are refused, and the data is lost.
 func (s *Server) Stop() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopLocked()
+	l, e := s.listener, s.etcd
+	s.listener, s.etcd = nil, nil
+	conns := make([]*relayConn, 0, len(s.conns))
+	for rc := range s.conns {
+		conns = append(conns, rc)
+	}
+	s.mu.Unlock()
+	if l != nil {
+		l.Close()
+	}
+	for _, rc := range conns {
+		rc.close()
+	}
+	if e != nil {
+		// No client stream is left, so the graceful stop is quick.
+		e.Close()
+		<-e.Server.StopNotify()
+	}
 }
 
-// Restart stops the server if it runs and starts it again on the same ports
-// with a fresh data dir: every key, lease and revision is gone.
+// Restart stops the server if it runs and starts a new one behind the same
+// address with a fresh data dir: every key, lease and revision is gone.
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.Stop()
-	// The old listener's port may linger briefly; retry the bind.
-	var err error
+	if err := s.startEtcd(); err != nil {
+		s.tb.Fatalf("restart etcd: %v", err)
+	}
+	// Rebind the stable address; a just-closed port may linger briefly.
 	deadline := time.Now().Add(readyTimeout)
 	for {
-		if err = s.start(); err == nil || time.Now().After(deadline) {
-			break
+		l, err := net.Listen("tcp", s.addr)
+		if err == nil {
+			s.serve(l)
+			return
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		s.tb.Fatalf("restart etcd: %v", err)
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("restart etcd: listen on %s: %v", s.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -183,6 +308,28 @@ func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.etcd != nil
+}
+
+// Partition makes the network silently drop traffic between clients and
+// the server: connections stay open, nothing is delivered (new connections
+// are accepted and hang too), until Heal. Bytes held back meanwhile are
+// delivered on Heal, as TCP would retransmit them.
+func (s *Server) Partition() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.partition == nil {
+		s.partition = make(chan struct{})
+	}
+}
+
+// Heal ends a Partition.
+func (s *Server) Heal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.partition != nil {
+		close(s.partition)
+		s.partition = nil
+	}
 }
 
 // Compact compacts the store at its current revision, so that watches

@@ -25,15 +25,19 @@ func TestStartRestart(t *testing.T) {
 		t.Errorf("endpoint changed: %s -> %s", eps, s.Endpoints()[0])
 	}
 	// The same client reconnects and finds the store empty.
+	start = time.Now()
 	resp, err := c.Get(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("client back after %v", time.Since(start))
 	if len(resp.Kvs) != 0 {
 		t.Errorf("key survived restart: %v", resp.Kvs)
 	}
 
+	start = time.Now()
 	s.Stop()
+	t.Logf("stopped in %v", time.Since(start))
 	if s.Running() {
 		t.Error("Running after Stop")
 	}
@@ -41,5 +45,30 @@ func TestStartRestart(t *testing.T) {
 	defer cancelShort()
 	if _, err := c.Get(short, "k"); err == nil {
 		t.Error("Get succeeded on a stopped server")
+	}
+}
+
+func TestPartition(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := Start(t)
+	c := s.Client()
+	if _, err := c.Put(ctx, "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	s.Partition()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if _, err := c.Get(short, "k"); err == nil {
+		t.Fatal("Get succeeded across a partition")
+	}
+	s.Heal()
+	// The data survives a partition, unlike a restart.
+	resp, err := c.Get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v1" {
+		t.Errorf("after heal: %v", resp.Kvs)
 	}
 }

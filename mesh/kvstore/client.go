@@ -36,6 +36,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 )
 
@@ -49,6 +50,9 @@ const (
 	DefaultKeepAliveTime    = 10 * time.Second
 	DefaultKeepAliveTimeout = 3 * time.Second
 	DefaultRequestTimeout   = 5 * time.Second
+	// DefaultMaxReconnectDelay caps gRPC's reconnect backoff (its own
+	// default cap is 2 minutes, far too long to notice a healed partition).
+	DefaultMaxReconnectDelay = 5 * time.Second
 )
 
 // Config describes how to reach one etcd cluster.
@@ -73,6 +77,11 @@ type Config struct {
 	// when the caller's context has no earlier deadline; zero means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+
+	// MaxReconnectDelay caps the jittered exponential backoff between
+	// reconnection attempts (it starts at 100ms); zero means
+	// DefaultMaxReconnectDelay.
+	MaxReconnectDelay time.Duration
 
 	// Dialer, when set, opens every transport connection (for instance from
 	// inside a network namespace in the simulator). addr is "host:port".
@@ -115,7 +124,18 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	var dialOpts []grpc.DialOption
+	if cfg.MaxReconnectDelay <= 0 {
+		cfg.MaxReconnectDelay = DefaultMaxReconnectDelay
+	}
+	dialOpts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: grpcbackoff.Config{
+			BaseDelay:  100 * time.Millisecond,
+			Multiplier: 1.6,
+			Jitter:     0.2,
+			MaxDelay:   cfg.MaxReconnectDelay,
+		},
+		MinConnectTimeout: cfg.DialTimeout,
+	})}
 	if cfg.Dialer != nil {
 		dialOpts = append(dialOpts, grpc.WithContextDialer(cfg.Dialer))
 	}

@@ -1,0 +1,306 @@
+package kvstore_test
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/meshbed/meshbed/mesh/etcdtest"
+	"github.com/meshbed/meshbed/mesh/kvstore"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+func TestWriterCoalesces(t *testing.T) {
+	tests := []struct {
+		name      string
+		beforeRun bool
+		// maxVersion bounds how many times the key may have been written.
+		maxVersion int64
+	}{
+		// Enqueued before Run: exactly one write of the last value.
+		{"before run", true, 1},
+		// While running, the first write may be in flight; the rest of the
+		// burst collapses.
+		{"while running", false, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := etcdtest.Start(t)
+			c := connect(t, s)
+			w := kvstore.NewWriter(c, kvstore.WriterConfig{})
+			if !tt.beforeRun {
+				run(t, w.Run)
+			}
+			const burst = 1000
+			for i := range burst {
+				w.Upsert("k", []byte(strconv.Itoa(i)))
+			}
+			if tt.beforeRun {
+				run(t, w.Run)
+			}
+			if err := w.Flush(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Client().Get(ctxT(t), "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv := resp.Kvs[0]
+			if string(kv.Value) != strconv.Itoa(burst-1) {
+				t.Errorf("value = %q, want the last one", kv.Value)
+			}
+			if kv.Version > tt.maxVersion {
+				t.Errorf("key written %d times for a burst of %d, want <= %d", kv.Version, burst, tt.maxVersion)
+			}
+			if clientv3.LeaseID(kv.Lease) != w.LeaseID() || kv.Lease == 0 {
+				t.Errorf("key on lease %x, writer lease %x", kv.Lease, w.LeaseID())
+			}
+		})
+	}
+}
+
+func TestWriterDeleteCancelsUpsert(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	ctx := ctxT(t)
+	resp, err := s.Client().Get(ctx, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev0 := resp.Header.Revision
+
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{})
+	w.Upsert("gone", []byte("1"))
+	w.Upsert("gone", []byte("2"))
+	w.Delete("gone")
+	w.Upsert("kept", []byte("1"))
+	w.Delete("kept")
+	w.Upsert("kept", []byte("2"))
+	run(t, w.Run)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.Keys() != 1 {
+		t.Errorf("Keys = %d, want 1", w.Keys())
+	}
+	// A put of "gone" would show as a store revision; "kept" is one.
+	resp, err = s.Client().Get(ctx, "", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != "kept" || string(resp.Kvs[0].Value) != "2" {
+		t.Errorf("store = %v", resp.Kvs)
+	}
+	if got := resp.Header.Revision - rev0; got != 1 {
+		t.Errorf("%d revisions written, want 1 (the put of kept)", got)
+	}
+}
+
+func TestWriterSkipsUnchanged(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{})
+	run(t, w.Run)
+	ctx := ctxT(t)
+	w.Upsert("k", []byte("a"))
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Set away and back before the writer runs again would be racy to
+	// provoke; an identical upsert is the common case (a resync).
+	w.Upsert("k", []byte("a"))
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Client().Get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := resp.Kvs[0].Version; v != 1 {
+		t.Errorf("version = %d, want 1", v)
+	}
+}
+
+func TestWriterCanaryAfterInitialKeys(t *testing.T) {
+	s := etcdtest.Start(t)
+	writerClient, readerClient := connect(t, s), connect(t, s)
+	const prefix = "cilium/state/nodes/v1/c1"
+	canaryKey := wire.SyncedKey("c1", wire.NodesPrefix)
+
+	// The reader starts first and must not list before the canary.
+	rec := newRecorder()
+	r := kvstore.NewReader(readerClient, kvstore.ReaderConfig{Prefix: prefix, Canary: canaryKey}, func(ev kvstore.Event) {
+		if ev.Kind == kvstore.EventSynced {
+			rec.mu.Lock()
+			n := len(rec.view)
+			rec.mu.Unlock()
+			if n != 500 {
+				t.Errorf("synced with %d keys, want 500", n)
+			}
+		}
+		rec.handle(ev)
+	})
+	run(t, r.Run)
+
+	w := kvstore.NewWriter(writerClient, kvstore.WriterConfig{})
+	run(t, w.Run)
+	for i := range 500 {
+		w.Upsert(fmt.Sprintf("%s/n%03d", prefix, i), []byte("x"))
+	}
+	w.Synced(canaryKey)
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := s.Client().Get(ctxT(t), prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxRev int64
+	for _, kv := range resp.Kvs {
+		maxRev = max(maxRev, kv.ModRevision)
+	}
+	cresp, err := s.Client().Get(ctxT(t), canaryKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 500 || len(cresp.Kvs) != 1 {
+		t.Fatalf("%d keys, %d canaries", len(resp.Kvs), len(cresp.Kvs))
+	}
+	if cresp.Kvs[0].ModRevision <= maxRev {
+		t.Errorf("canary at revision %d, keys up to %d", cresp.Kvs[0].ModRevision, maxRev)
+	}
+	if _, err := time.Parse(time.RFC3339, string(cresp.Kvs[0].Value)); err != nil {
+		t.Errorf("canary value %q: %v", cresp.Kvs[0].Value, err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if v, synced := rec.state(); !synced || len(v) != 500 {
+			return fmt.Errorf("reader synced=%v with %d keys", synced, len(v))
+		}
+		return nil
+	})
+}
+
+func TestWriterPrunesOnSync(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	ctx := ctxT(t)
+	const prefix = "cilium/state/services/v1/c1"
+	// Leftovers of a previous owner, and a neighbour that must survive.
+	for _, k := range []string{prefix + "/ns/old", prefix + "/ns/kept", prefix + "0/ns/neighbour"} {
+		if err := c.Put(ctx, k, []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{})
+	w.Upsert(prefix+"/ns/kept", []byte("new"))
+	w.Upsert(prefix+"/ns/added", []byte("new"))
+	w.Synced(wire.SyncedKey("c1", wire.ServicesPrefix), prefix)
+	run(t, w.Run)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		prefix + "/ns/kept":       "new",
+		prefix + "/ns/added":      "new",
+		prefix + "0/ns/neighbour": "old",
+	}
+	if err := equalState(list(t, s, "cilium/state/services/v1/"), want); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestWriterRegrantsLostLease(t *testing.T) {
+	tests := []struct {
+		name string
+		lose func(t *testing.T, s *etcdtest.Server, w *kvstore.Writer)
+	}{
+		{"revoked", func(t *testing.T, s *etcdtest.Server, w *kvstore.Writer) {
+			if _, err := s.Client().Revoke(ctxT(t), w.LeaseID()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"etcd restarted empty", func(t *testing.T, s *etcdtest.Server, w *kvstore.Writer) {
+			s.Restart()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := etcdtest.Start(t)
+			c := connect(t, s)
+			// A short TTL makes the keepalive (every TTL/3) notice a
+			// revocation within a second.
+			w := kvstore.NewWriter(c, kvstore.WriterConfig{LeaseTTL: 3 * time.Second})
+			canaryKey := wire.SyncedKey("c1", "p")
+			want := map[string]string{}
+			for i := range 50 {
+				k := fmt.Sprintf("p/k%02d", i)
+				w.Upsert(k, []byte("v"))
+				want[k] = "v"
+			}
+			w.Synced(canaryKey)
+			run(t, w.Run)
+			if err := w.Flush(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			lease := w.LeaseID()
+
+			tt.lose(t, s, w)
+			eventually(t, 15*time.Second, func() error {
+				if w.LeaseID() == lease {
+					return fmt.Errorf("lease %x not replaced", lease)
+				}
+				if err := equalState(list(t, s, "p/"), want); err != nil {
+					return err
+				}
+				if len(list(t, s, canaryKey)) != 1 {
+					return fmt.Errorf("canary not rewritten")
+				}
+				return nil
+			})
+			// Everything is on the new lease, the canary last.
+			resp, err := s.Client().Get(ctxT(t), "", clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var maxKey, canaryRev int64
+			for _, kv := range resp.Kvs {
+				if clientv3.LeaseID(kv.Lease) != w.LeaseID() {
+					t.Errorf("%s on lease %x, want %x", kv.Key, kv.Lease, w.LeaseID())
+				}
+				if string(kv.Key) == canaryKey {
+					canaryRev = kv.ModRevision
+				} else {
+					maxKey = max(maxKey, kv.ModRevision)
+				}
+			}
+			if canaryRev <= maxKey {
+				t.Errorf("canary rewritten at %d before keys (up to %d)", canaryRev, maxKey)
+			}
+		})
+	}
+}
+
+func TestWriterRetriesWhileDown(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{})
+	run(t, w.Run)
+	w.Upsert("a", []byte("1"))
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop()
+	w.Upsert("b", []byte("2"))
+	w.Delete("a")
+	s.Restart()
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := equalState(list(t, s, ""), map[string]string{"b": "2"}); err != nil {
+		t.Error(err)
+	}
+}
