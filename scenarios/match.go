@@ -66,7 +66,11 @@ func (m Matcher) Match(n, total int) bool {
 	case MatchAll:
 		return total > 0 && n == total
 	case MatchShare:
-		// n/total op p/100000, cross-multiplied; no responses is a 0% share.
+		if total <= 0 {
+			// Nothing to share: every share is 0%.
+			return compare(m.Op, 0, m.MilliPercent)
+		}
+		// n/total op p/100000, cross-multiplied to stay exact.
 		return compare(m.Op, int64(n)*100000, m.MilliPercent*int64(total))
 	}
 	return compare(m.Op, int64(n), int64(m.Count))
