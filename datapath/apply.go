@@ -263,6 +263,10 @@ func (d *Datapath) applyServices(services []state.Service) error {
 			wantBackends[k] = st
 		}
 	}
+	// Room first: backends of removed services that nobody wants.
+	if err := d.deleteUnusedBackends(wantBackends); err != nil {
+		errs = append(errs, err)
+	}
 	failed := make(map[backendKey]error)
 	var newKeys []backendKey
 	var putIDs []uint32
@@ -327,6 +331,15 @@ func (d *Datapath) applyServices(services []state.Service) error {
 
 	// Backends no service refers to any more (a service that failed to
 	// update still refers to its old ones).
+	if err := d.deleteUnusedBackends(nil); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// deleteUnusedBackends deletes programmed backends that no programmed
+// service refers to and that are not in keep.
+func (d *Datapath) deleteUnusedBackends(keep map[backendKey]uint8) error {
 	referenced := make(map[backendKey]bool, len(d.prog.backends))
 	for _, ps := range d.prog.services {
 		for _, k := range ps.refs {
@@ -335,18 +348,19 @@ func (d *Datapath) applyServices(services []state.Service) error {
 	}
 	var unused []uint32
 	for k, pb := range d.prog.backends {
-		if !referenced[k] {
+		if _, kept := keep[k]; !kept && !referenced[k] {
 			unused = append(unused, pb.id)
 		}
 	}
-	if err := del(d.pod.Backends, unused); err != nil {
-		errs = append(errs, fmt.Errorf("delete unused backends: %w", err))
+	err := del(d.pod.Backends, unused)
+	if err != nil {
+		return fmt.Errorf("delete unused backends: %w", err)
 	}
 	for _, id := range unused {
 		delete(d.prog.backends, d.prog.backendIDs[id])
 		delete(d.prog.backendIDs, id)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 func (d *Datapath) allocBackendID() uint32 {

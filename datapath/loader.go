@@ -39,6 +39,9 @@ type Options struct {
 	Trace bool
 	// Logger receives reconciliation messages; nil discards them.
 	Logger *slog.Logger
+
+	// mapSizes overrides max_entries by map name (tests that fill maps).
+	mapSizes map[string]uint32
 }
 
 // FeatureError reports a kernel feature the datapath needs and the kernel
@@ -160,6 +163,11 @@ func (d *Datapath) load() error {
 		}
 		if m := spec.Maps[podMapEvents]; m != nil {
 			m.MaxEntries = d.opts.EventBufferBytes
+		}
+		for name, size := range d.opts.mapSizes {
+			if m := spec.Maps[name]; m != nil {
+				m.MaxEntries = size
+			}
 		}
 	}
 
