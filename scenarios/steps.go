@@ -698,10 +698,6 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 			}
 		}
 	}
-	if e.Within > 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
-		e.Backends == nil && e.KVStore == nil && len(m) == 1 {
-		d.errorf(join(field, "within"), "nothing to wait for: add responses, errors, backends or kvstore")
-	}
 	return e
 }
 
