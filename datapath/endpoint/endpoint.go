@@ -247,13 +247,10 @@ func create(node, pod *netns.NS, cfg Config) (*Endpoint, error) {
 	// attached, which happens when the device opens with the carrier
 	// already on. The pod end, opened last, found its peer up and is ready;
 	// the host end opened first, carrier off, and waits for the kernel's
-	// link watcher to attach it. A SYN-ACK sent before that is lost and the
-	// pod retries only after a full second. The watcher reports completion
-	// by setting the operational state, under the RTNL lock that the node's
-	// route and neighbour updates below take too, so once they return the
-	// host end is ready.
-	if err := waitOperUp(hn, ep.HostIfIndex); err != nil {
-		return nil, fmt.Errorf("wait for %s: %w", ep.HostIfName, err)
+	// link watcher (netns.WaitOperUp). A SYN-ACK sent before that is lost
+	// and the pod retries only after a full second.
+	if err := node.WaitOperUp(ep.HostIfIndex, operUpTimeout); err != nil {
+		return nil, err
 	}
 	if err := configureNode(hn, ep); err != nil {
 		return nil, err
@@ -262,26 +259,9 @@ func create(node, pod *netns.NS, cfg Config) (*Endpoint, error) {
 	return ep, nil
 }
 
-// operUpTimeout bounds the wait for the link watcher, which normally takes
-// well under a millisecond but runs from a shared kernel work queue.
+// operUpTimeout bounds the wait for the kernel's link watcher, which runs
+// from a shared work queue and normally answers in well under a millisecond.
 const operUpTimeout = 5 * time.Second
-
-func waitOperUp(h *netlink.Handle, index int) error {
-	deadline := time.Now().Add(operUpTimeout)
-	for pause := 20 * time.Microsecond; ; pause = min(2*pause, 5*time.Millisecond) {
-		link, err := h.LinkByIndex(index)
-		if err != nil {
-			return err
-		}
-		if link.Attrs().OperState == netlink.OperUp {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not operationally up after %v (state %s)", operUpTimeout, link.Attrs().OperState)
-		}
-		time.Sleep(pause)
-	}
-}
 
 func configurePod(h *netlink.Handle, peer netlink.Link, ep *Endpoint) error {
 	// Up first: the kernel refuses routes through a device that is down.

@@ -65,6 +65,7 @@ func tcpExchange(t *testing.T, from *netns.NS, fromIP netip.Addr, addr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	c, err := from.Dial(ctx, nil, "tcp4", addr)
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, from, err)
@@ -75,6 +76,11 @@ func tcpExchange(t *testing.T, from *netns.NS, fromIP netip.Addr, addr string) {
 	seen, err := r.ReadString('\n')
 	if err != nil {
 		t.Fatalf("read greeting: %v", err)
+	}
+	// A packet lost while a veth was not ready costs a one-second
+	// retransmission.
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Errorf("handshake with %s took %v: a packet was lost", addr, d)
 	}
 	if got := strings.TrimSpace(seen); got != fromIP.String() {
 		t.Errorf("server saw client %s, want %s", got, fromIP)
@@ -90,21 +96,26 @@ func tcpExchange(t *testing.T, from *netns.NS, fromIP netip.Addr, addr string) {
 	}
 }
 
+// TestTwoPodsOnOneNode connects pairs of pods through the node's plain
+// kernel routing, each pair right after it was created: the first packets
+// must not be lost.
 func TestTwoPodsOnOneNode(t *testing.T) {
 	testenv.Privileged(t)
 	netnstest.CheckLeaks(t)
 	node := newNode(t)
-	podA, podB := netnstest.New(t, "pod-a"), netnstest.New(t, "pod-b")
-	a := mustCreate(t, node, podA, endpoint.Config{ID: "default/a", IP: netip.MustParseAddr("10.1.0.2")})
-	b := mustCreate(t, node, podB, endpoint.Config{ID: "default/b", IP: netip.MustParseAddr("10.1.0.3")})
+	for i := range 4 {
+		podA, podB := netnstest.New(t, "pod-a"), netnstest.New(t, "pod-b")
+		a := mustCreate(t, node, podA, endpoint.Config{ID: fmt.Sprintf("default/a%d", i), IP: netip.AddrFrom4([4]byte{10, 1, 0, byte(2*i + 2)})})
+		b := mustCreate(t, node, podB, endpoint.Config{ID: fmt.Sprintf("default/b%d", i), IP: netip.AddrFrom4([4]byte{10, 1, 0, byte(2*i + 3)})})
 
-	l, err := podB.Listen("tcp4", b.IP.String()+":8080")
-	if err != nil {
-		t.Fatal(err)
+		l, err := podB.Listen("tcp4", b.IP.String()+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go echoServer(l)
+		tcpExchange(t, podA, a.IP, l.Addr().String())
 	}
-	defer l.Close()
-	go echoServer(l)
-	tcpExchange(t, podA, a.IP, l.Addr().String())
 }
 
 func TestEndpointAttributes(t *testing.T) {
