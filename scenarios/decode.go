@@ -3,6 +3,7 @@ package scenarios
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -505,9 +506,9 @@ func (d *decoder) manifest(field string, v any, clustersKey string, st *state) (
 			if !filepath.IsAbs(path) {
 				path = filepath.Join(filepath.Dir(d.file), path)
 			}
-			data, err := os.ReadFile(path)
+			data, err := readManifest(path)
 			if err != nil {
-				d.errorf(ff, "cannot read %q: %v", name, unwrapPath(err))
+				d.errorf(ff, "cannot read %q: %v", name, err)
 			} else {
 				objects, parsed = d.objects(ff, name+": ", data)
 			}
@@ -572,4 +573,32 @@ func (d *decoder) haveObject(field, cluster string, k objectKey, st *state) bool
 	}
 	d.errorf(field, "no %s in cluster %q (objects come from spec.manifests and earlier apply steps)", k, cluster)
 	return false
+}
+
+// maxManifestSize bounds a manifest file; real ones are a few kilobytes.
+const maxManifestSize = 4 << 20
+
+// readManifest reads a regular file of at most maxManifestSize bytes, so that
+// a path like /dev/zero fails instead of hanging.
+func readManifest(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	if info.Size() > maxManifestSize {
+		return nil, fmt.Errorf("larger than %d MiB", maxManifestSize>>20)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	return data, nil
 }

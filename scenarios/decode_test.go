@@ -297,3 +297,33 @@ func dumpManifest(b *strings.Builder, label string, m Manifest) {
 		fmt.Fprintf(b, "    %s %s ns=%q name=%s %T %s\n", o.APIVersion, o.Kind, o.Namespace, o.Name, o.Object, o.JSON)
 	}
 }
+
+func TestManifestNotRegularFile(t *testing.T) {
+	data := `apiVersion: meshbed.io/v1alpha1
+kind: Scenario
+metadata: {name: x}
+spec:
+  topology: {clusters: [{name: c1, id: 1}]}
+  manifests: [{clusters: [c1], file: /dev/zero}]
+`
+	_, err := Parse("x.yaml", []byte(data))
+	want := `x.yaml: spec.manifests[0].file: cannot read "/dev/zero": not a regular file`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+// BenchmarkLoad measures decoding and validating a typical scenario file with
+// its manifests.
+func BenchmarkLoad(b *testing.B) {
+	data, err := os.ReadFile("failover.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Parse("failover.yaml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(data)), "bytes/file")
+}

@@ -261,3 +261,30 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValues checks the value grammars: no input panics, and whatever parses
+// formats to a string that parses back to the same value.
+func FuzzValues(f *testing.F) {
+	for _, s := range []string{"0", ">=25%", "<=5%", "100%", "all", "33.333%", "> 7", "50/s", "5/100ms",
+		"600/m", "5s", "1m30s", "500ms", "=0", "", "%", "/s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if m, err := ParseMatcher(s, true, true); err == nil {
+			back, err := ParseMatcher(m.String(), true, true)
+			if err != nil || back != m {
+				t.Fatalf("matcher %q -> %q -> %+v, %v", s, m.String(), back, err)
+			}
+			_ = m.Match(1, 3)
+		}
+		if r, err := ParseRate(s); err == nil {
+			back, err := ParseRate(r.String())
+			if err != nil || back.Interval() != r.Interval() {
+				t.Fatalf("rate %q -> %q -> %+v, %v", s, r.String(), back, err)
+			}
+		}
+		if d, err := ParseDuration(s); err == nil && d < 0 {
+			t.Fatalf("negative duration from %q", s)
+		}
+	})
+}
