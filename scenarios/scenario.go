@@ -41,6 +41,37 @@
 // Rates (traffic.rate) are "N/UNIT" or "N/DURATION": a positive integer
 // number of requests per period, e.g. "50/s", "600/m", "5/100ms". The
 // resulting interval between two requests must be at least 1ms.
+//
+// # References
+//
+// References are checked in file order, the way a run would meet them: the
+// objects of spec.manifests exist in their clusters before step 1; an apply
+// step adds objects from its step on, a delete step removes one (a
+// Namespace with everything in it). scale and curl/traffic "from" need the
+// Deployment, annotate and expect.backends the Service, delete the object,
+// in that cluster at that point. A traffic name may not be started again
+// before its stopTraffic, and stopTraffic needs a running stream. When a
+// manifest of a cluster fails to parse, references into that cluster are
+// not checked, so that one broken file does not cause a cascade of errors.
+//
+// # Choices beyond SCENARIOS.md
+//
+// Each is a strict superset of the written format, or a rule the format
+// leaves open:
+//
+//   - curl and traffic "from" also take <cluster>/<namespace>/<deployment>;
+//     <cluster>/<deployment> means namespace "default".
+//   - expect.backends.service may be a bare name (namespace "default");
+//     expect.backends and expect.kvstore take one object or a list.
+//   - expect.kvstore count is a count matcher (2, ">=1").
+//   - Cluster IDs are 1..255; pod and service CIDRs are IPv4, have no host
+//     bits set, and no two CIDRs of the topology overlap (pod or service,
+//     same cluster or not).
+//   - URLs are http:// only (the simulated echo server speaks HTTP).
+//   - A step's name defaults to its action's key; metadata.name is required;
+//     spec.seed defaults to 0.
+//   - connections absent means a full mesh; an explicit empty list means
+//     no cluster is connected to another.
 package scenarios
 
 import (
