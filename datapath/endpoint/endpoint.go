@@ -110,8 +110,8 @@ type Endpoint struct {
 }
 
 // ErrExists is returned by Create when the node already has an interface
-// with the endpoint's host name: the caller is creating an endpoint twice,
-// or reusing an ID before Delete.
+// with the endpoint's host name, or the pod one with its pod-side name: the
+// caller is creating an endpoint twice, or reusing an ID before Delete.
 var ErrExists = errors.New("endpoint interface already exists")
 
 // HostIfName is the host-side interface name of the endpoint id: "lxc" and

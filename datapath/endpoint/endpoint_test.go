@@ -151,6 +151,29 @@ func TestEndpointAttributes(t *testing.T) {
 	}
 }
 
+// TestCreateInBorrowedNamespaces is the CNI path: the namespaces exist
+// already (the container runtime made the pod's) and are opened by path.
+func TestCreateInBorrowedNamespaces(t *testing.T) {
+	testenv.Privileged(t)
+	netnstest.CheckLeaks(t)
+	owner := netnstest.NewNamed(t, "cni-node", endpoint.NodeSysctls...)
+	podOwner := netnstest.NewNamed(t, "cni-pod")
+	node, err := netns.Open(owner.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	pod, err := netns.Open(podOwner.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pod.Close() })
+	ep := mustCreate(t, node, pod, endpoint.Config{ID: "containerd://0123abcd", IP: netip.MustParseAddr("10.1.0.20")})
+	// Seen through the owners' handles: the same namespaces.
+	checkNodeSide(t, owner, ep)
+	checkPodSide(t, podOwner, ep)
+}
+
 func checkNodeSide(t *testing.T, node *netns.NS, ep *endpoint.Endpoint) {
 	t.Helper()
 	h, _ := node.Handle()

@@ -78,11 +78,9 @@ var host struct {
 
 func hostNS() (int, error) {
 	host.once.Do(func() {
-		// Open it on a locked thread: an unlocked goroutine could be
-		// rescheduled between the open and the check, and the thread it
-		// reads must be one that was never moved.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		// /proc/self is the main thread's view: the process's namespace
+		// unless someone moved the main thread itself, which nothing in a
+		// Go program that uses this package should do.
 		h, err := vnetns.GetFromPath("/proc/self/ns/net")
 		if err != nil {
 			host.err = fmt.Errorf("open the process network namespace: %w", err)
@@ -379,11 +377,12 @@ func (ns *NS) isClosed() bool {
 
 // onThread runs fn on a fresh goroutine locked to its OS thread, first
 // entering the namespace target (unless target is negative: fn then moves
-// the thread itself, as New does by unsharing). Afterwards the thread always
-// returns to the process's namespace — the one recorded at start-up, not
-// whatever the thread happened to be in, so a thread some library left astray
-// is healed rather than trusted. If returning fails the goroutine exits still
-// locked, and the runtime discards the thread instead of reusing it.
+// the thread itself, as New does by unsharing). Afterwards, however fn ends
+// (return, panic, Goexit), the thread returns to the process's namespace —
+// the one recorded at start-up, not whatever the thread happened to be in,
+// so a thread some library left astray is healed rather than trusted. If
+// returning fails the goroutine exits still locked, and the runtime discards
+// the thread instead of reusing it.
 func onThread(target int, fn func() error) error {
 	home, err := hostNS()
 	if err != nil {
@@ -398,15 +397,30 @@ func onThread(target int, fn func() error) error {
 	go func() {
 		runtime.LockOSThread()
 		var r result
-		defer func() { done <- r }()
+		entered, returned := false, false
+		defer func() {
+			if entered && !returned && !r.panicked {
+				// fn ended its goroutine with runtime.Goexit (t.Fatal
+				// does): it cannot return an error, so report one.
+				r.err = errors.New("function exited its goroutine (runtime.Goexit) inside the namespace")
+			}
+			// Unlock only once the thread is home. A goroutine that ends
+			// locked takes its thread with it, which is the right fate for
+			// a thread stuck in the wrong namespace.
+			if err := vnetns.Set(vnetns.NsHandle(home)); err != nil {
+				r.err = errors.Join(r.err, fmt.Errorf("return thread to the process namespace (thread discarded): %w", err))
+			} else {
+				runtime.UnlockOSThread()
+			}
+			done <- r
+		}()
 		if target >= 0 {
 			if err := vnetns.Set(vnetns.NsHandle(target)); err != nil {
 				r.err = fmt.Errorf("setns: %w", err)
-				// The thread may be half-way; leave it locked so the
-				// runtime discards it.
 				return
 			}
 		}
+		entered = true
 		func() {
 			defer func() {
 				if p := recover(); p != nil {
@@ -415,11 +429,7 @@ func onThread(target int, fn func() error) error {
 			}()
 			r.err = fn()
 		}()
-		if err := vnetns.Set(vnetns.NsHandle(home)); err != nil {
-			r.err = errors.Join(r.err, fmt.Errorf("return thread to the host namespace (thread discarded): %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
+		returned = true
 	}()
 	r := <-done
 	if r.panicked {

@@ -161,50 +161,60 @@ func CheckLeaks(tb testing.TB) {
 	tb.Cleanup(func() {
 		// Sockets close synchronously, but a goroutine of the test may
 		// still be finishing its last Close: give it a moment.
-		var problems []string
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			problems = problems[:0]
-			after, err := take()
+			problems, err := leaks(before)
 			if err != nil {
-				tb.Errorf("leak check snapshot: %v", err)
+				tb.Errorf("leak check: %v", err)
 				return
 			}
-			for fd := range after.nsFds {
-				if !before.nsFds[fd] {
-					problems = append(problems, "namespace descriptor "+fd+" still open")
-				}
-			}
-			if after.sockets > before.sockets {
-				problems = append(problems, fmt.Sprintf("%d more sockets open than before the test", after.sockets-before.sockets))
-			}
-			for l := range after.links {
-				if !before.links[l] && ours(l) {
-					problems = append(problems, "link "+l+" left in the process namespace")
-				}
-			}
-			for m := range after.mounts {
-				if !before.mounts[m] && strings.Contains(m, pidTag) {
-					problems = append(problems, "named namespace "+m+" left in "+netns.RunDir)
-				}
-			}
-			threads, err := foreignThreads()
-			if err != nil {
-				tb.Errorf("leak check threads: %v", err)
+			if len(problems) == 0 {
 				return
 			}
-			for _, t := range threads {
-				problems = append(problems, "thread "+t+" outside the process namespace")
-			}
-			if len(problems) == 0 || time.Now().After(deadline) {
-				break
+			if time.Now().After(deadline) {
+				for _, p := range problems {
+					tb.Errorf("leak: %s", p)
+				}
+				return
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		for _, p := range problems {
-			tb.Errorf("leak: %s", p)
-		}
 	})
+}
+
+// leaks lists what the process holds now that it did not hold at before.
+func leaks(before snapshot) ([]string, error) {
+	var problems []string
+	after, err := take()
+	if err != nil {
+		return nil, err
+	}
+	for fd := range after.nsFds {
+		if !before.nsFds[fd] {
+			problems = append(problems, "namespace descriptor "+fd+" still open")
+		}
+	}
+	if after.sockets > before.sockets {
+		problems = append(problems, fmt.Sprintf("%d more sockets open than before the test", after.sockets-before.sockets))
+	}
+	for l := range after.links {
+		if !before.links[l] && ours(l) {
+			problems = append(problems, "link "+l+" left in the process namespace")
+		}
+	}
+	for m := range after.mounts {
+		if !before.mounts[m] && strings.Contains(m, pidTag) {
+			problems = append(problems, "named namespace "+m+" left in "+netns.RunDir)
+		}
+	}
+	threads, err := foreignThreads()
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range threads {
+		problems = append(problems, "thread "+t+" outside the process namespace")
+	}
+	return problems, nil
 }
 
 // Eventually polls cond until it returns nil or timeout passes, then fails
