@@ -199,6 +199,18 @@ func TestCompute(t *testing.T) {
 			want:     allowing(true, false),
 		},
 		{
+			name:     "allow-localhost adds the host to enforced ingress",
+			cfg:      Config{AllowLocalhost: true},
+			policies: []string{cnp("p", rebelSubject+"  ingress:\n  - {}\n  egress:\n  - {}\n")},
+			want:     allowing(true, true, in(state.IdentityHost, any, 0)),
+		},
+		{
+			name:     "allow-localhost leaves egress-only policies alone",
+			cfg:      Config{AllowLocalhost: true},
+			policies: []string{cnp("p", rebelSubject+"  egress:\n  - {}\n")},
+			want:     allowing(false, true),
+		},
+		{
 			name:     "enableDefaultDeny false allows without enforcing",
 			policies: []string{cnp("p", rebelSubject+"  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {name: x-wing}\n")},
 			want:     allowing(false, false, in(c1XWing, any, 0)),

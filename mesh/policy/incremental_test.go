@@ -150,7 +150,7 @@ func TestIncrementalMatchesFromScratch(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, seed))
 			for _, allClusters := range []bool{false, true} {
-				cfg := Config{ClusterName: "cluster1", AllClusters: allClusters}
+				cfg := Config{ClusterName: "cluster1", AllClusters: allClusters, AllowLocalhost: allClusters}
 				r := newTestRepo(t, cfg, nil)
 				a := &applier{t: t, eps: map[uint32]*shadow{}, ipcache: map[netip.Prefix]uint32{}}
 				identities := map[uint32]Identity{}
@@ -474,5 +474,64 @@ func TestUpsertIdentityRejects(t *testing.T) {
 	}
 	if got, _ := r.Compute(1<<16 | 1); !samePolicy(got, allowing(true, false)) {
 		t.Fatalf("got %s", formatPolicy(got))
+	}
+}
+
+// The agent feeds identities from kvstore watchers and policies from
+// informers on different goroutines while the datapath reads; run with
+// -race.
+func TestConcurrentUse(t *testing.T) {
+	r := newTestRepo(t, Config{}, meshIdentities())
+	p := mustDecode(t, cnp("p", "  endpointSelector: {}\n  egress:\n  - toEndpoints:\n    - matchLabels: {app: a1}\n  - toCIDR: [10.0.0.0/8]\n"))
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		for i := range 200 {
+			id := poolIdentity(i % 45)
+			if _, err := r.UpsertIdentity(id); err != nil {
+				errs <- err
+				return
+			}
+			if i%3 == 0 {
+				r.DeleteIdentity(id.ID)
+			}
+		}
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		for i := range 100 {
+			if i%2 == 0 {
+				if _, err := r.UpsertPolicy(p); err != nil {
+					errs <- err
+					return
+				}
+			} else {
+				r.DeletePolicy(p.Ref)
+			}
+			r.SetNamespaceLabels("default", map[string]string{"round": fmt.Sprint(i)})
+		}
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		for range 200 {
+			if _, err := r.Track(c1Rebel); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := r.Compute(c1XWing); err != nil {
+				errs <- err
+				return
+			}
+			r.CIDRIdentities()
+			r.Untrack(c1Rebel)
+		}
+	}()
+	for range 3 {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

@@ -196,10 +196,13 @@ func (s *Spec) validate() error {
 	if err := s.Subject.validate(); err != nil {
 		return fmt.Errorf("subject: %w", err)
 	}
-	for dir, rules := range map[string][]Rule{"ingress": s.Ingress, "egress": s.Egress} {
-		for i := range rules {
-			if err := rules[i].validate(); err != nil {
-				return fmt.Errorf("%s[%d]: %w", dir, i, err)
+	for _, d := range []struct {
+		name  string
+		rules []Rule
+	}{{"ingress", s.Ingress}, {"egress", s.Egress}} {
+		for i := range d.rules {
+			if err := d.rules[i].validate(); err != nil {
+				return fmt.Errorf("%s[%d]: %w", d.name, i, err)
 			}
 		}
 	}

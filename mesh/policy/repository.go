@@ -23,6 +23,11 @@ type Config struct {
 	// io.cilium.k8s.policy.cluster matches endpoints of every cluster.
 	// NetworkPolicy peers stay local regardless.
 	AllClusters bool
+	// AllowLocalhost lets the local host (identity 1) reach every endpoint
+	// whose ingress is enforced, as Cilium's default allow-localhost does,
+	// so that kubelet probes keep working under policy. The agent should
+	// set it on real nodes; without it host traffic needs a rule.
+	AllowLocalhost bool
 }
 
 // Identity is a security identity of the mesh and its labels, without
@@ -573,6 +578,9 @@ func (r *Repository) evaluate(id uint32) (known bool, in, eg int, keys map[state
 				}
 			}
 		}
+	}
+	if in > 0 && r.cfg.AllowLocalhost {
+		keys[state.PolicyKey{Direction: state.Ingress, Identity: state.IdentityHost}]++
 	}
 	return true, in, eg, keys
 }
