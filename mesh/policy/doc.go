@@ -14,11 +14,33 @@
 // each change reports the PolicyKeys added to and removed from each endpoint
 // so the datapath touches only those map entries.
 //
+// # Use
+//
+// The agent creates one Repository per node (NewRepository with the cluster
+// name), feeds it every identity of the mesh (UpsertIdentity/DeleteIdentity,
+// local and remote, from the kvstore), the labels of local namespaces
+// (SetNamespaceLabels) and every policy of its cluster (decode, then
+// UpsertPolicy/DeletePolicy; a policy that fails to decode is reported and
+// the version in force stays). For each endpoint on the node it calls
+// Track(identity) to get the initial state.EndpointPolicy; every later call
+// returns Changes: per tracked identity the enforcement now in force and the
+// PolicyKeys to add and remove, plus the CIDR ipcache entries to add and
+// remove. Compute returns the current policy of any identity at any time.
+// The Repository is safe for concurrent use and does not log.
+//
 // # Semantics
 //
 // An endpoint selected by any policy in a direction denies by default in that
-// direction; rules are additive (union). Replies of allowed connections are
-// the datapath's concern (conntrack) and need nothing here.
+// direction; rules are additive (union). A CiliumNetworkPolicy spec enforces
+// a direction when it has rules in it (`ingress: [{}]` enforces and allows
+// nothing), unless enableDefaultDeny says otherwise; a NetworkPolicy
+// enforces the directions of its policyTypes (default: Ingress, plus Egress
+// when it has egress rules). Replies of allowed connections are the
+// datapath's concern (conntrack) and need nothing here. With
+// Config.AllowLocalhost, the local host may always reach endpoints (Cilium's
+// allow-localhost default, for kubelet probes). A tracked identity the
+// Repository does not know fails closed: both directions enforced, nothing
+// allowed.
 //
 // Namespaces. In a namespaced CiliumNetworkPolicy the endpointSelector always
 // applies to the policy's namespace only (a different namespace named in its
@@ -35,7 +57,8 @@
 // older behaviour (such selectors match every cluster) for
 // CiliumNetworkPolicy; NetworkPolicy peers always select within the local
 // cluster only. The cluster term is added by the Repository (it knows the
-// cluster name), not by the decoders. Remote endpoints are resolved through
+// cluster name), not by the decoders, and not to selectors of reserved:
+// labels (reserved identities belong to no cluster). Remote endpoints are resolved through
 // the identities the caller feeds in (UpsertIdentity), labelled with their
 // own cluster.
 //
