@@ -40,9 +40,12 @@ type Server struct {
 	// addr is the relay's stable listen address, what clients dial.
 	addr string
 
+	// backendURL and peerURL are etcd's own listen addresses, kept across
+	// restarts so that Client (which bypasses the relay) keeps working.
+	backendURL, peerURL url.URL
+
 	mu         sync.Mutex
 	etcd       *embed.Etcd
-	backend    string // etcd's own client address
 	listener   net.Listener
 	conns      map[*relayConn]struct{}
 	partition  chan struct{} // closed on Heal; nil when not partitioned
@@ -60,7 +63,18 @@ func Start(tb testing.TB) *Server {
 		tb.Fatalf("listen: %v", err)
 	}
 	s.addr = l.Addr().String()
-	if err := s.startEtcd(); err != nil {
+	for attempt := 0; ; attempt++ {
+		if s.backendURL, err = localURL(); err == nil {
+			s.peerURL, err = localURL()
+		}
+		if err == nil {
+			err = s.startEtcd()
+		}
+		if err == nil || attempt == 4 {
+			break
+		}
+	}
+	if err != nil {
 		l.Close()
 		tb.Fatalf("start etcd: %v", err)
 	}
@@ -89,26 +103,9 @@ func localURL() (url.URL, error) {
 	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
 }
 
-// startEtcd starts a fresh etcd on new private ports.
+// startEtcd starts a fresh etcd with an empty data dir.
 func (s *Server) startEtcd() error {
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		if err = s.tryStartEtcd(); err == nil {
-			return nil
-		}
-	}
-	return err
-}
-
-func (s *Server) tryStartEtcd() error {
-	clientURL, err := localURL()
-	if err != nil {
-		return fmt.Errorf("reserve port: %w", err)
-	}
-	peerURL, err := localURL()
-	if err != nil {
-		return fmt.Errorf("reserve port: %w", err)
-	}
+	clientURL, peerURL := s.backendURL, s.peerURL
 	s.mu.Lock()
 	s.generation++
 	gen := s.generation
@@ -143,7 +140,7 @@ func (s *Server) tryStartEtcd() error {
 		return fmt.Errorf("embedded etcd not ready after %v", readyTimeout)
 	}
 	s.mu.Lock()
-	s.etcd, s.backend = e, clientURL.Host
+	s.etcd = e
 	s.mu.Unlock()
 	return nil
 }
@@ -179,10 +176,7 @@ func (rc *relayConn) close() {
 }
 
 func (s *Server) relay(c net.Conn) {
-	s.mu.Lock()
-	backend := s.backend
-	s.mu.Unlock()
-	b, err := net.Dial("tcp", backend)
+	b, err := net.Dial("tcp", s.backendURL.Host)
 	if err != nil {
 		c.Close()
 		return
@@ -237,14 +231,16 @@ func (s *Server) Endpoints() []string { return []string{"http://" + s.addr} }
 func (s *Server) Addr() string { return s.addr }
 
 // Client returns a plain etcd client of the server, created on first use
-// and closed when the test ends. It survives Restart (it reconnects).
+// and closed when the test ends. It connects to etcd directly, not through
+// the relay: it sees the server's side of a Partition, which is how a test
+// changes the store while its clients are cut off. It survives Restart.
 func (s *Server) Client() *clientv3.Client {
 	s.tb.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client == nil {
 		c, err := clientv3.New(clientv3.Config{
-			Endpoints:   s.Endpoints(),
+			Endpoints:   []string{s.backendURL.String()},
 			DialTimeout: 5 * time.Second,
 			Logger:      zap.NewNop(),
 		})
@@ -285,11 +281,18 @@ func (s *Server) Stop() {
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.Stop()
-	if err := s.startEtcd(); err != nil {
-		s.tb.Fatalf("restart etcd: %v", err)
-	}
-	// Rebind the stable address; a just-closed port may linger briefly.
+	// Rebind the stable addresses; a just-closed port may linger briefly.
 	deadline := time.Now().Add(readyTimeout)
+	for {
+		err := s.startEtcd()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("restart etcd: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		l, err := net.Listen("tcp", s.addr)
 		if err == nil {
@@ -308,6 +311,21 @@ func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.etcd != nil
+}
+
+// DropConnections resets every client connection while the server keeps
+// running with its data, as a middlebox losing its state or a keepalive
+// timeout would; clients reconnect to the same store.
+func (s *Server) DropConnections() {
+	s.mu.Lock()
+	conns := make([]*relayConn, 0, len(s.conns))
+	for rc := range s.conns {
+		conns = append(conns, rc)
+	}
+	s.mu.Unlock()
+	for _, rc := range conns {
+		rc.close()
+	}
 }
 
 // Partition makes the network silently drop traffic between clients and

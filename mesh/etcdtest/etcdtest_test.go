@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func TestStartRestart(t *testing.T) {
@@ -52,11 +55,20 @@ func TestPartition(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s := Start(t)
-	c := s.Client()
+	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	if _, err := c.Put(ctx, "k", "v1"); err != nil {
 		t.Fatal(err)
 	}
 	s.Partition()
+	// The server side still works: that is how tests change the store
+	// behind a partition.
+	if _, err := s.Client().Put(ctx, "k2", "v2"); err != nil {
+		t.Fatal(err)
+	}
 	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancelShort()
 	if _, err := c.Get(short, "k"); err == nil {

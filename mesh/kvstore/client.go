@@ -71,7 +71,8 @@ type Config struct {
 	DialTimeout time.Duration
 	// KeepAliveTime and KeepAliveTimeout set the gRPC keepalive pings that
 	// detect a dead transport; zero means the defaults above. KeepAliveTime
-	// must not be below the server's --grpc-keepalive-min-time.
+	// must not be below the server's --grpc-keepalive-min-time, and gRPC
+	// raises anything below 10 s to 10 s.
 	KeepAliveTime, KeepAliveTimeout time.Duration
 	// RequestTimeout bounds the one-shot requests of Client (Get, Put, ...)
 	// when the caller's context has no earlier deadline; zero means

@@ -120,14 +120,16 @@ type recorder struct {
 	events []kvstore.Event
 	view   map[string]string
 	synced bool
-	// block, when set, is waited on before the first event is handled.
-	block chan struct{}
+	// block, when set, is waited on before the first event is handled;
+	// blocked is closed once the handler waits on it.
+	block, blocked chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{view: make(map[string]string)} }
 
 func (r *recorder) handle(ev kvstore.Event) {
 	if r.block != nil {
+		close(r.blocked)
 		<-r.block
 		r.block = nil
 	}
