@@ -1,0 +1,592 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+
+	"github.com/meshbed/meshbed/mesh/kvstore"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+// cluster is the connection to one remote cluster and what it exported.
+type cluster struct {
+	m      *Manager
+	name   string
+	logger *slog.Logger
+	sink   Sink
+	raw    RawSink // nil unless the sink implements it
+
+	// conf, cancel and done belong to the Manager's scan goroutine.
+	conf   *loadedConfig
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// restart carries session numbers whose session must end (a loss).
+	restart chan uint64
+
+	// mu guards everything below and serializes the sink calls of this
+	// cluster, which keeps them in order.
+	mu             sync.Mutex
+	running        bool
+	id             uint32
+	cached         bool
+	up             bool
+	reachable      bool
+	since          time.Time
+	everSynced     bool
+	sess           uint64 // current session number
+	sessions       int
+	sessReaders    bool // the current session started its readers
+	sessSynced     bool // ... and its services reader has listed
+	healthOK       bool // direct connections: kvstore.Health verdict
+	canaryOK       bool // cached connections: services canary verdict
+	canaryPresent  bool
+	grace          *time.Timer
+	lastErr        error
+	stores         map[wire.Resource]*store
+	lossDetectedAt time.Time
+}
+
+func newCluster(m *Manager, name string) *cluster {
+	c := &cluster{
+		m:        m,
+		name:     name,
+		logger:   m.logger.With("remote", name),
+		sink:     m.sink,
+		raw:      m.raw,
+		restart:  make(chan uint64, 4),
+		healthOK: true,
+		canaryOK: true,
+		stores:   map[wire.Resource]*store{},
+	}
+	for _, r := range wire.Resources {
+		c.stores[r] = newStore()
+	}
+	return c
+}
+
+func (c *cluster) start(ctx context.Context, lc *loadedConfig) {
+	c.conf = lc
+	cctx, cancel := context.WithCancel(ctx)
+	c.cancel, c.done = cancel, make(chan struct{})
+	c.mu.Lock()
+	c.running = true
+	c.mu.Unlock()
+	go func() {
+		defer close(c.done)
+		c.run(cctx, lc)
+	}()
+}
+
+func (c *cluster) stop() {
+	if c.cancel == nil {
+		return
+	}
+	c.cancel()
+	<-c.done
+	c.cancel = nil
+	c.mu.Lock()
+	c.running = false
+	c.stopGraceLocked()
+	c.mu.Unlock()
+}
+
+// forget drops the cluster's state after its config was removed; the
+// caller tells the sink (ClusterDown).
+func (c *cluster) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for r := range c.stores {
+		c.stores[r] = newStore()
+	}
+	c.up, c.reachable = false, false
+	c.m.releaseID(c.name)
+}
+
+func (c *cluster) status() ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ClusterStatus{
+		Name:           c.name,
+		Running:        c.running,
+		ID:             c.id,
+		Cached:         c.cached,
+		Up:             c.up,
+		Reachable:      c.reachable,
+		ServicesSynced: c.everSynced,
+		Sessions:       c.sessions,
+		LastErr:        c.lastErr,
+		Since:          c.since,
+	}
+}
+
+// run owns one connection (one config) until ctx ends: a client, its
+// health probe, and a sequence of sessions.
+func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
+	cfg := c.m.cfg
+	client, err := kvstore.Connect(ctx, kvstore.Config{
+		Endpoints:        lc.etcd.Endpoints,
+		TLS:              lc.tls,
+		Dialer:           cfg.Dialer,
+		KeepAliveTime:    cfg.KeepAliveTime,
+		KeepAliveTimeout: cfg.KeepAliveTimeout,
+		RequestTimeout:   cfg.RequestTimeout,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			// gRPC's default reconnect backoff grows to 2 minutes, far
+			// beyond how fast a healed partition should be noticed.
+			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
+			MinConnectTimeout: max(cfg.MaxBackoff, 2*time.Second),
+		})},
+		Logger: c.logger,
+	})
+	if err != nil {
+		c.mu.Lock()
+		c.lastErr = fmt.Errorf("connect to cluster %q: %w", c.name, err)
+		c.mu.Unlock()
+		c.logger.Error("Cannot connect to remote cluster", "error", err)
+		return
+	}
+	defer client.Close()
+
+	c.mu.Lock()
+	c.healthOK, c.sessions = true, 0
+	c.mu.Unlock()
+	health := kvstore.NewHealth(client, kvstore.HealthConfig{
+		Interval: cfg.HealthInterval,
+		Timeout:  cfg.HealthTimeout,
+		OnChange: c.onHealth,
+	})
+	hctx, hcancel := context.WithCancel(ctx)
+	hdone := make(chan struct{})
+	go func() {
+		defer close(hdone)
+		health.Run(hctx)
+	}()
+	defer func() {
+		hcancel()
+		<-hdone
+	}()
+
+	bo := newBackoff(cfg.MinBackoff, cfg.MaxBackoff)
+	for ctx.Err() == nil {
+		sid := c.beginSession()
+		sctx, scancel := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		go func() { errc <- c.session(sctx, client, sid) }()
+		var err error
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				scancel()
+				<-errc
+				return
+			case s := <-c.restart:
+				if s != sid {
+					continue
+				}
+				scancel()
+				<-errc
+				break wait
+			case err = <-errc:
+				scancel()
+				break wait
+			}
+		}
+		c.mu.Lock()
+		synced := c.sessSynced
+		c.mu.Unlock()
+		if synced {
+			bo.reset()
+		}
+		if err != nil && ctx.Err() == nil {
+			c.failed(err)
+			if !bo.wait(ctx) {
+				return
+			}
+		}
+	}
+}
+
+// beginSession starts a session: every known entry becomes stale until the
+// session's readers see it again.
+func (c *cluster) beginSession() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sess++
+	c.sessions++
+	c.sessReaders, c.sessSynced = false, false
+	c.stopGraceLocked()
+	for _, st := range c.stores {
+		st.gen++
+	}
+	return c.sess
+}
+
+// errConfigChanged ends a session whose cluster-config changed.
+var errConfigChanged = errors.New("cluster-config changed")
+
+// session validates the cluster-config and runs the readers until ctx ends
+// or the cluster-config changes.
+func (c *cluster) session(ctx context.Context, client *kvstore.Client, sid uint64) error {
+	key := wire.ClusterConfigKey(c.name)
+	value, err := client.WaitKey(ctx, key)
+	if err != nil {
+		return fmt.Errorf("cluster %q: read cluster-config: %w", c.name, err)
+	}
+	cc, err := c.validate(key, value)
+	if err != nil {
+		return err
+	}
+	if err := c.m.claimID(c.name, cc.ID); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if sid != c.sess {
+		c.mu.Unlock()
+		return ctx.Err()
+	}
+	announce := !c.up || c.id != cc.ID
+	if c.up && c.id != cc.ID {
+		c.logger.Warn("Remote cluster changed its ID; revalidating its state", "old", c.id, "new", cc.ID)
+	}
+	c.id, c.cached, c.up = cc.ID, cc.Capabilities.Cached, true
+	if c.raw != nil {
+		c.raw.ClusterConfig(c.name, cc)
+	}
+	if announce {
+		c.sink.ClusterUp(c.name, cc.ID)
+	}
+	c.sessReaders = true
+	cached := c.cached
+	c.mu.Unlock()
+	c.logger.Info("Remote cluster connected", "id", cc.ID, "cached", cached, "session", sid)
+
+	rctx, rcancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		rcancel()
+		wg.Wait()
+	}()
+	cfg := c.m.cfg
+	for _, r := range wire.Resources {
+		rd := kvstore.NewReader(client, kvstore.ReaderConfig{
+			Prefix:     wire.ClusterPrefix(r, c.name, cached),
+			Canary:     wire.CanaryKey(r, c.name, cached),
+			MinBackoff: cfg.MinBackoff,
+			MaxBackoff: cfg.MaxBackoff,
+		}, func(ev kvstore.Event) { c.handle(sid, r, ev) })
+		wg.Go(func() { rd.Run(rctx) })
+	}
+	if cached {
+		wg.Go(func() { c.monitorCanary(rctx, client, sid) })
+	}
+	changed := make(chan struct{})
+	wg.Go(func() {
+		if c.watchConfig(rctx, client, key, cc) {
+			close(changed)
+		}
+	})
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-changed:
+		return fmt.Errorf("cluster %q: %w", c.name, errConfigChanged)
+	}
+}
+
+// validate decodes and checks a cluster-config against the local cluster.
+func (c *cluster) validate(key string, value []byte) (wire.ClusterConfig, error) {
+	cfg := c.m.cfg
+	cc, err := wire.DecodeClusterConfig(key, value, c.name)
+	if err != nil {
+		return cc, fmt.Errorf("cluster %q: %w", c.name, err)
+	}
+	if got := cc.Capabilities.MaxConnectedClusters; got != cfg.MaxConnectedClusters {
+		return cc, fmt.Errorf("cluster %q: maxConnectedClusters %d, local cluster %q has %d", c.name, got, cfg.ClusterName, cfg.MaxConnectedClusters)
+	}
+	if cc.ID == cfg.ClusterID {
+		return cc, fmt.Errorf("cluster %q: cluster ID %d is already used by cluster %q (the local cluster)", c.name, cc.ID, cfg.ClusterName)
+	}
+	return cc, nil
+}
+
+// failed records a session error; an unusable cluster is not reachable.
+func (c *cluster) failed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if errors.Is(err, errConfigChanged) {
+		c.logger.Info("Remote cluster-config changed; resyncing")
+		return
+	}
+	c.lastErr = err
+	c.logger.Error("Remote cluster session failed", "error", err)
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		c.up = false
+	}
+	c.recomputeLocked()
+}
+
+// onHealth is the kvstore.Health callback of direct connections.
+func (c *cluster) onHealth(s kvstore.Status) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := c.healthOK
+	c.healthOK = s.Reachable
+	if c.cached {
+		// Through kvstoremesh the local etcd's health says nothing about
+		// the remote cluster (see the package doc).
+		return
+	}
+	if was && !s.Reachable {
+		c.loseLocked(fmt.Sprintf("health probe: %v", s.Err))
+		return
+	}
+	c.recomputeLocked()
+}
+
+// loseLocked handles a detected loss: the cluster is unreachable at once,
+// and a session that has started its readers is ended so that the next one
+// relists everything before the cluster is reachable again.
+func (c *cluster) loseLocked(reason string) {
+	c.lossDetectedAt = time.Now()
+	c.logger.Warn("Remote cluster lost", "reason", reason)
+	c.sessSynced = false
+	c.recomputeLocked()
+	if c.sessReaders {
+		select {
+		case c.restart <- c.sess:
+		default:
+		}
+	}
+}
+
+// recomputeLocked reports a change of reachability.
+func (c *cluster) recomputeLocked() {
+	ok := c.up && c.sessSynced
+	if c.cached {
+		ok = ok && c.canaryOK
+	} else {
+		ok = ok && c.healthOK
+	}
+	if ok == c.reachable {
+		return
+	}
+	c.reachable, c.since = ok, time.Now()
+	if ok {
+		c.logger.Info("Remote cluster reachable")
+	} else {
+		c.logger.Warn("Remote cluster unreachable")
+	}
+	c.sink.Reachable(c.name, ok)
+}
+
+// watchConfig returns true when the cluster-config changes from cc (a
+// deletion is not a change: a restarting mesh-apiserver rewrites it).
+func (c *cluster) watchConfig(ctx context.Context, client *kvstore.Client, key string, cc wire.ClusterConfig) bool {
+	bo := newBackoff(c.m.cfg.MinBackoff, c.m.cfg.MaxBackoff)
+	differs := func(v []byte) bool {
+		got, err := wire.DecodeClusterConfig(key, v, c.name)
+		return err != nil || got != cc
+	}
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		reconnected := reconnects(wctx, client)
+		resp, err := get(wctx, client, key)
+		if err != nil {
+			cancel()
+			bo.wait(ctx)
+			continue
+		}
+		bo.reset()
+		if len(resp.Kvs) > 0 && differs(resp.Kvs[0].Value) {
+			cancel()
+			return true
+		}
+		wch := client.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1))
+	watch:
+		for {
+			select {
+			case <-reconnected:
+				break watch
+			case wr, ok := <-wch:
+				if !ok || wr.Err() != nil {
+					break watch
+				}
+				for _, ev := range wr.Events {
+					if ev.Type == clientv3.EventTypePut && differs(ev.Kv.Value) {
+						cancel()
+						return true
+					}
+				}
+			}
+		}
+		cancel()
+	}
+	return false
+}
+
+// monitorCanary watches the services canary of a cluster read through
+// kvstoremesh (see the package doc for the contract).
+func (c *cluster) monitorCanary(ctx context.Context, client *kvstore.Client, sid uint64) {
+	key := wire.CanaryKey(wire.Services, c.name, true)
+	bo := newBackoff(c.m.cfg.MinBackoff, c.m.cfg.MaxBackoff)
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		reconnected := reconnects(wctx, client)
+		resp, err := get(wctx, client, key)
+		if err != nil {
+			cancel()
+			bo.wait(ctx)
+			continue
+		}
+		bo.reset()
+		// What a fresh read finds is not a deletion we saw happen.
+		c.canary(sid, len(resp.Kvs) > 0, false)
+		wch := client.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1))
+	watch:
+		for {
+			select {
+			case <-reconnected:
+				break watch
+			case wr, ok := <-wch:
+				if !ok || wr.Err() != nil {
+					break watch
+				}
+				for _, ev := range wr.Events {
+					c.canary(sid, ev.Type == clientv3.EventTypePut, true)
+				}
+			}
+		}
+		cancel()
+	}
+}
+
+// canary records the services canary's presence; live says a deletion was
+// observed on a watch rather than found on a (re)read.
+func (c *cluster) canary(sid uint64, present, live bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sid != c.sess {
+		return
+	}
+	c.canaryPresent = present
+	switch {
+	case present:
+		c.stopGraceLocked()
+		if !c.canaryOK {
+			c.canaryOK = true
+			c.recomputeLocked()
+		}
+	case live:
+		c.stopGraceLocked()
+		if c.canaryOK {
+			c.canaryOK = false
+			c.loseLocked("kvstoremesh deleted the services canary")
+		}
+	case c.canaryOK && c.grace == nil:
+		grace := c.m.cfg.CanaryGrace
+		var t *time.Timer
+		t = time.AfterFunc(grace, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.grace != t {
+				return // stopped or replaced
+			}
+			c.grace = nil
+			if sid != c.sess || c.canaryPresent || !c.canaryOK {
+				return
+			}
+			c.canaryOK = false
+			c.loseLocked(fmt.Sprintf("services canary absent for %v", grace))
+		})
+		c.grace = t
+	}
+}
+
+func (c *cluster) stopGraceLocked() {
+	if c.grace != nil {
+		c.grace.Stop()
+		c.grace = nil
+	}
+}
+
+// get is a linearizable read bounded by the request timeout.
+func get(ctx context.Context, client *kvstore.Client, key string) (*clientv3.GetResponse, error) {
+	timeout := kvstore.DefaultRequestTimeout
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := client.Etcd().Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("get %q: %w", key, err)
+	}
+	return resp, nil
+}
+
+// reconnects returns a channel closed when the client's transport comes
+// back after having been lost: a watch resumed across it may have missed
+// events (the server may have restarted with an empty store).
+func reconnects(ctx context.Context, client *kvstore.Client) <-chan struct{} {
+	ch := make(chan struct{})
+	conn := client.Etcd().ActiveConnection()
+	go func() {
+		seenReady, lost := false, false
+		for {
+			s := conn.GetState()
+			switch s {
+			case connectivity.Ready:
+				if lost {
+					close(ch)
+					return
+				}
+				seenReady = true
+			case connectivity.Idle:
+				conn.Connect()
+				lost = lost || seenReady
+			case connectivity.Shutdown:
+				return
+			default:
+				lost = lost || seenReady
+			}
+			if !conn.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// backoff is a jittered exponential delay.
+type retryBackoff struct{ lo, hi, cur time.Duration }
+
+func newBackoff(lo, hi time.Duration) *retryBackoff { return &retryBackoff{lo: lo, hi: hi} }
+
+func (b *retryBackoff) reset() { b.cur = 0 }
+
+// wait sleeps for a delay in [d/2, d), d doubling from lo to hi; false if
+// ctx ended first.
+func (b *retryBackoff) wait(ctx context.Context) bool {
+	if b.cur == 0 {
+		b.cur = b.lo
+	} else {
+		b.cur = min(2*b.cur, b.hi)
+	}
+	t := time.NewTimer(b.cur/2 + rand.N(b.cur/2+1))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
