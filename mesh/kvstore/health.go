@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -26,8 +28,8 @@ type HealthConfig struct {
 	// happens. Zero means DefaultHealthTimeout.
 	Timeout time.Duration
 	// Key is read by each probe (linearizable Get, so it needs a leader
-	// and a working transport); empty means wire.HeartbeatKey. It must be
-	// readable by the client's user; it need not exist.
+	// and a working transport); empty means wire.HeartbeatKey. It need not
+	// exist, and a permission-denied answer counts as reachable.
 	Key string
 	// OnChange, when set, is called from Run each time Reachable flips,
 	// and once when the first verdict is known.
@@ -92,6 +94,11 @@ func (h *Health) Run(ctx context.Context) error {
 			pctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 			defer cancel()
 			_, err := h.c.etcd.Get(pctx, h.cfg.Key)
+			if errors.Is(err, rpctypes.ErrPermissionDenied) {
+				// The server answered; the key is just not ours to read
+				// (a remote cluster's read-only user).
+				err = nil
+			}
 			if err != nil {
 				err = fmt.Errorf("probe %q: %w", h.cfg.Key, err)
 			}

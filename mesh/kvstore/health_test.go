@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 )
@@ -149,6 +151,54 @@ func TestNoGoroutineLeak(t *testing.T) {
 		if n := runtime.NumGoroutine(); n > before+tolerance {
 			buf := make([]byte, 1<<20)
 			return fmt.Errorf("%d goroutines, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+		return nil
+	})
+}
+
+// TestReadOnlyRemoteUser connects as a user that may read cilium/state/
+// only, as remote clusters do: readers work, and the health probe of a key
+// it may not read still counts the server as reachable.
+func TestReadOnlyRemoteUser(t *testing.T) {
+	s := etcdtest.Start(t)
+	ctx := ctxT(t)
+	ec := s.Client()
+	put(t, s, map[string]string{"cilium/state/nodes/v1/c1/n1": "x", "cilium/other": "secret"})
+	steps := []func() error{
+		func() error { _, err := ec.RoleAdd(ctx, "remote"); return err },
+		func() error {
+			_, err := ec.RoleGrantPermission(ctx, "remote", "cilium/state/", clientv3.GetPrefixRangeEnd("cilium/state/"), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := ec.UserAdd(ctx, "remote", "remote-pw"); return err },
+		func() error { _, err := ec.UserGrantRole(ctx, "remote", "remote"); return err },
+		func() error { _, err := ec.UserAdd(ctx, "root", "root-pw"); return err },
+		func() error { _, err := ec.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := ec.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("auth setup step %d: %v", i, err)
+		}
+	}
+	c, err := kvstore.Connect(ctx, kvstore.Config{Endpoints: s.Endpoints(), Username: "remote", Password: "remote-pw", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, _, err := c.Get(ctx, "cilium/other"); err == nil {
+		t.Fatal("read-only user read outside cilium/state/")
+	}
+	rec := newRecorder()
+	r := kvstore.NewReader(c, kvstore.ReaderConfig{Prefix: "cilium/state/nodes/v1/c1"}, rec.handle)
+	run(t, r.Run)
+	waitView(t, rec, map[string]string{"cilium/state/nodes/v1/c1/n1": "x"})
+
+	h := kvstore.NewHealth(c, kvstore.HealthConfig{Interval: 50 * time.Millisecond})
+	run(t, h.Run)
+	eventually(t, 5*time.Second, func() error {
+		if st := h.Status(); !st.Reachable {
+			return fmt.Errorf("status %+v", st)
 		}
 		return nil
 	})

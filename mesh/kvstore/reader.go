@@ -41,7 +41,8 @@ func (k EventKind) String() string {
 }
 
 // Event is a change of a key under the Reader's prefix. Key is the full
-// etcd key. Value is set for EventUpsert only; the handler may keep it.
+// etcd key. Value is set for EventUpsert only; the handler may keep it but
+// must not modify it (the Reader compares later values against it).
 type Event struct {
 	Kind  EventKind
 	Key   string
