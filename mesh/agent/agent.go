@@ -34,6 +34,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/policy"
+	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -82,40 +83,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Remote is the agent's view of the remote clusters (implemented over
-// mesh/remote). Run delivers changes to sink until ctx ends.
+// Remote is the agent's view of the remote clusters (a *remote.Manager).
+// Run delivers changes to sink until ctx ends.
 type Remote interface {
 	Run(ctx context.Context, sink RemoteSink) error
 }
 
-// RemoteSink receives the state of remote clusters. Calls for one cluster
-// arrive in order; the agent makes them safe to call from any goroutine.
-type RemoteSink interface {
-	// ClusterConfigured announces a cluster the agent is configured to
-	// connect to, before it connects: services are not programmed until
-	// every configured cluster has synced them (or SyncTimeout expires).
-	ClusterConfigured(cluster string)
-	// ClusterUp announces a remote cluster (after its cluster-config was
-	// validated). It may be called again with a changed ID.
-	ClusterUp(cluster string, clusterID uint32)
-	// ClusterDown forgets a remote cluster and everything it exported.
-	ClusterDown(cluster string)
-	// Reachable reports whether the cluster's state is current. An
-	// unreachable cluster keeps its identities and ipcache entries; its
-	// backends are withdrawn unless the agent runs fail-static.
-	Reachable(cluster string, reachable bool)
-	// ServicesSynced says the cluster's services finished their initial sync.
-	ServicesSynced(cluster string)
-
-	UpsertService(cluster string, svc *wire.ClusterService)
-	DeleteService(cluster, namespace, name string)
-	UpsertNode(cluster string, node *wire.Node)
-	DeleteNode(cluster, name string)
-	UpsertIPCache(cluster string, pair *wire.IPIdentityPair)
-	DeleteIPCache(cluster string, ip netip.Addr)
-	UpsertIdentity(cluster string, id uint32, labels wire.Labels)
-	DeleteIdentity(cluster string, id uint32)
-}
+// RemoteSink receives the state of remote clusters; mesh/remote's Manager
+// drives it. An unreachable cluster keeps its identities and ipcache
+// entries; its backends are withdrawn unless the agent runs fail-static.
+type RemoteSink = remote.Sink
 
 // Agent is one node's agent.
 type Agent struct {
@@ -399,8 +376,8 @@ func (a *Agent) mergeInputLocked() *service.Input {
 		svc := o.(*corev1.Service)
 		ls, err := service.FromKubernetes(svc, slicesBySvc[svc.Namespace+"/"+svc.Name])
 		if err != nil {
-			a.log.Warn("Skipping service", "service", svc.Namespace+"/"+svc.Name, "err", err)
-			continue
+			// The service stays usable; only the ports named here are left out.
+			a.log.Warn("Service ports left out", "service", svc.Namespace+"/"+svc.Name, "err", err)
 		}
 		in.Local = append(in.Local, ls)
 	}

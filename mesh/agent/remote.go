@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/policy"
+	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -208,3 +209,6 @@ func (a *Agent) pendingSyncLocked() []string {
 	}
 	return pending
 }
+
+// A remote.Manager is what drives an agent's remote clusters.
+var _ Remote = (*remote.Manager)(nil)
