@@ -207,3 +207,26 @@ type Datapath interface {
 	// could not update and the caller retries later.
 	Apply(s *State) error
 }
+
+// PlumbRequest describes the network interface to create for a pod on this
+// node, as the CNI path asks for it.
+type PlumbRequest struct {
+	// ID is the endpoint ID the agent allocated.
+	ID uint16
+	// Namespace and Pod name the pod, for interface naming and errors.
+	Namespace, Pod string
+	// NetNS is the path of the pod's network namespace, as CNI passes it.
+	NetNS string
+	// IP is the pod's address, from the node's pod CIDR.
+	IP netip.Addr
+}
+
+// Plumber creates and removes pods' interfaces on a node. The agent owns
+// endpoint addresses and identities; the datapath owns the interfaces.
+type Plumber interface {
+	// Plumb creates the pod's interface and returns the name of its
+	// host-side end.
+	Plumb(req PlumbRequest) (hostIf string, err error)
+	// Unplumb removes what Plumb created.
+	Unplumb(hostIf string) error
+}

@@ -59,7 +59,7 @@ type Config struct {
 	Dynamic dynamic.Interface
 
 	Datapath state.Datapath
-	Plumber  Plumber
+	Plumber  state.Plumber
 	// Remote delivers the state of remote clusters; nil runs a single
 	// cluster.
 	Remote Remote

@@ -56,10 +56,10 @@ func (s *scripted) Run(ctx context.Context, sink RemoteSink) error {
 
 type plumber struct{}
 
-func (plumber) Plumb(_ context.Context, r PlumbRequest) (string, error) {
+func (plumber) Plumb(r state.PlumbRequest) (string, error) {
 	return fmt.Sprintf("lxc%d", r.ID), nil
 }
-func (plumber) Unplumb(context.Context, string) error { return nil }
+func (plumber) Unplumb(string) error { return nil }
 
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()

@@ -23,26 +23,6 @@ var metav1GetOptions = metav1.GetOptions{}
 // new endpoint; the pod stays pending until an endpoint is deleted.
 var ErrPodCIDRExhausted = errors.New("pod CIDR exhausted")
 
-// Plumber creates and removes a pod's network interface on this node. It is
-// the datapath side of the CNI path (datapath/endpoint on a node).
-type Plumber interface {
-	// Plumb gives the pod in network namespace netns the address ip and
-	// returns the name of the host-side interface.
-	Plumb(ctx context.Context, ep PlumbRequest) (hostIf string, err error)
-	// Unplumb removes what Plumb created.
-	Unplumb(ctx context.Context, hostIf string) error
-}
-
-// PlumbRequest describes the interface to create for an endpoint.
-type PlumbRequest struct {
-	ID        uint16
-	Namespace string // pod namespace
-	Pod       string
-	// NetNS is the path of the pod's network namespace, as CNI passes it.
-	NetNS string
-	IP    netip.Addr
-}
-
 // EndpointRequest is the CNI ADD of a pod on this node.
 type EndpointRequest struct {
 	Namespace, Pod string
@@ -164,7 +144,7 @@ func (a *Agent) AddEndpoint(ctx context.Context, req EndpointRequest) (Endpoint,
 	}
 	a.mu.Unlock()
 
-	hostIf, err := a.cfg.Plumber.Plumb(ctx, PlumbRequest{ID: epID, Namespace: req.Namespace, Pod: req.Pod, NetNS: req.NetNS, IP: ip})
+	hostIf, err := a.cfg.Plumber.Plumb(state.PlumbRequest{ID: epID, Namespace: req.Namespace, Pod: req.Pod, NetNS: req.NetNS, IP: ip})
 	a.mu.Lock()
 	if err != nil {
 		a.ipam.release(ip, epID)
@@ -217,7 +197,7 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	err := a.cfg.Plumber.Unplumb(ctx, ep.Interface)
+	err := a.cfg.Plumber.Unplumb(ep.Interface)
 	a.mu.Lock()
 	a.ipam.release(ep.IP, ep.ID)
 	a.mu.Unlock()
