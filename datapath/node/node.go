@@ -1,0 +1,161 @@
+// Package node is one node's whole datapath: the eBPF programs and maps
+// (package datapath), the VXLAN device or native routes to other nodes
+// (package overlay), and pod interfaces (package endpoint), all in the
+// node's network namespace. It implements state.Datapath and state.Plumber,
+// which is everything the agent needs from a node, and it is the same on a
+// real node (the host namespace) and on a simulated one.
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/meshbed/meshbed/datapath"
+	"github.com/meshbed/meshbed/datapath/endpoint"
+	"github.com/meshbed/meshbed/datapath/netns"
+	"github.com/meshbed/meshbed/datapath/overlay"
+	"github.com/meshbed/meshbed/datapath/state"
+)
+
+// Config of a node's datapath.
+type Config struct {
+	// NS is the node's network namespace (netns.Host() on a real node). The
+	// caller keeps ownership.
+	NS *netns.NS
+	// NodeIP is the node's underlay address: the tunnel endpoint, and the
+	// address by which other nodes route to its pods.
+	NodeIP netip.Addr
+	// UnderlayIf is the name of the node's underlay interface (native
+	// routing sends remote pod traffic through it).
+	UnderlayIf string
+	ClusterID  uint32
+	Routing    state.RoutingMode
+	// Trace makes the datapath report every forwarded packet.
+	Trace  bool
+	Logger *slog.Logger
+}
+
+// Node is a node's datapath.
+type Node struct {
+	cfg   Config
+	dp    *datapath.Datapath
+	route overlay.Routing
+	mtu   int
+
+	mu      sync.Mutex
+	remotes []overlay.Remote
+}
+
+// New prepares the node namespace, loads the programs and, in tunnel mode,
+// creates (or adopts) the VXLAN device and attaches the overlay program.
+func New(cfg Config) (*Node, error) {
+	if cfg.NS == nil || !cfg.NodeIP.Is4() {
+		return nil, errors.New("node datapath: a namespace and an IPv4 node address are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := endpoint.PrepareNode(cfg.NS); err != nil {
+		return nil, fmt.Errorf("node datapath: %w", err)
+	}
+	dp, err := datapath.New(datapath.Options{ClusterID: cfg.ClusterID, Routing: cfg.Routing, Trace: cfg.Trace, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("node datapath: %w", err)
+	}
+	n := &Node{cfg: cfg, dp: dp, route: overlay.Routing{Mode: cfg.Routing}, mtu: endpoint.DefaultMTU}
+	h, err := cfg.NS.Handle()
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("node datapath: %w", err)
+	}
+	switch cfg.Routing {
+	case state.Tunnel:
+		vx, err := overlay.SetupVXLAN(cfg.NS, overlay.VXLANConfig{NodeIP: cfg.NodeIP})
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("node datapath: %w", err)
+		}
+		err = cfg.NS.Do(func() error { return dp.AttachOverlay(vx.Name) })
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("node datapath: %w", err)
+		}
+		n.route.Device, n.mtu = vx.Index, vx.MTU
+	case state.Native:
+		link, err := h.LinkByName(cfg.UnderlayIf)
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("node datapath: underlay interface %q: %w", cfg.UnderlayIf, err)
+		}
+		n.route.Device = link.Attrs().Index
+	}
+	return n, nil
+}
+
+// Datapath returns the BPF side, for dumps and flow events.
+func (n *Node) Datapath() *datapath.Datapath { return n.dp }
+
+// Apply programs the maps (attaching to new endpoint interfaces, which live
+// in the node namespace) and makes the routes to other nodes' pod CIDRs
+// match s.Nodes.
+func (n *Node) Apply(s *state.State) error {
+	err := n.cfg.NS.Do(func() error { return n.dp.Apply(s) })
+	remotes := overlay.RemotesFromNodes(n.cfg.NodeIP, s.Nodes)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !equalRemotes(remotes, n.remotes) {
+		if rerr := overlay.SyncRoutes(n.cfg.NS, n.route, remotes); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else {
+			n.remotes = remotes
+		}
+	}
+	return err
+}
+
+func equalRemotes(a, b []overlay.Remote) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Plumb creates a pod's veth pair between the node and the pod namespace.
+func (n *Node) Plumb(req state.PlumbRequest) (string, error) {
+	pod, err := netns.Open(req.NetNS)
+	if err != nil {
+		return "", fmt.Errorf("pod %s/%s: %w", req.Namespace, req.Pod, err)
+	}
+	defer pod.Close()
+	ep, err := endpoint.Create(n.cfg.NS, pod, endpoint.Config{
+		ID: fmt.Sprintf("%s/%s/%d", req.Namespace, req.Pod, req.ID), IP: req.IP, MTU: n.mtu,
+	})
+	if err != nil {
+		return "", fmt.Errorf("pod %s/%s: %w", req.Namespace, req.Pod, err)
+	}
+	return ep.HostIfName, nil
+}
+
+// Unplumb removes a pod's interface.
+func (n *Node) Unplumb(hostIf string) error {
+	return endpoint.Delete(n.cfg.NS, hostIf)
+}
+
+// Close detaches and unloads the programs. Interfaces go with their
+// namespaces.
+func (n *Node) Close() error {
+	return n.dp.Close()
+}
+
+var (
+	_ state.Datapath = (*Node)(nil)
+	_ state.Plumber  = (*Node)(nil)
+)
