@@ -55,6 +55,7 @@ type backendKey struct {
 type progBackend struct {
 	id    uint32
 	value podBackend
+	refs  int // programmed services referring to it
 }
 
 type progService struct {
@@ -340,15 +341,9 @@ func (d *Datapath) applyServices(services []state.Service) error {
 // deleteUnusedBackends deletes programmed backends that no programmed
 // service refers to and that are not in keep.
 func (d *Datapath) deleteUnusedBackends(keep map[backendKey]uint8) error {
-	referenced := make(map[backendKey]bool, len(d.prog.backends))
-	for _, ps := range d.prog.services {
-		for _, k := range ps.refs {
-			referenced[k] = true
-		}
-	}
 	var unused []uint32
 	for k, pb := range d.prog.backends {
-		if _, kept := keep[k]; !kept && !referenced[k] {
+		if _, kept := keep[k]; !kept && pb.refs == 0 {
 			unused = append(unused, pb.id)
 		}
 	}
@@ -361,6 +356,18 @@ func (d *Datapath) deleteUnusedBackends(keep map[backendKey]uint8) error {
 		delete(d.prog.backendIDs, id)
 	}
 	return nil
+}
+
+// setRefs moves a service's backend references from old to refs.
+func (d *Datapath) setRefs(old, refs []backendKey) {
+	for _, k := range old {
+		if pb := d.prog.backends[k]; pb != nil {
+			pb.refs--
+		}
+	}
+	for _, k := range refs {
+		d.prog.backends[k].refs++
+	}
 }
 
 func (d *Datapath) allocBackendID() uint32 {
@@ -450,7 +457,7 @@ func (d *Datapath) applyService(svc state.Service) error {
 	var revNatID uint16
 	if ps != nil {
 		old, revNatID = ps.slots, ps.revNatID
-		if slices.Equal(slices.Sorted(slices.Values(old)), slices.Sorted(slices.Values(active))) && sameKeys(ps.refs, refs) {
+		if sameIDs(old, active) && sameKeys(ps.refs, refs) {
 			ps.name = svc.Name
 			d.prog.revNat[revNatID] = svc.Name
 			return nil
@@ -521,9 +528,30 @@ func (d *Datapath) applyService(svc state.Service) error {
 		d.log.Warn("delete stale service slots", "service", svc.Name, "frontend", fe.String(), "error", err)
 	}
 
+	var oldRefs []backendKey
+	if ps != nil {
+		oldRefs = ps.refs
+	}
+	d.setRefs(oldRefs, refs)
 	d.prog.services[fe] = &progService{name: svc.Name, revNatID: revNatID, slots: slots, refs: refs}
 	d.prog.revNat[revNatID] = svc.Name
 	return nil
+}
+
+func sameIDs(a, b []uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := make(map[uint32]bool, len(a))
+	for _, id := range a {
+		set[id] = true
+	}
+	for _, id := range b {
+		if !set[id] {
+			return false
+		}
+	}
+	return true
 }
 
 func sameKeys(a, b []backendKey) bool {
@@ -558,6 +586,7 @@ func (d *Datapath) removeService(fe state.Frontend, ps *progService) error {
 	if err := d.pod.Revnat.Delete(ps.revNatID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("%s: delete rev-NAT entry: %w", item, err))
 	}
+	d.setRefs(ps.refs, nil)
 	delete(d.prog.services, fe)
 	delete(d.prog.revNat, ps.revNatID)
 	return errors.Join(errs...)

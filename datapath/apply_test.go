@@ -84,7 +84,7 @@ func TestApplyValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newProgEnv(t, Options{})
+			e := newProgEnv(t, Options{Trace: true})
 			s := baseState()
 			tt.mutate(s)
 			var err error
@@ -117,7 +117,7 @@ func countEntries(t *testing.T, m *ebpf.Map) int {
 }
 
 func TestApplyReconciles(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	fe := state.Frontend{IP: vip, Port: 80, Protocol: state.TCP}
 	b1 := backend(serverIP, 8080, state.TCP, 1)
 	b2 := backend(remoteIP, 8080, state.TCP, 1)
@@ -237,7 +237,7 @@ func attachedPrograms(t *testing.T, e *progEnv, ifname string) int {
 }
 
 func TestCloseDetaches(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	e.apply(t, baseState())
 	if n := attachedPrograms(t, e, "ep1h"); n != 2 {
 		t.Fatalf("%d programs on ep1h, want 2", n)
@@ -263,7 +263,7 @@ func TestCloseDetaches(t *testing.T) {
 
 func TestApplyMapFull(t *testing.T) {
 	testenv.Privileged(t)
-	e := newProgEnv(t, Options{mapSizes: map[string]uint32{"services": 8, "backends": 7}})
+	e := newProgEnv(t, Options{Trace: true, mapSizes: map[string]uint32{"services": 8, "backends": 7}})
 	feA := state.Frontend{IP: vip, Port: 80, Protocol: state.TCP}
 	feB := state.Frontend{IP: vip, Port: 81, Protocol: state.TCP}
 	mk := func(n int, third byte) []state.Backend {

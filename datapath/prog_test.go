@@ -51,14 +51,13 @@ type progEnv struct {
 
 // newProgEnv loads a datapath in a fresh namespace with two endpoint veths
 // (ep1h, ep2h) and a VXLAN device, all attached.
-func newProgEnv(t *testing.T, opts Options) *progEnv {
+func newProgEnv(t testing.TB, opts Options) *progEnv {
 	t.Helper()
 	testenv.Privileged(t)
 	e := &progEnv{ns: newTestNS(t), ifindex: map[string]int{}}
 	if opts.ClusterID == 0 {
 		opts.ClusterID = 1
 	}
-	opts.Trace = true
 	opts.Logger = testLogger(t)
 	d, err := New(opts)
 	if err != nil {
@@ -110,7 +109,7 @@ func baseState() *state.State {
 	}
 }
 
-func (e *progEnv) apply(t *testing.T, s *state.State) {
+func (e *progEnv) apply(t testing.TB, s *state.State) {
 	t.Helper()
 	e.ns.mustDo(t, func() error { return e.d.Apply(s) })
 }
@@ -189,7 +188,7 @@ func backend(ip netip.Addr, port uint16, proto state.Protocol, cluster uint32) s
 }
 
 func TestServiceTranslation(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	s := baseState()
 	s.Services = []state.Service{
 		{Name: "default/local", Frontend: state.Frontend{IP: vip, Port: 80, Protocol: state.TCP},
@@ -267,7 +266,7 @@ func TestServiceTranslation(t *testing.T) {
 }
 
 func TestBackendSelection(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	s := baseState()
 	var backends []state.Backend
 	for i := range 10 {
@@ -340,7 +339,7 @@ func TestBackendSelection(t *testing.T) {
 }
 
 func TestReverseNAT(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	s := baseState()
 	s.Services = []state.Service{
 		{Name: "default/local", Frontend: state.Frontend{IP: vip, Port: 80, Protocol: state.TCP},
@@ -397,7 +396,7 @@ func TestReverseNAT(t *testing.T) {
 }
 
 func TestPolicy(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	s := baseState()
 	// Client: egress only to the remote identity on TCP 80-90 and to anyone
 	// on UDP 53. Server: ingress only from the client identity on UDP.
@@ -494,7 +493,7 @@ func TestForwarding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newProgEnv(t, Options{Routing: tt.routing})
+			e := newProgEnv(t, Options{Trace: true, Routing: tt.routing})
 			e.apply(t, baseState())
 			ret, out := e.fromClient(t, tt.pkt)
 			if ret != tt.verdict {
@@ -518,7 +517,7 @@ func TestForwarding(t *testing.T) {
 }
 
 func TestRejectedPackets(t *testing.T) {
-	e := newProgEnv(t, Options{})
+	e := newProgEnv(t, Options{Trace: true})
 	e.apply(t, baseState())
 	arp := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06}
 	arp = append(arp, make([]byte, 28)...)

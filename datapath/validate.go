@@ -21,7 +21,9 @@ func validate(s *state.State) error {
 	frontends := make(map[state.Frontend]string, len(s.Services))
 	for _, svc := range s.Services {
 		fe := svc.Frontend
-		item := fmt.Sprintf("service %q frontend %s", svc.Name, fe)
+		// Item names are built only for errors: a state can hold
+		// 100,000 backends, and Apply runs on every change.
+		item := lazy(func() string { return fmt.Sprintf("service %q frontend %s", svc.Name, fe) })
 		switch {
 		case !fe.IP.IsValid():
 			add("%s: invalid address", item)
@@ -40,7 +42,7 @@ func validate(s *state.State) error {
 		frontends[fe] = svc.Name
 		active := 0
 		for _, b := range svc.Backends {
-			bitem := fmt.Sprintf("%s backend %s", item, b)
+			bitem := lazy(func() string { return fmt.Sprintf("%s backend %s", item, b) })
 			switch {
 			case !b.IP.IsValid():
 				add("%s: invalid address", bitem)
@@ -71,7 +73,7 @@ func validate(s *state.State) error {
 
 	prefixes := make(map[string]bool, len(s.IPCache))
 	for _, e := range s.IPCache {
-		item := fmt.Sprintf("ipcache entry %s", e.Prefix)
+		item := lazy(func() string { return fmt.Sprintf("ipcache entry %s", e.Prefix) })
 		switch {
 		case !e.Prefix.IsValid():
 			add("%s: invalid prefix", item)
@@ -98,7 +100,7 @@ func validate(s *state.State) error {
 	ids := make(map[uint16]bool, len(s.Endpoints))
 	ips := make(map[string]uint16, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
-		item := fmt.Sprintf("endpoint %d (%s)", ep.ID, ep.IP)
+		item := lazy(func() string { return fmt.Sprintf("endpoint %d (%s)", ep.ID, ep.IP) })
 		if ep.ID == 0 {
 			add("%s: endpoint ID 0", item)
 		}
@@ -127,7 +129,9 @@ func validate(s *state.State) error {
 			continue
 		}
 		for _, k := range ep.Policy.Allow {
-			kitem := fmt.Sprintf("%s policy %s identity %d %s port %d-%d", item, k.Direction, k.Identity, k.Protocol, k.Port, k.EndPort)
+			kitem := lazy(func() string {
+				return fmt.Sprintf("%s policy %s identity %d %s port %d-%d", item, k.Direction, k.Identity, k.Protocol, k.Port, k.EndPort)
+			})
 			if k.Direction != state.Ingress && k.Direction != state.Egress {
 				add("%s: unknown direction %d", kitem, k.Direction)
 			}
@@ -141,3 +145,8 @@ func validate(s *state.State) error {
 	}
 	return errors.Join(errs...)
 }
+
+// lazy is a name formatted only when printed.
+type lazy func() string
+
+func (l lazy) String() string { return l() }
