@@ -172,6 +172,19 @@ func (w *Writer) Synced(canaryKey string, prune ...string) {
 	w.signal()
 }
 
+// Unsynced withdraws a sync canary: the key is deleted (after the
+// operations enqueued before the call, like a Delete) and is no longer
+// rewritten after a lease loss, until the next Synced for it. kvstoremesh
+// uses it to tell agents that a remote cluster was lost while the cache
+// it vouched for stays in place.
+func (w *Writer) Unsynced(canaryKey string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.canaries, canaryKey)
+	w.enqueueLocked(canaryKey)
+	w.signal()
+}
+
 // committedThroughLocked returns the highest seq s such that every
 // operation with seq <= s is committed.
 func (w *Writer) committedThroughLocked() uint64 {
@@ -493,7 +506,9 @@ func (w *Writer) processCanaries(ctx context.Context, lease clientv3.LeaseID) er
 			return err
 		}
 		w.mu.Lock()
-		if c := w.canaries[key]; c.seq == cn.seq {
+		// An Unsynced meanwhile removed the canary (or a Synced replaced
+		// it): its own operation follows this write.
+		if c := w.canaries[key]; c != nil && c.seq == cn.seq {
 			c.pending, c.prune = false, nil
 		}
 		w.notifyFlushesLocked()

@@ -304,3 +304,54 @@ func TestWriterRetriesWhileDown(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestWriterUnsynced(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{LeaseTTL: 3 * time.Second})
+	canaryKey := wire.SyncedKey("c1", "p")
+	w.Upsert("p/k", []byte("v"))
+	w.Synced(canaryKey)
+	run(t, w.Run)
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if len(list(t, s, canaryKey)) != 1 {
+		t.Fatal("canary not written")
+	}
+
+	w.Unsynced(canaryKey)
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := equalState(list(t, s, ""), map[string]string{"p/k": "v"}); err != nil {
+		t.Fatalf("after Unsynced: %v", err)
+	}
+
+	// A lease loss rewrites the keys but not the withdrawn canary.
+	lease := w.LeaseID()
+	if _, err := s.Client().Revoke(ctxT(t), lease); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, func() error {
+		if w.LeaseID() == lease {
+			return fmt.Errorf("lease %x not replaced", lease)
+		}
+		return equalState(list(t, s, "p/"), map[string]string{"p/k": "v"})
+	})
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(t, s, canaryKey); len(got) != 0 {
+		t.Fatalf("withdrawn canary rewritten after lease loss: %v", got)
+	}
+
+	// Synced brings it back.
+	w.Synced(canaryKey)
+	if err := w.Flush(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if len(list(t, s, canaryKey)) != 1 {
+		t.Fatal("canary not rewritten by Synced")
+	}
+}
