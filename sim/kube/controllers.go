@@ -41,6 +41,15 @@ type Runtime interface {
 	StopPod(ctx context.Context, pod *corev1.Pod) error
 }
 
+// podRetry is how long a kubelet waits before retrying a pod whose start
+// failed (the agent may be restarting), as a kubelet retries CNI ADD.
+const podRetry = 500 * time.Millisecond
+
+type failure struct {
+	err error
+	at  time.Time
+}
+
 // EndpointSliceManagedBy is the endpointslice.kubernetes.io/managed-by value
 // of the slices the simulated controller writes.
 const EndpointSliceManagedBy = "endpointslice-controller.meshbed.io"
@@ -57,7 +66,7 @@ type Controllers struct {
 	mu      sync.Mutex
 	rnd     *rand.Rand
 	running map[string]*corev1.Pod // pod namespace/name → the pod as started
-	failed  map[string]error       // pods whose start failed, with why
+	failed  map[string]failure     // pods whose start failed, retried after podRetry
 
 	trigger chan struct{}
 	synced  chan struct{}
@@ -76,7 +85,7 @@ func NewControllers(api *API, nodes []Node, rt Runtime, seed uint64, log *slog.L
 		api: api, nodes: nodes, rt: rt, log: log,
 		rnd:     rand.New(rand.NewPCG(seed, 0x6b756265)),
 		running: map[string]*corev1.Pod{},
-		failed:  map[string]error{},
+		failed:  map[string]failure{},
 		trigger: make(chan struct{}, 1),
 		synced:  make(chan struct{}),
 		factory: f,
@@ -161,7 +170,7 @@ func (c *Controllers) createNode(ctx context.Context, n Node) error {
 func (c *Controllers) PodStartError(namespace, name string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.failed[namespace+"/"+name]
+	return c.failed[namespace+"/"+name].err
 }
 
 func (c *Controllers) reconcile(ctx context.Context) error {
@@ -372,15 +381,20 @@ func (c *Controllers) reconcileKubelet(ctx context.Context) error {
 	for _, p := range podsOf(c.pods.GetStore()) {
 		key := p.Namespace + "/" + p.Name
 		present[key] = true
-		if _, ok := c.running[key]; ok || c.failed[key] != nil || p.Spec.NodeName == "" {
+		if _, ok := c.running[key]; ok || p.Spec.NodeName == "" {
+			continue
+		}
+		if f, ok := c.failed[key]; ok && time.Since(f.at) < podRetry {
+			errs = append(errs, fmt.Errorf("pod %s waits to retry: %w", key, f.err))
 			continue
 		}
 		ip, err := c.rt.StartPod(ctx, p)
 		if err != nil {
-			c.failed[key] = err
+			c.failed[key] = failure{err: err, at: time.Now()}
 			errs = append(errs, fmt.Errorf("start pod %s on %s: %w", key, p.Spec.NodeName, err))
 			continue
 		}
+		delete(c.failed, key)
 		c.running[key] = p
 		p = p.DeepCopy()
 		now := metav1.Now()
