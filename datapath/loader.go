@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
@@ -134,6 +135,7 @@ func checkKernel() error {
 	}{
 		{"BPF tc programs (sched_cls)", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
 		{"BPF v3 instruction set", features.HaveV3ISA},
+		{"BTF", haveBTF},
 		{"BPF ring buffer maps", func() error { return features.HaveMapType(ebpf.RingBuf) }},
 		{"BPF LPM trie maps", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
 		{"BPF LRU hash maps", func() error { return features.HaveMapType(ebpf.LRUHash) }},
@@ -146,6 +148,20 @@ func checkKernel() error {
 		}
 	}
 	return nil
+}
+
+// haveBTF loads a one-type BTF blob: the maps' key and value types travel
+// as BTF, and a kernel without it cannot take the objects.
+func haveBTF() error {
+	b, err := btf.NewBuilder([]btf.Type{&btf.Int{Name: "int", Size: 4, Encoding: btf.Signed}}, nil)
+	if err != nil {
+		return err
+	}
+	h, err := btf.NewHandle(b)
+	if err != nil {
+		return err
+	}
+	return h.Close()
 }
 
 func (d *Datapath) load() error {
