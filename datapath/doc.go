@@ -63,4 +63,20 @@
 // slot count is flipped, then what is no longer needed is deleted. When a
 // map is full the affected item keeps its earlier state and Apply returns an
 // error wrapping ErrMapFull.
+//
+// Apply also attaches from_container and to_container (tcx) to the
+// interface of every new endpoint, resolved by name in the calling thread's
+// network namespace, and detaches them from endpoints that are gone.
+// State.Nodes is not used here: routes to other nodes are the overlay
+// package's business.
+//
+// # Not (yet) handled
+//
+//   - IPv6.
+//   - Hairpin traffic (a pod reaching itself through a service): it would
+//     need source NAT.
+//   - ICMP errors about NATed connections are not translated; non-first IP
+//     fragments are judged on addresses alone (port 0).
+//   - Maps are not pinned: closing the Datapath (an agent restart) drops
+//     connection tracking, so service connections do not survive it.
 package datapath
