@@ -607,8 +607,22 @@ func (d *Datapath) applyEndpoints(endpoints []state.Endpoint) error {
 			}
 		}
 	}
+	if len(endpoints) == 0 {
+		return errors.Join(errs...)
+	}
+	// One dump of the namespace's links per Apply: it finds new
+	// interfaces and notices a pod's veth that was re-created under the
+	// same name (a new ifindex, without our programs).
+	links, err := netlink.LinkList()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list interfaces: %w", err))...)
+	}
+	byName := make(map[string]*netlink.LinkAttrs, len(links))
+	for _, l := range links {
+		byName[l.Attrs().Name] = l.Attrs()
+	}
 	for _, ep := range endpoints {
-		if err := d.applyEndpoint(ep); err != nil {
+		if err := d.applyEndpoint(ep, byName[ep.Interface]); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -644,22 +658,20 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 	}
 }
 
-func (d *Datapath) applyEndpoint(ep state.Endpoint) error {
+// applyEndpoint programs one endpoint; link is its interface (nil if the
+// namespace has none of that name).
+func (d *Datapath) applyEndpoint(ep state.Endpoint, link *netlink.LinkAttrs) error {
 	item := fmt.Sprintf("endpoint %d (%s)", ep.ID, ep.IP)
+	if link == nil {
+		return fmt.Errorf("%s: interface %q not found", item, ep.Interface)
+	}
 	pe := d.prog.endpoints[ep.ID]
 	if pe == nil {
 		pe = &progEndpoint{}
 	}
 	next := *pe // what pe becomes once every step succeeded
-
-	if pe.iface != ep.Interface || pe.ingress == nil {
-		l, err := netlink.LinkByName(ep.Interface)
-		if err != nil {
-			return fmt.Errorf("%s: find interface %q: %w", item, ep.Interface, err)
-		}
-		next.iface, next.ifindex = ep.Interface, l.Attrs().Index
-		next.value.Mac = macOf(l.Attrs().HardwareAddr)
-	}
+	next.iface, next.ifindex = ep.Interface, link.Index
+	next.value.Mac = macOf(link.HardwareAddr)
 
 	// Policy: new entries before the endpoint says it is enforced, stale
 	// ones removed after, so a change never denies what both old and new

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/internal/testenv"
@@ -343,5 +344,43 @@ func TestApplyMapFull(t *testing.T) {
 		s.Services[0].Backends = mk(5, 5)
 		e.apply(t, s)
 		check(t, feA, mk(5, 5))
+	})
+}
+
+func TestApplyReattachesRecreatedInterface(t *testing.T) {
+	e := newProgEnv(t, Options{Trace: true})
+	e.apply(t, baseState())
+	e.ns.mustDo(t, func() error {
+		l, err := netlink.LinkByName("ep1h")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			return err
+		}
+		nl, err := addVeth("ep1h", "ep1p")
+		if err != nil {
+			return err
+		}
+		e.ifindex["ep1h"] = nl.Attrs().Index
+		return nil
+	})
+	e.apply(t, baseState())
+	if n := attachedPrograms(t, e, "ep1h"); n != 2 {
+		t.Fatalf("%d programs on the re-created interface, want 2", n)
+	}
+	// The endpoint map follows the new ifindex: the source check passes.
+	if ret, _ := e.fromClient(t, tcp(clientIP, serverIP, 1000, 80, tcpSYN)); ret != tcActRedirect {
+		t.Fatalf("verdict %d from the re-created interface", ret)
+	}
+
+	t.Run("missing interface", func(t *testing.T) {
+		s := baseState()
+		s.Endpoints[1].Interface = "nosuch0"
+		var err error
+		e.ns.mustDo(t, func() error { err = e.d.Apply(s); return nil })
+		if err == nil || !strings.Contains(err.Error(), `endpoint 2 (10.0.1.3): interface "nosuch0" not found`) {
+			t.Fatalf("Apply error %v", err)
+		}
 	})
 }
