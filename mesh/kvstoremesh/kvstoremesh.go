@@ -1,0 +1,417 @@
+// Package kvstoremesh mirrors the state of every remote cluster of the mesh
+// into the local cluster's etcd, so that the agents of the local cluster
+// read one etcd instead of connecting to every remote cluster themselves
+// (fan-in O(clusters), not O(nodes)). It runs inside the mesh-apiserver, on
+// the apiserver's own (ephemeral) etcd.
+//
+// For each remote cluster (one etcd client config file per cluster in
+// Config.ConfigDir, the file name being the cluster name) a Mesh holds one
+// connection, made and validated by a remote.Manager, and writes into the
+// local etcd, through one kvstore.Writer (leased keys, coalesced bursts,
+// batched transactions, retries):
+//
+//   - cilium/cluster-config/<remote>: the remote's cluster-config with
+//     capabilities.cached=true (same ID and maxConnectedClusters), which
+//     tells agents to read the cache;
+//   - the cache: every accepted value of the remote's cilium/state/...,
+//     byte for byte, under the key wire.CacheKey maps it to
+//     (cilium/cache/<resource>/v1/<remote>/..., see WIRE.md); malformed
+//     values are rejected by the Manager and never copied;
+//   - the sync canary cilium/synced/<remote>/cilium/cache/<resource>/v1 of
+//     each resource, once the initial copy of that resource is committed
+//     (the Writer writes a canary only after every operation enqueued before
+//     it, and after leftovers under the resource's cache prefix are pruned).
+//
+// Loss and recovery follow the contract of package remote: when the
+// Manager reports a remote unreachable (its health probe fails for
+// HealthInterval+HealthTimeout, 2.5 s by default), the services canary is
+// withdrawn at once and only it; the cache and the other canaries stay, so
+// agents withdraw the remote's backends and keep its identities, ipcache
+// entries and nodes. When the remote is back, the Manager relists it, the
+// cache is resynced (new and changed keys written, stale ones deleted), and
+// only when the Manager reports it reachable again — which it does after
+// that resync has been delivered — is the services canary rewritten, behind
+// the resync's writes. A remote whose config file is removed is drained:
+// its cache keys, cluster-config and canaries are deleted.
+//
+// A Mesh does not log except through Config.Logger.
+package kvstoremesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshbed/meshbed/mesh/kvstore"
+	"github.com/meshbed/meshbed/mesh/remote"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+// Config of a Mesh.
+type Config struct {
+	// ClusterName and ClusterID are the local cluster's; a remote with the
+	// same name or ID is rejected.
+	ClusterName string
+	ClusterID   uint32
+	// MaxConnectedClusters of the mesh (255 or 511; zero means 255); every
+	// remote must announce the same.
+	MaxConnectedClusters uint32
+
+	// ConfigDir holds one etcd client config per remote cluster (see
+	// remote.EtcdConfig); it is polled every PollInterval.
+	ConfigDir string
+	// PollInterval: zero means remote.DefaultPollInterval.
+	PollInterval time.Duration
+
+	// Dialer, when set, opens every connection to a remote etcd (the
+	// simulator dials from inside the apiserver's network namespace).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+
+	// Local is the local etcd, with rights to write everything under
+	// cilium/ (the apiserver's root client). The Mesh does not close it.
+	Local *kvstore.Client
+
+	// HealthInterval and HealthTimeout bound the detection of a lost
+	// remote: its services canary is withdrawn within their sum after the
+	// loss. Zero means the kvstore defaults (0.5 s and 2 s).
+	HealthInterval, HealthTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the jittered retries of remote
+	// sessions and reconnects; zero means remote's defaults.
+	MinBackoff, MaxBackoff time.Duration
+	// KeepAliveTime, KeepAliveTimeout and RequestTimeout tune the remote
+	// connections (zero means the kvstore defaults).
+	KeepAliveTime, KeepAliveTimeout, RequestTimeout time.Duration
+	// OrphanSweepDelay is how long after Run starts the Mesh waits before
+	// deleting cache entries of clusters that are not configured
+	// (leftovers of an earlier run on a persistent local etcd); zero means
+	// remote.DefaultSyncTimeout.
+	OrphanSweepDelay time.Duration
+
+	// LeaseTTL of the keys written in the local etcd; zero means
+	// kvstore.DefaultLeaseTTL. They outlive a restarting Mesh and vanish if
+	// it is gone for good.
+	LeaseTTL time.Duration
+
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// Mesh mirrors the remote clusters into the local etcd. Create it with New
+// and run it with Run.
+type Mesh struct {
+	cfg Config
+	log *slog.Logger
+	mgr *remote.Manager
+	w   *kvstore.Writer
+
+	started atomic.Bool
+	// flushWake is signalled after a canary request so that the flusher
+	// confirms it.
+	flushWake chan struct{}
+
+	mu       sync.Mutex
+	clusters map[string]*cluster
+	// stamp numbers canary requests; flushed is the highest stamp whose
+	// request the Writer has committed (or, for a withdrawal, deleted).
+	stamp, flushed uint64
+}
+
+// cluster is what the Mesh holds of one configured remote cluster.
+type cluster struct {
+	name string
+	id   uint32
+	keys map[wire.Resource]map[string]struct{}
+	// canary is the stamp of the Synced request of each resource's cache
+	// canary, 0 when it is not requested (never synced, or withdrawn).
+	canary map[wire.Resource]uint64
+}
+
+func newCluster(name string) *cluster {
+	c := &cluster{name: name, keys: map[wire.Resource]map[string]struct{}{}, canary: map[wire.Resource]uint64{}}
+	for _, r := range wire.Resources {
+		c.keys[r] = map[string]struct{}{}
+	}
+	return c
+}
+
+// New validates cfg and returns a Mesh; nothing happens until Run.
+func New(cfg Config) (*Mesh, error) {
+	if cfg.Local == nil {
+		return nil, errors.New("kvstoremesh: no local etcd client")
+	}
+	if cfg.ConfigDir == "" {
+		return nil, errors.New("kvstoremesh: no remote cluster config directory")
+	}
+	if cfg.OrphanSweepDelay <= 0 {
+		cfg.OrphanSweepDelay = remote.DefaultSyncTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	mgr, err := remote.New(remote.Config{
+		ClusterName:          cfg.ClusterName,
+		ClusterID:            cfg.ClusterID,
+		MaxConnectedClusters: cfg.MaxConnectedClusters,
+		Dir:                  cfg.ConfigDir,
+		PollInterval:         cfg.PollInterval,
+		Dialer:               cfg.Dialer,
+		HealthInterval:       cfg.HealthInterval,
+		HealthTimeout:        cfg.HealthTimeout,
+		MinBackoff:           cfg.MinBackoff,
+		MaxBackoff:           cfg.MaxBackoff,
+		KeepAliveTime:        cfg.KeepAliveTime,
+		KeepAliveTimeout:     cfg.KeepAliveTimeout,
+		RequestTimeout:       cfg.RequestTimeout,
+		Logger:               log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kvstoremesh: %w", err)
+	}
+	return &Mesh{
+		cfg:       cfg,
+		log:       log,
+		mgr:       mgr,
+		w:         kvstore.NewWriter(cfg.Local, kvstore.WriterConfig{LeaseTTL: cfg.LeaseTTL}),
+		flushWake: make(chan struct{}, 1),
+		clusters:  map[string]*cluster{},
+	}, nil
+}
+
+// ErrAlreadyStarted is returned by a second call of Run; a Mesh runs once.
+var ErrAlreadyStarted = errors.New("kvstoremesh: already started")
+
+// Run mirrors the remote clusters until ctx is done, then returns nil. The
+// keys written stay in the local etcd until their lease expires, so that a
+// restarting Mesh does not make agents flap.
+func (m *Mesh) Run(ctx context.Context) error {
+	if !m.started.CompareAndSwap(false, true) {
+		return ErrAlreadyStarted
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { m.w.Run(ctx) })
+	wg.Go(func() { m.flusher(ctx) })
+	wg.Go(func() {
+		t := time.NewTimer(m.cfg.OrphanSweepDelay)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := m.sweepOrphans(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("Cannot delete cache entries of unconfigured clusters", "error", err)
+		}
+	})
+	err := m.mgr.Run(ctx, (*sink)(m))
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("kvstoremesh: %w", err)
+	}
+	return nil
+}
+
+// Flush blocks until everything the Mesh has enqueued so far is committed
+// to the local etcd, or ctx is done. For tests and orderly hand-overs.
+func (m *Mesh) Flush(ctx context.Context) error { return m.w.Flush(ctx) }
+
+// flusher confirms canary requests: after a Flush that began once a
+// request was made, the local etcd holds what was requested.
+func (m *Mesh) flusher(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.flushWake:
+		}
+		m.mu.Lock()
+		target := m.stamp
+		m.mu.Unlock()
+		if err := m.w.Flush(ctx); err != nil {
+			return // ctx done
+		}
+		m.mu.Lock()
+		m.flushed = max(m.flushed, target)
+		m.mu.Unlock()
+	}
+}
+
+// requestLocked numbers a canary request and wakes the flusher.
+func (m *Mesh) requestLocked() uint64 {
+	m.stamp++
+	select {
+	case m.flushWake <- struct{}{}:
+	default:
+	}
+	return m.stamp
+}
+
+// ResourceStatus is the state of one resource of a remote cluster in the
+// local cache.
+type ResourceStatus struct {
+	Resource wire.Resource `json:"resource"`
+	// Synced: the resource's cache canary is committed in the local etcd
+	// (as last confirmed).
+	Synced bool `json:"synced"`
+	// Keys in the cache.
+	Keys int `json:"keys"`
+}
+
+// ClusterStatus is the state of one remote cluster, for `clustermesh
+// status` and tests.
+type ClusterStatus struct {
+	Name string `json:"name"`
+	// ID from the remote's last validated cluster-config.
+	ID uint32 `json:"id,omitempty"`
+	// Connected: the current session validated the remote's
+	// cluster-config.
+	Connected bool `json:"connected"`
+	// Reachable: connected, services synced, and the loss detector
+	// content; the services canary is written exactly while this holds.
+	Reachable bool `json:"reachable"`
+	// Synced: every resource's canary is committed.
+	Synced    bool             `json:"synced"`
+	Resources []ResourceStatus `json:"resources"`
+	// Sessions on the current connection (1 + restarts after losses,
+	// errors and config changes).
+	Sessions int `json:"sessions"`
+	// Since is when Reachable last changed.
+	Since time.Time `json:"since,omitzero"`
+	// LastError is the last connection or validation error, empty once a
+	// session synced; ConfigError the error of the cluster's config file.
+	LastError   string `json:"lastError,omitempty"`
+	ConfigError string `json:"configError,omitempty"`
+}
+
+// Status returns every configured remote cluster (and every config file
+// that failed to load), sorted by name.
+func (m *Mesh) Status() []ClusterStatus {
+	remotes := m.mgr.Status()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]ClusterStatus, 0, len(remotes))
+	for _, rs := range remotes {
+		st := ClusterStatus{
+			Name: rs.Name, ID: rs.ID, Connected: rs.Up, Reachable: rs.Reachable,
+			Sessions: rs.Sessions, Since: rs.Since,
+		}
+		if rs.LastErr != nil {
+			st.LastError = rs.LastErr.Error()
+		}
+		if rs.ConfigErr != nil {
+			st.ConfigError = rs.ConfigErr.Error()
+		}
+		c := m.clusters[rs.Name]
+		st.Synced = c != nil
+		for _, r := range wire.Resources {
+			rst := ResourceStatus{Resource: r}
+			if c != nil {
+				rst.Keys = len(c.keys[r])
+				rst.Synced = c.canary[r] != 0 && c.canary[r] <= m.flushed
+			}
+			st.Synced = st.Synced && rst.Synced
+			st.Resources = append(st.Resources, rst)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Remotes returns the Manager's own view of the remote connections.
+func (m *Mesh) Remotes() []remote.ClusterStatus { return m.mgr.Status() }
+
+// cachedConfig is the cluster-config kvstoremesh writes for a remote.
+func cachedConfig(cc wire.ClusterConfig) wire.ClusterConfig {
+	return wire.ClusterConfig{ID: cc.ID, Capabilities: wire.Capabilities{
+		SyncedCanaries:       true,
+		Cached:               true,
+		MaxConnectedClusters: cc.Capabilities.MaxConnectedClusters,
+	}}
+}
+
+// cacheKey maps a key read from cluster to its key in the cache. A remote
+// that is itself a cache (cached=true) already uses the cache layout.
+func cacheKey(cluster, key string) (string, error) {
+	k, err := wire.ParseKey(key)
+	if err != nil {
+		return "", err
+	}
+	if k.Cached {
+		if k.Cluster != cluster {
+			return "", fmt.Errorf("key %q: belongs to cluster %q, not %q", key, k.Cluster, cluster)
+		}
+		return key, nil
+	}
+	return wire.CacheKey(cluster, key)
+}
+
+// sweepOrphans deletes the cache keys, cluster-configs and cache canaries
+// of clusters that are not configured: leftovers of an earlier run on a
+// local etcd that outlived it, whose config file is gone since.
+func (m *Mesh) sweepOrphans(ctx context.Context) error {
+	var errs []error
+	for _, prefix := range []string{wire.CacheRoot, wire.ClusterConfigRoot, wire.SyncedRoot} {
+		kvs, _, err := m.cfg.Local.List(ctx, prefix)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		keys := make([]string, 0, len(kvs))
+		for k := range kvs {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		n := 0
+		m.mu.Lock()
+		for _, k := range keys {
+			owner, ok := orphanOwner(k)
+			if !ok || owner == m.cfg.ClusterName {
+				continue
+			}
+			if _, configured := m.clusters[owner]; configured {
+				continue
+			}
+			// Under m.mu, so a cluster configured right after has its
+			// writes enqueued after this delete.
+			m.w.Delete(k)
+			n++
+		}
+		m.mu.Unlock()
+		if n > 0 {
+			m.log.Info("Deleting entries of unconfigured remote clusters", "prefix", prefix, "count", n)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// orphanOwner names the cluster a kvstoremesh key belongs to: cache keys,
+// cluster-configs, and canaries of cache prefixes (not the local
+// apiserver's own state canaries).
+func orphanOwner(key string) (string, bool) {
+	switch {
+	case strings.HasPrefix(key, wire.CacheRoot):
+		k, err := wire.ParseKey(key)
+		if err != nil {
+			return "", false
+		}
+		return k.Cluster, true
+	case strings.HasPrefix(key, wire.ClusterConfigRoot):
+		name := strings.TrimPrefix(key, wire.ClusterConfigRoot)
+		return name, wire.ValidateClusterName(name) == nil
+	case strings.HasPrefix(key, wire.SyncedRoot):
+		name, rest, ok := strings.Cut(strings.TrimPrefix(key, wire.SyncedRoot), "/")
+		return name, ok && strings.HasPrefix(rest, wire.CacheRoot)
+	}
+	return "", false
+}
