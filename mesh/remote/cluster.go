@@ -31,30 +31,36 @@ type cluster struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// health runs the probe of the current connection; owned by run.
+	health *healthRunner
+
 	// restart carries session numbers whose session must end (a loss).
 	restart chan uint64
 
 	// mu guards everything below and serializes the sink calls of this
 	// cluster, which keeps them in order.
-	mu             sync.Mutex
-	running        bool
-	id             uint32
-	cached         bool
-	up             bool
-	reachable      bool
-	since          time.Time
-	everSynced     bool
-	sess           uint64 // current session number
-	sessions       int
-	sessReaders    bool // the current session started its readers
-	sessSynced     bool // ... and its services reader has listed
-	healthOK       bool // direct connections: kvstore.Health verdict
-	canaryOK       bool // cached connections: services canary verdict
-	canaryPresent  bool
-	grace          *time.Timer
-	lastErr        error
-	stores         map[wire.Resource]*store
-	lossDetectedAt time.Time
+	mu          sync.Mutex
+	running     bool
+	id          uint32
+	cached      bool
+	up          bool
+	reachable   bool
+	since       time.Time
+	everSynced  bool
+	sess        uint64 // current session number
+	sessions    int
+	sessReaders bool // the current session started its readers
+	sessSynced  bool // ... and its services reader has listed
+	sessEnded   bool // a loss ended the current session; ignore its events
+	// current: the services are as current as the connection allows; false
+	// from a loss until a later session has listed them again.
+	current       bool
+	healthOK      bool // direct connections: kvstore.Health verdict
+	canaryOK      bool // cached connections: services canary verdict
+	canaryPresent bool
+	grace         *time.Timer
+	lastErr       error
+	stores        map[wire.Resource]*store
 }
 
 func newCluster(m *Manager, name string) *cluster {
@@ -159,23 +165,16 @@ func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 	defer client.Close()
 
 	c.mu.Lock()
-	c.healthOK, c.sessions = true, 0
+	c.sessions = 0
 	c.mu.Unlock()
-	health := kvstore.NewHealth(client, kvstore.HealthConfig{
-		Interval: cfg.HealthInterval,
-		Timeout:  cfg.HealthTimeout,
-		OnChange: c.onHealth,
-	})
-	hctx, hcancel := context.WithCancel(ctx)
-	hdone := make(chan struct{})
-	go func() {
-		defer close(hdone)
-		health.Run(hctx)
-	}()
-	defer func() {
-		hcancel()
-		<-hdone
-	}()
+	// The health probe runs from the start, as the mode is not known yet
+	// and a direct connection must detect a loss even before its first
+	// session validated the cluster; sessions that find the cluster cached
+	// stop it (it would only probe the local etcd).
+	health := &healthRunner{c: c, client: client, ctx: ctx}
+	health.set(true)
+	defer health.set(false)
+	c.health = health
 
 	bo := newBackoff(cfg.MinBackoff, cfg.MaxBackoff)
 	for ctx.Err() == nil {
@@ -225,7 +224,7 @@ func (c *cluster) beginSession() uint64 {
 	defer c.mu.Unlock()
 	c.sess++
 	c.sessions++
-	c.sessReaders, c.sessSynced = false, false
+	c.sessReaders, c.sessSynced, c.sessEnded = false, false, false
 	c.stopGraceLocked()
 	for _, st := range c.stores {
 		st.gen++
@@ -270,6 +269,9 @@ func (c *cluster) session(ctx context.Context, client *kvstore.Client, sid uint6
 	c.sessReaders = true
 	cached := c.cached
 	c.mu.Unlock()
+	if c.health != nil {
+		c.health.set(!cached)
+	}
 	c.logger.Info("Remote cluster connected", "id", cc.ID, "cached", cached, "session", sid)
 
 	rctx, rcancel := context.WithCancel(ctx)
@@ -329,12 +331,56 @@ func (c *cluster) failed(err error) {
 		c.logger.Info("Remote cluster-config changed; resyncing")
 		return
 	}
+	if c.lastErr == nil || c.lastErr.Error() != err.Error() {
+		c.logger.Error("Remote cluster session failed; retrying", "error", err)
+	} else {
+		c.logger.Debug("Remote cluster session failed again; retrying", "error", err)
+	}
 	c.lastErr = err
-	c.logger.Error("Remote cluster session failed", "error", err)
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-		c.up = false
+		c.up, c.current = false, false
 	}
 	c.recomputeLocked()
+}
+
+// healthRunner starts and stops the kvstore.Health of a connection.
+type healthRunner struct {
+	c      *cluster
+	client *kvstore.Client
+	ctx    context.Context // the connection's
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// set starts (on) or stops the probe. It must not be called with c.mu
+// held: stopping waits for the probe, whose callback takes c.mu.
+func (h *healthRunner) set(on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case on && h.cancel == nil:
+		h.c.mu.Lock()
+		h.c.healthOK = true // no verdict yet; the probe will give one
+		h.c.mu.Unlock()
+		cfg := h.c.m.cfg
+		health := kvstore.NewHealth(h.client, kvstore.HealthConfig{
+			Interval: cfg.HealthInterval,
+			Timeout:  cfg.HealthTimeout,
+			OnChange: h.c.onHealth,
+		})
+		hctx, cancel := context.WithCancel(h.ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			health.Run(hctx)
+		}()
+		h.cancel, h.done = cancel, done
+	case !on && h.cancel != nil:
+		h.cancel()
+		<-h.done
+		h.cancel, h.done = nil, nil
+	}
 }
 
 // onHealth is the kvstore.Health callback of direct connections.
@@ -359,11 +405,13 @@ func (c *cluster) onHealth(s kvstore.Status) {
 // and a session that has started its readers is ended so that the next one
 // relists everything before the cluster is reachable again.
 func (c *cluster) loseLocked(reason string) {
-	c.lossDetectedAt = time.Now()
 	c.logger.Warn("Remote cluster lost", "reason", reason)
-	c.sessSynced = false
+	c.current = false
 	c.recomputeLocked()
 	if c.sessReaders {
+		// Events its readers deliver until they stop may predate the
+		// loss: none of them may make the cluster current again.
+		c.sessEnded = true
 		select {
 		case c.restart <- c.sess:
 		default:
@@ -373,7 +421,7 @@ func (c *cluster) loseLocked(reason string) {
 
 // recomputeLocked reports a change of reachability.
 func (c *cluster) recomputeLocked() {
-	ok := c.up && c.sessSynced
+	ok := c.up && c.current
 	if c.cached {
 		ok = ok && c.canaryOK
 	} else {

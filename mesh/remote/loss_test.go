@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -66,6 +67,7 @@ func TestLossAndRecovery(t *testing.T) {
 			cfg.HealthInterval, cfg.HealthTimeout = 0, 0
 			_, rec := startManager(t, cfg)
 			rec.expect(wait, "cluster2", isReachable(true))
+			rec.expect(wait, "cluster2", complete)
 			if px.dials.Load() == 0 {
 				t.Fatal("dialer hook not used")
 			}
@@ -111,6 +113,14 @@ func TestLossAndRecovery(t *testing.T) {
 	}
 }
 
+// complete checks that every resource of publisher.basic has arrived.
+func complete(v *view) error {
+	if len(v.services) == 0 || len(v.nodes) == 0 || len(v.ips) == 0 || len(v.identities) == 0 {
+		return fmt.Errorf("incomplete: services %v nodes %v ips %v identities %v", v.services, v.nodes, v.ips, v.identities)
+	}
+	return nil
+}
+
 // TestCachedLossAndRecovery reads a remote cluster through a kvstoremesh
 // cache in the local etcd and plays kvstoremesh's side of the contract.
 func TestCachedLossAndRecovery(t *testing.T) {
@@ -126,6 +136,7 @@ func TestCachedLossAndRecovery(t *testing.T) {
 	m, rec := startManager(t, cfg)
 	rec.expect(wait, "cluster2", wantServices(map[string]string{"default/rebel-base": "10.20.0.7", "default/other": "10.20.0.50"}))
 	rec.expect(wait, "cluster2", isReachable(true))
+	rec.expect(wait, "cluster2", complete)
 	if st, _ := statusOf(m, "cluster2"); !st.Cached {
 		t.Fatalf("status %+v, want cached", st)
 	}

@@ -281,6 +281,10 @@ func TestUntrustedEntries(t *testing.T) {
 	writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
 	_, rec := startManager(t, fastConfig(t, dir))
 	rec.expect(wait, "cluster2", isReachable(true))
+	rec.expect(wait, "cluster2", complete)
+	// The bad entries sort around the good ones; give them time to be
+	// (wrongly) delivered before checking they were not.
+	time.Sleep(200 * time.Millisecond)
 	v := rec.get("cluster2")
 	if !maps.Equal(v.services, map[string]string{"default/rebel-base": "10.20.0.7"}) ||
 		len(v.identities) != 1 || len(v.ips) != 1 || len(v.nodes) != 1 {

@@ -48,7 +48,7 @@ func logicalID(k wire.Key) string {
 func (c *cluster) handle(sid uint64, r wire.Resource, ev kvstore.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if sid != c.sess {
+	if sid != c.sess || c.sessEnded {
 		return // a reader of an ended session, stopping
 	}
 	switch ev.Kind {
@@ -64,7 +64,7 @@ func (c *cluster) handle(sid uint64, r wire.Resource, ev kvstore.Event) {
 		if r != wire.Services {
 			return
 		}
-		c.sessSynced = true
+		c.sessSynced, c.current = true, true
 		c.lastErr = nil
 		if !c.everSynced {
 			c.everSynced = true
