@@ -129,6 +129,7 @@ func TestConfigDirectory(t *testing.T) {
 		os.Remove(filepath.Join(dir, localName))
 	})
 	t.Run("changed file moves the cluster without stale state", func(t *testing.T) {
+		n := len(rec.get("cluster2").reachableLog)
 		writeConfig(t, dir, "cluster2", b.Endpoints(), "")
 		rec.expect(wait, "cluster2", wantServices(map[string]string{"default/moved": "10.20.9.9"}))
 		rec.expect(wait, "cluster2", func(v *view) error {
@@ -140,6 +141,10 @@ func TestConfigDirectory(t *testing.T) {
 		st, _ := statusOf(m, "cluster2")
 		if st.ConfigErr != nil {
 			t.Errorf("config error remains: %v", st.ConfigErr)
+		}
+		// A reconnect for a new config is not a loss.
+		if log := rec.get("cluster2").reachableLog[n:]; len(log) != 0 {
+			t.Errorf("reachability changed on a config change: %+v", log)
 		}
 	})
 	t.Run("kubernetes secret symlink swap", func(t *testing.T) {
@@ -336,4 +341,32 @@ func TestRemoteRestartNoStale(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestClusterIDChange: a remote that comes back with another ID is
+// announced again and its state revalidated against the new ID.
+func TestClusterIDChange(t *testing.T) {
+	srv := etcdtest.Start(t)
+	pub := newPublisher(t, srv.Client(), "cluster2", 2)
+	pub.basic()
+	dir := t.TempDir()
+	writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
+	_, rec := startManager(t, fastConfig(t, dir))
+	rec.expect(wait, "cluster2", complete)
+
+	pub.id = 4
+	pub.config()
+	rec.expect(wait, "cluster2", func(v *view) error {
+		// Everything was written for ID 2: now out of range or naming
+		// the wrong cluster ID, so all of it goes.
+		if v.id != 4 || len(v.services) != 0 || len(v.identities) != 0 || len(v.ips) != 0 || len(v.nodes) != 0 {
+			return fmt.Errorf("id %d services %v identities %v ips %v nodes %v", v.id, v.services, v.identities, v.ips, v.nodes)
+		}
+		return nil
+	})
+	pub.basic() // rewritten for ID 4
+	rec.expect(wait, "cluster2", complete)
+	if v := rec.get("cluster2"); v.identities[pub.localIdentity(1)] == "" {
+		t.Fatalf("identities %v", v.identities)
+	}
 }
