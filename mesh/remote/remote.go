@@ -44,9 +44,12 @@
 //
 // # Reachability (loss and recovery)
 //
-// A cluster is reported reachable (Sink.Reachable) when the current session
-// has synced its services and the loss detector is content; it is reported
-// unreachable as soon as the detector fires. Identities, ipcache entries,
+// A cluster is reported reachable (Sink.Reachable) when its services have
+// been listed by a session started after the last loss and the loss detector
+// is content; it is reported unreachable as soon as the detector fires (and
+// while its cluster-config fails validation). A session restarted for a
+// changed config file is not a loss: the cluster stays reachable while the
+// new session resyncs. Identities, ipcache entries,
 // nodes and services are all KEPT while a cluster is unreachable: the
 // consumer decides (the agent withdraws the cluster's backends, or keeps
 // them in fail-static mode, and keeps identities and ipcache entries so
@@ -63,7 +66,8 @@
 //
 //   - Through kvstoremesh (cached=true): the agent's connection is to its
 //     local etcd, which stays up when a remote cluster is lost, so
-//     kvstoremesh carries the loss. The contract, which kvstoremesh
+//     kvstoremesh carries the loss (and the health probe, which would only
+//     probe the local etcd, is stopped). The contract, which kvstoremesh
 //     implements:
 //
 //     1. kvstoremesh writes cilium/cluster-config/<remote> with cached=true,
@@ -173,8 +177,10 @@ type RawSink interface {
 	UpsertRaw(cluster string, r wire.Resource, key string, value []byte)
 	// DeleteRaw removes a key previously given to UpsertRaw.
 	DeleteRaw(cluster string, r wire.Resource, key string)
-	// Synced: the resource's keys of the cluster are complete (after the
-	// first list and after every resync, stale deletions delivered).
+	// Synced: the resource's keys of the cluster are complete: called after
+	// the first list of every session (initial, after a loss, after a config
+	// change), stale deletions delivered. (Resyncs the reader does on its own
+	// after a transport reconnect do not repeat it.)
 	Synced(cluster string, r wire.Resource)
 }
 
