@@ -1,0 +1,407 @@
+// Package apiserver is the mesh-apiserver: one per cluster, it runs an
+// embedded, ephemeral etcd, exports the cluster's state into it from the
+// cluster's Kubernetes API, and serves it to the other clusters of the mesh
+// over mTLS, read-only.
+//
+// What it writes (shared/WIRE.md), all on one lease through a
+// kvstore.Writer, and all rewritten on every start:
+//
+//	cilium/cluster-config/<cluster>               {"id":N,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":M}}
+//	cilium/.heartbeat                             RFC 3339 time, every HeartbeatInterval
+//	cilium/state/nodes/v1/<cluster>/<node>        every Node
+//	cilium/state/services/v1/<cluster>/<ns>/<n>   every global and shared Service
+//	cilium/state/ip/v1/default/<ip>               every pod IP (not host network)
+//	cilium/state/identities/v1/id/<id>            every identity of the cluster (package identity)
+//	cilium/synced/<cluster>/cilium/state/<r>/v1   per resource, after its initial keys
+//
+// Identities are allocated in the cluster's Kubernetes API (package
+// identity) for the label set of every pod, so they survive restarts of this
+// ephemeral etcd.
+//
+// The cluster-config says cached=false even when kvstoremesh runs: the flag
+// tells a reader where THIS cluster's data lies, and it lies under
+// cilium/state/. kvstoremesh writes cached=true on the copies of remote
+// cluster-configs it puts into this etcd.
+//
+// # Access
+//
+// Clients authenticate with a client certificate issued by the mesh CA; its
+// common name is the etcd user (see UserRoot, UserLocalAgent,
+// UserKVStoreMesh, RemoteUser). Remote readers may read cilium/state/, this
+// cluster's config and canaries and the heartbeat, nothing else; a client
+// without a valid certificate fails the TLS handshake.
+//
+// # Network namespaces
+//
+// Start binds every listener (the TLS client listener on ListenAddress, the
+// unused peer listener, and a unix socket for local clients) on the calling
+// goroutine's OS thread. To serve inside a network namespace, call Start
+// from a goroutine locked (runtime.LockOSThread) into that namespace; once
+// Start returns, the sockets belong to it and Run may be called from any
+// goroutine. The apiserver's own client, and an in-process kvstoremesh
+// (Client), use the unix socket, which does not depend on the namespace.
+//
+// # kvstoremesh
+//
+// kvstoremesh (mirroring remote clusters into cilium/cache/) runs alongside:
+// give it Client() as its local etcd. LocalEndpoint, Endpoints and the TLS
+// directory are exposed for out-of-process clients.
+package apiserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshbed/meshbed/mesh/identity"
+	"github.com/meshbed/meshbed/mesh/kvstore"
+	"github.com/meshbed/meshbed/mesh/pki"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultTickMs            = 100
+	DefaultElectionMs        = 1000
+	DefaultStartTimeout      = 30 * time.Second
+)
+
+// Config of a Server.
+type Config struct {
+	// ClusterName and ClusterID identify the cluster (wire rules: name
+	// [a-z0-9-]{1,32}, ID 1..MaxConnectedClusters).
+	ClusterName string
+	ClusterID   uint32
+	// MaxConnectedClusters is 255 or 511; zero means 255.
+	MaxConnectedClusters uint32
+
+	// Kube is the cluster's Kubernetes API; Dynamic the same API for the
+	// MeshIdentity custom resources. Both work with the client-go fakes.
+	Kube    kubernetes.Interface
+	Dynamic dynamic.Interface
+
+	// ListenAddress is host:port of the etcd client listener (TLS); port 0
+	// picks a free port (see Endpoints).
+	ListenAddress string
+	// TLSDir holds ca.crt, server.crt/.key (the etcd server certificate,
+	// valid for localhost and the listen address) and root.crt/.key (a
+	// client certificate with CN root). IssueServerTLS writes them.
+	TLSDir pki.Dir
+	// DataDir is where etcd keeps its data and socket; empty means a new
+	// temporary directory, removed by Close. A given directory is wiped on
+	// Start: the store is ephemeral. Keep the path short: it holds a unix
+	// socket (at most 108 bytes).
+	DataDir string
+
+	// RemoteClusters may read this cluster from the start (users
+	// remote-<name>); SetRemoteClusters changes the set later.
+	RemoteClusters []string
+
+	// HeartbeatInterval between rewrites of cilium/.heartbeat; zero means
+	// DefaultHeartbeatInterval.
+	HeartbeatInterval time.Duration
+	// LeaseTTL of every key; zero means kvstore.DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// TickMs and ElectionMs are etcd's raft timings; zero means 100 and
+	// 1000. The simulator lowers them for a faster start.
+	TickMs, ElectionMs uint
+	// StartTimeout bounds the start of etcd; zero means 30 s.
+	StartTimeout time.Duration
+
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is a mesh-apiserver.
+type Server struct {
+	cfg     Config
+	logger  *slog.Logger
+	dataDir string
+	tempDir bool
+
+	mu       sync.Mutex
+	etcd     *embed.Etcd
+	root     *kvstore.Client
+	endpoint string
+	closed   bool
+
+	writer *kvstore.Writer
+	ids    *identity.Cache
+	alloc  *identity.Allocator
+	synced chan struct{}
+}
+
+// New checks cfg and returns a Server; nothing runs until Start.
+func New(cfg Config) (*Server, error) {
+	if err := wire.ValidateClusterName(cfg.ClusterName); err != nil {
+		return nil, fmt.Errorf("mesh-apiserver: %w", err)
+	}
+	if cfg.MaxConnectedClusters == 0 {
+		cfg.MaxConnectedClusters = wire.MaxConnectedClusters255
+	}
+	if err := wire.ValidateClusterID(cfg.ClusterID, cfg.MaxConnectedClusters); err != nil {
+		return nil, fmt.Errorf("mesh-apiserver of cluster %q: %w", cfg.ClusterName, err)
+	}
+	if cfg.Kube == nil || cfg.Dynamic == nil {
+		return nil, fmt.Errorf("mesh-apiserver of cluster %q: no Kubernetes client", cfg.ClusterName)
+	}
+	if _, _, err := net.SplitHostPort(cfg.ListenAddress); err != nil {
+		return nil, fmt.Errorf("mesh-apiserver of cluster %q: listen address %q: %w", cfg.ClusterName, cfg.ListenAddress, err)
+	}
+	if cfg.TLSDir == "" {
+		return nil, fmt.Errorf("mesh-apiserver of cluster %q: no TLS directory", cfg.ClusterName)
+	}
+	for _, r := range cfg.RemoteClusters {
+		if err := wire.ValidateClusterName(r); err != nil {
+			return nil, fmt.Errorf("mesh-apiserver of cluster %q: remote cluster: %w", cfg.ClusterName, err)
+		}
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.TickMs == 0 {
+		cfg.TickMs = DefaultTickMs
+	}
+	if cfg.ElectionMs == 0 {
+		cfg.ElectionMs = DefaultElectionMs
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ids, err := identity.NewCache(cfg.Dynamic, identity.Config{
+		Cluster:              cfg.ClusterName,
+		ClusterID:            cfg.ClusterID,
+		MaxConnectedClusters: cfg.MaxConnectedClusters,
+		Logger:               logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mesh-apiserver: %w", err)
+	}
+	return &Server{
+		cfg:    cfg,
+		logger: logger,
+		ids:    ids,
+		alloc:  identity.NewAllocator(cfg.Dynamic, ids),
+		synced: make(chan struct{}),
+	}, nil
+}
+
+// Start starts etcd, creates its users and enables auth, and connects the
+// apiserver's own client. It binds the listeners in the calling thread's
+// network namespace (see the package documentation). On error, everything
+// started is stopped again.
+func (s *Server) Start(ctx context.Context) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd != nil || s.closed {
+		return errors.New("mesh-apiserver: Start called twice")
+	}
+	if err := s.prepareDataDir(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.stopLocked()
+		}
+	}()
+	s.etcd, err = s.startEtcd()
+	if err != nil {
+		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
+	}
+	for _, l := range s.etcd.Clients {
+		if l.Addr().Network() == "tcp" {
+			s.endpoint = "https://" + l.Addr().String()
+		}
+	}
+	rootTLS, err := s.clientTLS(UserRoot)
+	if err != nil {
+		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
+	}
+	s.root, err = kvstore.Connect(ctx, kvstore.Config{
+		Endpoints: []string{s.LocalEndpoint()},
+		TLS:       rootTLS,
+		Logger:    s.logger,
+	})
+	if err != nil {
+		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
+	}
+	actx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
+	defer cancel()
+	if err := s.bootstrapAuth(actx, s.root.Etcd()); err != nil {
+		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
+	}
+	s.writer = kvstore.NewWriter(s.root, kvstore.WriterConfig{LeaseTTL: s.cfg.LeaseTTL})
+	return nil
+}
+
+func (s *Server) prepareDataDir() error {
+	if s.cfg.DataDir == "" {
+		d, err := os.MkdirTemp("", "meshbed-apiserver-")
+		if err != nil {
+			return fmt.Errorf("mesh-apiserver: data dir: %w", err)
+		}
+		s.dataDir, s.tempDir = d, true
+		return nil
+	}
+	// Ephemeral: a previous run's data must not come back.
+	if err := os.RemoveAll(s.cfg.DataDir); err != nil {
+		return fmt.Errorf("mesh-apiserver: wipe data dir: %w", err)
+	}
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("mesh-apiserver: data dir: %w", err)
+	}
+	s.dataDir = s.cfg.DataDir
+	return nil
+}
+
+// clientTLS is the client configuration of user's pair in the TLS dir, for
+// connections through the local socket.
+func (s *Server) clientTLS(user string) (*tls.Config, error) {
+	roots, err := s.cfg.TLSDir.Pool()
+	if err != nil {
+		return nil, err
+	}
+	pair, err := s.cfg.TLSDir.LoadCert(user)
+	if err != nil {
+		return nil, err
+	}
+	return pki.ClientTLSConfig(roots, pair, localServerName), nil
+}
+
+// Run exports the cluster's state until ctx is done, then returns nil. It
+// must follow a successful Start, and is called once. Close stops etcd
+// afterwards.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	w := s.writer
+	s.mu.Unlock()
+	if w == nil {
+		return errors.New("mesh-apiserver: Run before Start")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		if err := w.Run(ctx); err != nil {
+			s.logger.Error("kvstore writer stopped", "error", err)
+			cancel()
+		}
+	})
+	s.writeClusterConfig()
+	wg.Go(func() { s.heartbeat(ctx) })
+	ex := newExporter(s)
+	return ex.run(ctx)
+}
+
+// Synced is closed once every initial key is enqueued and the canaries are
+// requested (the Writer commits them after the keys).
+func (s *Server) Synced() <-chan struct{} { return s.synced }
+
+// Flush blocks until every write requested so far is committed.
+func (s *Server) Flush(ctx context.Context) error { return s.writer.Flush(ctx) }
+
+func (s *Server) writeClusterConfig() {
+	cc := wire.ClusterConfig{
+		ID: s.cfg.ClusterID,
+		Capabilities: wire.Capabilities{
+			SyncedCanaries:       true,
+			Cached:               false,
+			MaxConnectedClusters: s.cfg.MaxConnectedClusters,
+		},
+	}
+	s.writer.Upsert(wire.ClusterConfigKey(s.cfg.ClusterName), mustJSON(cc))
+}
+
+func (s *Server) heartbeat(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		s.writer.Upsert(wire.HeartbeatKey, []byte(wire.Timestamp(time.Now())))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops etcd and removes a temporary data directory. Stop Run first.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return s.stopLocked()
+}
+
+func (s *Server) stopLocked() error {
+	var errs []error
+	if s.root != nil {
+		if err := s.root.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		s.root = nil
+	}
+	if s.etcd != nil {
+		s.etcd.Close()
+		<-s.etcd.Server.StopNotify()
+		s.etcd = nil
+	}
+	if s.tempDir && s.dataDir != "" {
+		if err := os.RemoveAll(s.dataDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove data dir: %w", err))
+		}
+		s.dataDir = ""
+	}
+	return errors.Join(errs...)
+}
+
+// Endpoints are the etcd client URLs for remote clusters and agents:
+// "https://<host>:<port>" with the port actually bound.
+func (s *Server) Endpoints() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endpoint == "" {
+		return nil
+	}
+	return []string{s.endpoint}
+}
+
+// LocalEndpoint is the unix-socket endpoint ("unixs:///.../etcd.sock") for
+// clients on the same host, whatever their network namespace. The TLS
+// server name to check is "localhost".
+func (s *Server) LocalEndpoint() string { return "unixs://" + s.socketPath() }
+
+// Client is the apiserver's own etcd client, authenticated as root over the
+// local socket. An in-process kvstoremesh uses it as its local etcd. It is
+// closed by Close.
+func (s *Server) Client() *kvstore.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.root
+}
+
+// TLSDir is the directory with the CA and the apiserver's pairs.
+func (s *Server) TLSDir() pki.Dir { return s.cfg.TLSDir }
+
+// Identities is the cluster's identity cache (running while Run runs).
+func (s *Server) Identities() *identity.Cache { return s.ids }
+
+// ClusterName is the cluster's name.
+func (s *Server) ClusterName() string { return s.cfg.ClusterName }
