@@ -1,0 +1,60 @@
+package ginkgo
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/meshbed/meshbed/internal/testenv"
+	"github.com/meshbed/meshbed/scenarios"
+	"github.com/meshbed/meshbed/scenarios/engine"
+)
+
+func TestScenarios(t *testing.T) {
+	// Every spec builds a simulated mesh: network namespaces and BPF.
+	testenv.Privileged(t)
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Scenarios in the simulator")
+}
+
+// scenarioFiles is read when the tree is built, so every file is a spec.
+var scenarioFiles = func() []string {
+	files, _ := filepath.Glob(filepath.Join("..", "scenarios", "*.yaml"))
+	sort.Strings(files)
+	return files
+}()
+
+var _ = Describe("Scenario files", func() {
+	It("are present", func() {
+		Expect(scenarioFiles).NotTo(BeEmpty())
+	})
+	for _, file := range scenarioFiles {
+		It(filepath.Base(file), func(ctx SpecContext) {
+			sc, err := scenarios.Load(file)
+			Expect(err).NotTo(HaveOccurred())
+			var progress, logs bytes.Buffer
+			runCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			defer cancel()
+			rep, err := engine.Run(runCtx, sc, engine.Options{
+				Progress: &progress,
+				Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+			AddReportEntry("progress", progress.String())
+			if err != nil || !rep.Passed {
+				if os.Getenv("MESHBED_SCENARIO_LOGS") != "" {
+					AddReportEntry("logs", logs.String())
+				}
+			}
+			Expect(err).NotTo(HaveOccurred(), "scenario could not run:\n%s", progress.String())
+			Expect(rep.Passed).To(BeTrue(), "scenario failed:\n%s", progress.String())
+		}, NodeTimeout(6*time.Minute))
+	}
+})

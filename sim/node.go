@@ -1,0 +1,240 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/meshbed/meshbed/datapath/netns"
+	"github.com/meshbed/meshbed/datapath/node"
+	"github.com/meshbed/meshbed/datapath/overlay"
+	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/remote"
+	"github.com/meshbed/meshbed/mesh/service"
+	"github.com/meshbed/meshbed/sim/workload"
+)
+
+// Node is a simulated node: a network namespace on the underlay with the
+// node's datapath loaded, and an agent that may be stopped and started.
+type Node struct {
+	name    string
+	cluster *Cluster
+	ns      *netns.NS
+	ip      netip.Addr
+	podCIDR netip.Prefix
+	port    *overlay.Port
+	dp      *node.Node
+
+	mu    sync.Mutex
+	agent *agent.Agent
+	proc  *proc
+	pods  map[string]*Pod // namespace/name
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.name }
+
+// IP returns the node's underlay address.
+func (n *Node) IP() netip.Addr { return n.ip }
+
+// NS returns the node's network namespace.
+func (n *Node) NS() *netns.NS { return n.ns }
+
+// Datapath returns the node's datapath.
+func (n *Node) Datapath() *node.Node { return n.dp }
+
+// Agent returns the running agent, or nil while it is stopped.
+func (n *Node) Agent() *agent.Agent {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.agent
+}
+
+// Pod is a simulated pod.
+type Pod struct {
+	Namespace, Name string
+	Deployment      string
+	IP              netip.Addr
+	ns              *netns.NS
+	echo            *workload.Echo
+}
+
+// Dial connects from inside the pod.
+func (p *Pod) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return p.ns.Dial(ctx, nil, network, addr)
+}
+
+func (c *Cluster) newNode(i int) (*Node, error) {
+	name := fmt.Sprintf("node-%d", i)
+	ip, err := overlay.HostAddr(c.mesh.spec.Underlay, int(c.spec.ID), i)
+	if err != nil {
+		return nil, err
+	}
+	podCIDR, err := nodePodCIDR(c.spec.PodCIDR, i)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{name: name, cluster: c, ip: ip, podCIDR: podCIDR, pods: map[string]*Pod{}}
+	if n.ns, err = netns.New(c.spec.Name + "/" + name); err != nil {
+		return nil, err
+	}
+	if n.port, err = c.mesh.underlay.Attach(n.ns, overlay.PortConfig{Addr: ip}); err != nil {
+		n.ns.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	n.dp, err = node.New(node.Config{
+		NS: n.ns, NodeIP: ip, UnderlayIf: n.port.IfName, ClusterID: c.spec.ID,
+		Routing: c.mesh.spec.Routing, Logger: c.log.With("node", name),
+	})
+	if err != nil {
+		n.ns.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return n, nil
+}
+
+// nodePodCIDR is the i-th /24 of the cluster's pod CIDR.
+func nodePodCIDR(cluster netip.Prefix, i int) (netip.Prefix, error) {
+	a := cluster.Masked().Addr().As4()
+	off := uint32(i) << 8
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += off
+	p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24)
+	if !cluster.Contains(p.Addr()) {
+		return netip.Prefix{}, fmt.Errorf("pod CIDR %s has no room for node %d", cluster, i)
+	}
+	return p, nil
+}
+
+// StartAgent starts the node's agent (again, after StopAgent). The
+// datapath stays loaded in between, as BPF programs outlive a restarting
+// agent on a real node.
+func (n *Node) StartAgent() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc != nil {
+		return fmt.Errorf("agent on %s/%s is already running", n.cluster.spec.Name, n.name)
+	}
+	c := n.cluster
+	log := c.log.With("node", n.name)
+	mgr, err := remote.New(remote.Config{
+		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
+		Dir:            c.agentConfigDir(),
+		PollInterval:   250 * time.Millisecond,
+		Dialer:         func(ctx context.Context, addr string) (net.Conn, error) { return n.ns.Dial(ctx, nil, "tcp", addr) },
+		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
+		SyncTimeout: 10 * time.Second,
+		Logger:      log.With("component", "remote"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent on %s: %w", n.name, err)
+	}
+	mode := service.ModeWithdraw
+	if c.mesh.spec.FailStatic {
+		mode = service.ModeFailStatic
+	}
+	a, err := agent.New(agent.Config{
+		ClusterName: c.spec.Name, ClusterID: c.spec.ID, NodeName: n.name,
+		Kube: c.API.Client, Dynamic: c.API.Dynamic,
+		Datapath: n.dp, Plumber: n.dp, Remote: mgr,
+		Mode: mode, SyncTimeout: 10 * time.Second,
+		StateDir: filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name),
+		Logger:   log.With("component", "agent"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent on %s: %w", n.name, err)
+	}
+	n.agent = a
+	n.proc = startProc(c.mesh.ctx, log, "agent", a.Run)
+	return nil
+}
+
+// StopAgent stops the node's agent; its datapath keeps forwarding with the
+// state last programmed.
+func (n *Node) StopAgent() error {
+	n.mu.Lock()
+	p := n.proc
+	n.proc, n.agent = nil, nil
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("agent on %s/%s is not running", n.cluster.spec.Name, n.name)
+	}
+	return p.stop()
+}
+
+// WaitAgentReady waits until the agent has programmed its first state.
+func (n *Node) WaitAgentReady(ctx context.Context) error {
+	for {
+		a := n.Agent()
+		if a == nil {
+			return fmt.Errorf("agent on %s/%s is not running", n.cluster.spec.Name, n.name)
+		}
+		if s, _, _ := a.State(); s != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent on %s/%s: %w", n.cluster.spec.Name, n.name, ctx.Err())
+		case <-a.Applied():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) close() error {
+	var errs []error
+	n.mu.Lock()
+	p := n.proc
+	n.proc, n.agent = nil, nil
+	pods := n.pods
+	n.pods = map[string]*Pod{}
+	n.mu.Unlock()
+	if p != nil {
+		errs = append(errs, p.stop())
+	}
+	for _, pod := range pods {
+		if pod.echo != nil {
+			errs = append(errs, pod.echo.Close())
+		}
+		errs = append(errs, pod.ns.Close())
+	}
+	if n.dp != nil {
+		errs = append(errs, n.dp.Close())
+	}
+	if n.ns != nil {
+		errs = append(errs, n.ns.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// proc is a component running as a goroutine that can be stopped.
+type proc struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+func startProc(parent context.Context, log *slog.Logger, name string, run func(context.Context) error) *proc {
+	ctx, cancel := context.WithCancel(parent)
+	p := &proc{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.err = run(ctx)
+		if p.err != nil && ctx.Err() == nil {
+			log.Error("Component exited", "component", name, "err", p.err)
+		}
+	}()
+	return p
+}
+
+func (p *proc) stop() error {
+	p.cancel()
+	<-p.done
+	return p.err
+}

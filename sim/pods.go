@@ -1,0 +1,204 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshbed/meshbed/datapath/netns"
+	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/sim/workload"
+)
+
+// runtime is a cluster's kubelet side: it runs pods on their nodes through
+// the node's agent, as the CNI plugin would call it.
+type runtime Cluster
+
+func (r *runtime) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, error) {
+	c := (*Cluster)(r)
+	n, ok := c.node(pod.Spec.NodeName)
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("no node %q", pod.Spec.NodeName)
+	}
+	a := n.Agent()
+	if a == nil {
+		return netip.Addr{}, fmt.Errorf("agent on %s is not running", n.name)
+	}
+	ns, err := netns.New(c.spec.Name + "/" + pod.Namespace + "/" + pod.Name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ep, err := a.AddEndpoint(ctx, agent.EndpointRequest{Namespace: pod.Namespace, Pod: pod.Name, NetNS: ns.Path()})
+	if err != nil {
+		ns.Close()
+		return netip.Addr{}, err
+	}
+	p := &Pod{Namespace: pod.Namespace, Name: pod.Name, Deployment: ownerDeployment(pod), IP: ep.IP, ns: ns}
+	if echo, err := startWorkload(c.spec.Name, n.name, pod, ns); err != nil {
+		_ = a.DeleteEndpoint(ctx, pod.Namespace, pod.Name)
+		ns.Close()
+		return netip.Addr{}, err
+	} else {
+		p.echo = echo
+	}
+	n.mu.Lock()
+	n.pods[pod.Namespace+"/"+pod.Name] = p
+	n.mu.Unlock()
+	return ep.IP, nil
+}
+
+func (r *runtime) StopPod(ctx context.Context, pod *corev1.Pod) error {
+	c := (*Cluster)(r)
+	n, ok := c.node(pod.Spec.NodeName)
+	if !ok {
+		return nil
+	}
+	key := pod.Namespace + "/" + pod.Name
+	n.mu.Lock()
+	p, ok := n.pods[key]
+	n.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	a := n.Agent()
+	if a == nil {
+		// A kubelet retries CNI DEL until the agent is back.
+		return fmt.Errorf("agent on %s is not running", n.name)
+	}
+	if p.echo != nil {
+		_ = p.echo.Close()
+		p.echo = nil
+	}
+	if err := a.DeleteEndpoint(ctx, pod.Namespace, pod.Name); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	delete(n.pods, key)
+	n.mu.Unlock()
+	return p.ns.Close()
+}
+
+func ownerDeployment(pod *corev1.Pod) string {
+	for _, ref := range pod.OwnerReferences {
+		if ref.Kind == "Deployment" {
+			return ref.Name
+		}
+	}
+	return ""
+}
+
+// startWorkload gives a pod its behaviour by image: the echo server on each
+// declared container port (80 if none), or nothing (an idle pod).
+func startWorkload(cluster, node string, pod *corev1.Pod, ns *netns.NS) (*workload.Echo, error) {
+	var ports []int32
+	echo := false
+	for _, ctr := range pod.Spec.Containers {
+		if !workload.IsEcho(ctr.Image) {
+			continue
+		}
+		echo = true
+		for _, p := range ctr.Ports {
+			if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+				ports = append(ports, p.ContainerPort)
+			}
+		}
+	}
+	if !echo {
+		return nil, nil
+	}
+	if len(ports) == 0 {
+		ports = []int32{80}
+	}
+	var lns []net.Listener
+	for _, port := range ports {
+		ln, err := ns.Listen("tcp", ":"+strconv.Itoa(int(port)))
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("echo server on port %d: %w", port, err)
+		}
+		lns = append(lns, ln)
+	}
+	return workload.ServeEcho(cluster, node, pod.Name, lns), nil
+}
+
+// Pods lists the running pods of a deployment, by name.
+func (c *Cluster) Pods(namespace, deployment string) []*Pod {
+	var out []*Pod
+	for _, n := range c.nodes {
+		n.mu.Lock()
+		for _, p := range n.pods {
+			if p.Namespace == namespace && p.Deployment == deployment {
+				out = append(out, p)
+			}
+		}
+		n.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// ErrNoPod is returned when a deployment has no running pod to send from.
+var ErrNoPod = errors.New("no running pod")
+
+// Client returns an HTTP client that sends from the first running pod of a
+// deployment, and a resolver for service names as the pod's cluster DNS
+// would answer them.
+func (c *Cluster) Client(namespace, deployment string, timeout time.Duration) (*workload.Client, *Pod, error) {
+	pods := c.Pods(namespace, deployment)
+	if len(pods) == 0 {
+		return nil, nil, fmt.Errorf("%s/%s/%s: %w", c.spec.Name, namespace, deployment, ErrNoPod)
+	}
+	p := pods[0]
+	return workload.NewClient(p.Dial, timeout), p, nil
+}
+
+// ResolveURL rewrites a URL's host from a service name (svc, svc.ns,
+// svc.ns.svc, svc.ns.svc.cluster.local) to its ClusterIP in this cluster,
+// as the cluster DNS would for a pod in namespace.
+func (c *Cluster) ResolveURL(ctx context.Context, raw, namespace string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	host, port := u.Hostname(), u.Port()
+	if _, err := netip.ParseAddr(host); err != nil {
+		name, ns := host, namespace
+		parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+		switch {
+		case len(parts) == 1:
+		case len(parts) == 2, len(parts) == 3 && parts[2] == "svc",
+			len(parts) == 5 && strings.Join(parts[2:], ".") == "svc.cluster.local":
+			name, ns = parts[0], parts[1]
+		default:
+			return "", fmt.Errorf("cannot resolve %q: not a service name", host)
+		}
+		svc, err := c.API.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return "", fmt.Errorf("resolve %q in cluster %s: %w", host, c.spec.Name, err)
+		}
+		if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+			return "", fmt.Errorf("resolve %q in cluster %s: service has no ClusterIP", host, c.spec.Name)
+		}
+		host = svc.Spec.ClusterIP
+	}
+	if port != "" {
+		u.Host = net.JoinHostPort(host, port)
+	} else {
+		u.Host = host
+	}
+	return u.String(), nil
+}
