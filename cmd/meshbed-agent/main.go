@@ -1,0 +1,158 @@
+// Command meshbed-agent is the per-node mesh agent: it watches the local
+// Kubernetes API and the remote clusters of the mesh and programs this
+// node's eBPF datapath.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshbed/meshbed/datapath/netns"
+	"github.com/meshbed/meshbed/datapath/node"
+	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/remote"
+	"github.com/meshbed/meshbed/mesh/service"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+type options struct {
+	clusterName, nodeName, kubeconfig, configDir, stateDir string
+	clusterID, maxConnected                                uint32
+	nodeIP, underlayIf, routing                            string
+	failStatic, policyAllClusters                          bool
+	healthInterval, healthTimeout, syncTimeout             time.Duration
+	logLevel                                               string
+}
+
+func main() {
+	var o options
+	cmd := &cobra.Command{
+		Use:           "meshbed-agent",
+		Short:         "The meshbed node agent",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
+	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
+	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name in Kubernetes (default $NODE_NAME)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&o.configDir, "clustermesh-config", "/var/lib/meshbed/clustermesh", "directory of remote cluster configs, one file per cluster")
+	f.StringVar(&o.stateDir, "state-dir", "/var/run/meshbed/state", "where endpoints are kept across agent restarts")
+	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
+	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
+	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
+	f.BoolVar(&o.failStatic, "fail-static", false, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
+	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", false, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
+	f.DurationVar(&o.healthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
+	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
+	f.DurationVar(&o.syncTimeout, "sync-timeout", agent.DefaultSyncTimeout, "how long to wait for remote services before programming services")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "meshbed-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func (o options) validate() (routing state.RoutingMode, nodeIP netip.Addr, err error) {
+	var errs []error
+	if err := wire.ValidateClusterName(o.clusterName); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
+	}
+	if err := wire.ValidateMaxConnectedClusters(o.maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
+	} else if err := wire.ValidateClusterID(o.clusterID, o.maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
+	}
+	if o.nodeName == "" {
+		errs = append(errs, errors.New("--node-name is required (or set $NODE_NAME)"))
+	}
+	if nodeIP, err = netip.ParseAddr(o.nodeIP); err != nil || !nodeIP.Is4() {
+		errs = append(errs, fmt.Errorf("--node-ip %q: want this node's IPv4 address", o.nodeIP))
+	}
+	switch o.routing {
+	case "tunnel":
+		routing = state.Tunnel
+	case "native":
+		routing = state.Native
+	default:
+		errs = append(errs, fmt.Errorf("--routing %q: want tunnel or native", o.routing))
+	}
+	return routing, nodeIP, errors.Join(errs...)
+}
+
+func run(ctx context.Context, o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	routing, nodeIP, err := o.validate()
+	if err != nil {
+		return err
+	}
+	rest, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(rest)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(rest)
+	if err != nil {
+		return err
+	}
+	host, err := netns.Host()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	dp, err := node.New(node.Config{NS: host, NodeIP: nodeIP, UnderlayIf: o.underlayIf,
+		ClusterID: o.clusterID, Routing: routing, Logger: log.With("component", "datapath")})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	mgr, err := remote.New(remote.Config{
+		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
+		Dir: o.configDir, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
+		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"),
+	})
+	if err != nil {
+		return err
+	}
+	mode := service.ModeWithdraw
+	if o.failStatic {
+		mode = service.ModeFailStatic
+	}
+	a, err := agent.New(agent.Config{
+		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
+		NodeName: o.nodeName, Kube: kube, Dynamic: dyn,
+		Datapath: dp, Plumber: dp, Remote: mgr, Mode: mode,
+		PolicyAllClusters: o.policyAllClusters, SyncTimeout: o.syncTimeout, StateDir: o.stateDir,
+		Logger: log.With("component", "agent"),
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
