@@ -39,13 +39,14 @@
 // from a goroutine locked (runtime.LockOSThread) into that namespace; once
 // Start returns, the sockets belong to it and Run may be called from any
 // goroutine. The apiserver's own client, and an in-process kvstoremesh
-// (Client), use the unix socket, which does not depend on the namespace.
+// (Client), use a unix socket (LocalSocket), which does not depend on the
+// namespace.
 //
 // # kvstoremesh
 //
 // kvstoremesh (mirroring remote clusters into cilium/cache/) runs alongside:
-// give it Client() as its local etcd. LocalEndpoint, Endpoints and the TLS
-// directory are exposed for out-of-process clients.
+// give it Client() as its local etcd. LocalConfig, Endpoints and the TLS
+// directory are exposed for other clients.
 package apiserver
 
 import (
@@ -233,11 +234,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
-	s.root, err = kvstore.Connect(ctx, kvstore.Config{
-		Endpoints: []string{s.LocalEndpoint()},
-		TLS:       rootTLS,
-		Logger:    s.logger,
-	})
+	lc := s.LocalConfig(rootTLS)
+	lc.Logger = s.logger
+	s.root, err = kvstore.Connect(ctx, lc)
 	if err != nil {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
@@ -383,10 +382,37 @@ func (s *Server) Endpoints() []string {
 	return []string{s.endpoint}
 }
 
-// LocalEndpoint is the unix-socket endpoint ("unixs:///.../etcd.sock") for
-// clients on the same host, whatever their network namespace. The TLS
-// server name to check is "localhost".
-func (s *Server) LocalEndpoint() string { return "unixs://" + s.socketPath() }
+// LocalSocket is the path of the unix socket etcd also serves on (TLS, same
+// users), for clients on the same host whatever their network namespace.
+func (s *Server) LocalSocket() string { return s.socketPath() }
+
+// localEndpoint names the local socket to the etcd client; LocalDialer
+// ignores the address. (The etcd client's own unix endpoints do not dial
+// with this gRPC version.)
+const localEndpoint = "https://" + localServerName + ":0"
+
+// LocalDialer dials the local socket, whatever address it is asked for.
+func (s *Server) LocalDialer() func(ctx context.Context, addr string) (net.Conn, error) {
+	path := s.socketPath()
+	return func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+}
+
+// LocalConfig is a kvstore configuration that reaches this etcd through
+// the local socket, presenting the client certificate in tlsConfig (see
+// pki.ClientTLSConfig; its ServerName is set to "localhost", which server
+// certificates from IssueServerTLS carry).
+func (s *Server) LocalConfig(tlsConfig *tls.Config) kvstore.Config {
+	tc := tlsConfig.Clone()
+	tc.ServerName = localServerName
+	return kvstore.Config{
+		Endpoints: []string{localEndpoint},
+		TLS:       tc,
+		Dialer:    s.LocalDialer(),
+	}
+}
 
 // Client is the apiserver's own etcd client, authenticated as root over the
 // local socket. An in-process kvstoremesh uses it as its local etcd. It is
