@@ -110,32 +110,135 @@ type Mesh struct {
 	cfg Config
 	log *slog.Logger
 	mgr *remote.Manager
-	w   *kvstore.Writer
 
 	started atomic.Bool
-	// flushWake is signalled after a canary request so that the flusher
-	// confirms it.
-	flushWake chan struct{}
+	// wg tracks the goroutines of the writers.
+	wg sync.WaitGroup
 
+	// mu guards the maps and runCtx. It is held while a cluster is
+	// configured or drained and while orphans are deleted, so that these
+	// decisions and the writes they enqueue are ordered.
 	mu       sync.Mutex
+	runCtx   context.Context
 	clusters map[string]*cluster
-	// stamp numbers canary requests; flushed is the highest stamp whose
-	// request the Writer has committed (or, for a withdrawal, deleted).
-	stamp, flushed uint64
+	// writers holds one Writer per cluster name. A cluster's writes go
+	// through its own Writer, so its canaries wait for its own keys only
+	// and clusters are written in parallel; the Writer outlives a removal
+	// of the cluster until its drain is committed, so that a cluster added
+	// back is written by the same Writer, after the drain.
+	writers map[string]*writer
+}
+
+// writer is the kvstore.Writer of one cluster name and its bookkeeping.
+type writer struct {
+	w      *kvstore.Writer
+	cancel context.CancelFunc
+	done   chan struct{}
+	// wake is signalled after a canary request so that the flusher
+	// confirms it.
+	wake chan struct{}
+
+	mu sync.Mutex
+	// ops counts the operations enqueued; stamp numbers canary requests,
+	// and flushed is the highest stamp known committed.
+	ops, stamp, flushed uint64
+}
+
+func (wr *writer) upsert(key string, value []byte) {
+	wr.mu.Lock()
+	wr.ops++
+	wr.mu.Unlock()
+	wr.w.Upsert(key, value)
+}
+
+func (wr *writer) delete(key string) {
+	wr.mu.Lock()
+	wr.ops++
+	wr.mu.Unlock()
+	wr.w.Delete(key)
+}
+
+// synced requests the canary key (after prune) and returns the request's
+// stamp.
+func (wr *writer) synced(key string, prune ...string) uint64 {
+	wr.w.Synced(key, prune...)
+	return wr.request()
+}
+
+// unsynced withdraws the canary key.
+func (wr *writer) unsynced(key string) {
+	wr.w.Unsynced(key)
+	wr.request()
+}
+
+func (wr *writer) request() uint64 {
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	wr.ops++
+	wr.stamp++
+	select {
+	case wr.wake <- struct{}{}:
+	default:
+	}
+	return wr.stamp
+}
+
+// confirmed reports whether the request of the given stamp is committed.
+func (wr *writer) confirmed(stamp uint64) bool {
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	return stamp != 0 && stamp <= wr.flushed
+}
+
+func (wr *writer) opsCount() uint64 {
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	return wr.ops
+}
+
+// flusher confirms canary requests: after a Flush that began once a
+// request was made, the local etcd holds what was requested.
+func (wr *writer) flusher(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wr.wake:
+		}
+		wr.mu.Lock()
+		target := wr.stamp
+		wr.mu.Unlock()
+		if err := wr.w.Flush(ctx); err != nil {
+			return // ctx done
+		}
+		wr.mu.Lock()
+		wr.flushed = max(wr.flushed, target)
+		wr.mu.Unlock()
+	}
+}
+
+func (wr *writer) stop() {
+	wr.cancel()
+	<-wr.done
 }
 
 // cluster is what the Mesh holds of one configured remote cluster.
 type cluster struct {
 	name string
+	wr   *writer
+
+	// mu guards the fields below (the Manager serializes a cluster's
+	// calls; Status reads concurrently).
+	mu   sync.Mutex
 	id   uint32
 	keys map[wire.Resource]map[string]struct{}
-	// canary is the stamp of the Synced request of each resource's cache
-	// canary, 0 when it is not requested (never synced, or withdrawn).
+	// canary is the stamp of the request of each resource's cache canary,
+	// 0 when it is not requested (never synced, or withdrawn).
 	canary map[wire.Resource]uint64
 }
 
-func newCluster(name string) *cluster {
-	c := &cluster{name: name, keys: map[wire.Resource]map[string]struct{}{}, canary: map[wire.Resource]uint64{}}
+func newCluster(name string, wr *writer) *cluster {
+	c := &cluster{name: name, wr: wr, keys: map[wire.Resource]map[string]struct{}{}, canary: map[wire.Resource]uint64{}}
 	for _, r := range wire.Resources {
 		c.keys[r] = map[string]struct{}{}
 	}
@@ -177,12 +280,11 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("kvstoremesh: %w", err)
 	}
 	return &Mesh{
-		cfg:       cfg,
-		log:       log,
-		mgr:       mgr,
-		w:         kvstore.NewWriter(cfg.Local, kvstore.WriterConfig{LeaseTTL: cfg.LeaseTTL}),
-		flushWake: make(chan struct{}, 1),
-		clusters:  map[string]*cluster{},
+		cfg:      cfg,
+		log:      log,
+		mgr:      mgr,
+		clusters: map[string]*cluster{},
+		writers:  map[string]*writer{},
 	}, nil
 }
 
@@ -198,10 +300,10 @@ func (m *Mesh) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	wg.Go(func() { m.w.Run(ctx) })
-	wg.Go(func() { m.flusher(ctx) })
-	wg.Go(func() {
+	m.mu.Lock()
+	m.runCtx = ctx
+	m.mu.Unlock()
+	m.wg.Go(func() {
 		t := time.NewTimer(m.cfg.OrphanSweepDelay)
 		defer t.Stop()
 		select {
@@ -215,46 +317,78 @@ func (m *Mesh) Run(ctx context.Context) error {
 	})
 	err := m.mgr.Run(ctx, (*sink)(m))
 	cancel()
-	wg.Wait()
+	m.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("kvstoremesh: %w", err)
 	}
 	return nil
 }
 
-// Flush blocks until everything the Mesh has enqueued so far is committed
-// to the local etcd, or ctx is done. For tests and orderly hand-overs.
-func (m *Mesh) Flush(ctx context.Context) error { return m.w.Flush(ctx) }
-
-// flusher confirms canary requests: after a Flush that began once a
-// request was made, the local etcd holds what was requested.
-func (m *Mesh) flusher(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-m.flushWake:
-		}
-		m.mu.Lock()
-		target := m.stamp
-		m.mu.Unlock()
-		if err := m.w.Flush(ctx); err != nil {
-			return // ctx done
-		}
-		m.mu.Lock()
-		m.flushed = max(m.flushed, target)
-		m.mu.Unlock()
+// writerLocked returns the Writer of a cluster name, started on first use.
+func (m *Mesh) writerLocked(name string) *writer {
+	if wr := m.writers[name]; wr != nil {
+		return wr
 	}
+	ctx, cancel := context.WithCancel(m.runCtx)
+	wr := &writer{
+		w:      kvstore.NewWriter(m.cfg.Local, kvstore.WriterConfig{LeaseTTL: m.cfg.LeaseTTL}),
+		cancel: cancel,
+		done:   make(chan struct{}),
+		wake:   make(chan struct{}, 1),
+	}
+	m.writers[name] = wr
+	m.wg.Go(func() { wr.flusher(ctx) })
+	m.wg.Go(func() {
+		defer close(wr.done)
+		wr.w.Run(ctx)
+	})
+	return wr
 }
 
-// requestLocked numbers a canary request and wakes the flusher.
-func (m *Mesh) requestLocked() uint64 {
-	m.stamp++
-	select {
-	case m.flushWake <- struct{}{}:
-	default:
+// retire stops the Writer of a name that is not configured once what it
+// was given (a drain, orphan deletions) is committed, unless the cluster
+// is configured again meanwhile.
+// The caller holds m.mu.
+func (m *Mesh) retire(name string, wr *writer) {
+	ctx := m.runCtx
+	m.wg.Go(func() {
+		for {
+			ops := wr.opsCount()
+			if err := wr.w.Flush(ctx); err != nil {
+				return // stopping
+			}
+			m.mu.Lock()
+			if m.clusters[name] != nil || m.writers[name] != wr {
+				m.mu.Unlock()
+				return
+			}
+			if wr.opsCount() != ops {
+				m.mu.Unlock()
+				continue
+			}
+			delete(m.writers, name)
+			m.mu.Unlock()
+			wr.stop()
+			return
+		}
+	})
+}
+
+// Flush blocks until everything the Mesh has enqueued so far is committed
+// to the local etcd, or ctx is done. For tests and orderly hand-overs.
+func (m *Mesh) Flush(ctx context.Context) error {
+	m.mu.Lock()
+	ws := make([]*writer, 0, len(m.writers))
+	for _, wr := range m.writers {
+		ws = append(ws, wr)
 	}
-	return m.stamp
+	m.mu.Unlock()
+	for _, wr := range ws {
+		if err := wr.w.Flush(ctx); err != nil {
+			return fmt.Errorf("kvstoremesh: %w", err)
+		}
+	}
+	return nil
 }
 
 // ResourceStatus is the state of one resource of a remote cluster in the
@@ -299,7 +433,11 @@ type ClusterStatus struct {
 func (m *Mesh) Status() []ClusterStatus {
 	remotes := m.mgr.Status()
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	clusters := make(map[string]*cluster, len(m.clusters))
+	for n, c := range m.clusters {
+		clusters[n] = c
+	}
+	m.mu.Unlock()
 	out := make([]ClusterStatus, 0, len(remotes))
 	for _, rs := range remotes {
 		st := ClusterStatus{
@@ -312,13 +450,14 @@ func (m *Mesh) Status() []ClusterStatus {
 		if rs.ConfigErr != nil {
 			st.ConfigError = rs.ConfigErr.Error()
 		}
-		c := m.clusters[rs.Name]
+		c := clusters[rs.Name]
 		st.Synced = c != nil
 		for _, r := range wire.Resources {
 			rst := ResourceStatus{Resource: r}
 			if c != nil {
-				rst.Keys = len(c.keys[r])
-				rst.Synced = c.canary[r] != 0 && c.canary[r] <= m.flushed
+				c.mu.Lock()
+				rst.Keys, rst.Synced = len(c.keys[r]), c.wr.confirmed(c.canary[r])
+				c.mu.Unlock()
 			}
 			st.Synced = st.Synced && rst.Synced
 			st.Resources = append(st.Resources, rst)
@@ -374,6 +513,7 @@ func (m *Mesh) sweepOrphans(ctx context.Context) error {
 		slices.Sort(keys)
 		n := 0
 		m.mu.Lock()
+		retired := map[string]*writer{}
 		for _, k := range keys {
 			owner, ok := orphanOwner(k)
 			if !ok || owner == m.cfg.ClusterName {
@@ -382,10 +522,15 @@ func (m *Mesh) sweepOrphans(ctx context.Context) error {
 			if _, configured := m.clusters[owner]; configured {
 				continue
 			}
-			// Under m.mu, so a cluster configured right after has its
-			// writes enqueued after this delete.
-			m.w.Delete(k)
+			// Through the name's own Writer, under m.mu: a cluster of that
+			// name configured right after writes behind this delete.
+			wr := m.writerLocked(owner)
+			wr.delete(k)
+			retired[owner] = wr
 			n++
+		}
+		for name, wr := range retired {
+			m.retire(name, wr)
 		}
 		m.mu.Unlock()
 		if n > 0 {

@@ -11,8 +11,8 @@ import (
 // sink receives the Manager's calls. Only the raw calls and the cluster
 // life cycle matter: the cache is a byte-for-byte copy, so the typed calls
 // (which follow every raw call) are ignored. The Manager serializes the
-// calls of one cluster; m.mu guards the clusters map against the calls of
-// others and against Status.
+// calls of one cluster; the calls of different clusters run concurrently,
+// each on its own Writer.
 type sink Mesh
 
 var (
@@ -20,17 +20,26 @@ var (
 	_ remote.RawSink = (*sink)(nil)
 )
 
+func (s *sink) mesh() *Mesh { return (*Mesh)(s) }
+
+// cluster returns the configured cluster of that name, or nil.
+func (s *sink) cluster(name string) *cluster {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clusters[name]
+}
+
 func (s *sink) ClusterConfigured(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.clusters[name] = newCluster(name)
+	s.clusters[name] = newCluster(name, s.mesh().writerLocked(name))
 }
 
 func (s *sink) ClusterUp(name string, id uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c := s.clusters[name]; c != nil {
+	if c := s.cluster(name); c != nil {
+		c.mu.Lock()
 		c.id = id
+		c.mu.Unlock()
 	}
 }
 
@@ -43,17 +52,20 @@ func (s *sink) ClusterDown(name string) {
 	defer s.mu.Unlock()
 	c := s.clusters[name]
 	delete(s.clusters, name)
-	w := s.w
+	wr := s.mesh().writerLocked(name)
 	for _, r := range wire.Resources {
-		w.Unsynced(wire.CanaryKey(r, name, true))
+		wr.unsynced(wire.CanaryKey(r, name, true))
 		if c != nil {
+			c.mu.Lock()
 			for k := range c.keys[r] {
-				w.Delete(k)
+				wr.delete(k)
 			}
+			c.mu.Unlock()
 		}
 	}
-	w.Delete(wire.ClusterConfigKey(name))
-	s.log.Info("Remote cluster removed; cache drained", "remote", name)
+	wr.delete(wire.ClusterConfigKey(name))
+	s.mesh().retire(name, wr)
+	s.log.Info("Remote cluster removed; draining its cache", "remote", name)
 }
 
 // Reachable carries the loss and the recovery of a remote to the agents
@@ -61,22 +73,20 @@ func (s *sink) ClusterDown(name string) {
 // Manager has delivered the services resync before this call, so the
 // canary written now is committed behind it.
 func (s *sink) Reachable(name string, reachable bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.clusters[name]
+	c := s.cluster(name)
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	key := wire.CanaryKey(wire.Services, name, true)
 	if reachable {
-		s.w.Synced(key, wire.ClusterPrefix(wire.Services, name, true))
-		c.canary[wire.Services] = (*Mesh)(s).requestLocked()
+		c.canary[wire.Services] = c.wr.synced(key, wire.ClusterPrefix(wire.Services, name, true))
 		s.log.Info("Remote cluster reachable; services canary written", "remote", name)
 		return
 	}
-	s.w.Unsynced(key)
+	c.wr.unsynced(key)
 	c.canary[wire.Services] = 0
-	(*Mesh)(s).requestLocked()
 	s.log.Warn("Remote cluster lost; services canary withdrawn", "remote", name)
 }
 
@@ -98,14 +108,14 @@ func (s *sink) ClusterConfig(name string, cc wire.ClusterConfig) {
 		// A struct of numbers and booleans always marshals.
 		panic(err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.clusters[name]
+	c := s.cluster(name)
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.id = cc.ID
-	s.w.Upsert(wire.ClusterConfigKey(name), value)
+	c.wr.upsert(wire.ClusterConfigKey(name), value)
 }
 
 func (s *sink) UpsertRaw(name string, r wire.Resource, key string, value []byte) {
@@ -115,14 +125,14 @@ func (s *sink) UpsertRaw(name string, r wire.Resource, key string, value []byte)
 		s.log.Warn("Remote key has no cache key; not copied", "remote", name, "key", key, "error", err)
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.clusters[name]
+	c := s.cluster(name)
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.keys[r][ck] = struct{}{}
-	s.w.Upsert(ck, value)
+	c.wr.upsert(ck, value)
 }
 
 func (s *sink) DeleteRaw(name string, r wire.Resource, key string) {
@@ -130,14 +140,14 @@ func (s *sink) DeleteRaw(name string, r wire.Resource, key string) {
 	if err != nil {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.clusters[name]
+	c := s.cluster(name)
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	delete(c.keys[r], ck)
-	s.w.Delete(ck)
+	c.wr.delete(ck)
 }
 
 // Synced writes the canary of a resource other than services once its
@@ -148,12 +158,11 @@ func (s *sink) Synced(name string, r wire.Resource) {
 	if r == wire.Services {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.clusters[name]
+	c := s.cluster(name)
 	if c == nil {
 		return
 	}
-	s.w.Synced(wire.CanaryKey(r, name, true), wire.ClusterPrefix(r, name, true))
-	c.canary[r] = (*Mesh)(s).requestLocked()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.canary[r] = c.wr.synced(wire.CanaryKey(r, name, true), wire.ClusterPrefix(r, name, true))
 }
