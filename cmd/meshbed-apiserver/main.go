@@ -1,0 +1,274 @@
+// Command meshbed-apiserver is the mesh-apiserver of one cluster: an
+// embedded, ephemeral etcd that exports the cluster's nodes, global services,
+// ipcache entries and identities to the other clusters of the mesh over
+// mTLS, and (kvstoremesh, on by default) mirrors the remote clusters into it
+// for the cluster's own agents.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/kvstoremesh"
+	"github.com/meshbed/meshbed/mesh/pki"
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+type options struct {
+	clusterName, kubeconfig, listen, tlsDir, configDir, dataDir string
+	clusterID, maxConnected                                     uint32
+	kvstoremesh                                                 bool
+	remoteClusters                                              []string
+	heartbeat, configPoll                                       time.Duration
+	logLevel                                                    string
+}
+
+func main() {
+	cmd := newCommand()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "meshbed-apiserver:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:           "meshbed-apiserver",
+		Short:         "The meshbed mesh-apiserver of one cluster",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
+	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
+	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&o.listen, "listen", "0.0.0.0:2379", "host:port of the etcd client listener (mTLS)")
+	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/apiserver-tls", "directory with ca.crt, server.crt/.key and root.crt/.key")
+	f.StringVar(&o.configDir, "clustermesh-config", "", "directory of remote cluster configs, one file per cluster (kvstoremesh; the file names are also the clusters allowed to read this one)")
+	f.BoolVar(&o.kvstoremesh, "kvstoremesh", true, "mirror the remote clusters of --clustermesh-config into this etcd for the local agents")
+	f.StringSliceVar(&o.remoteClusters, "remote-clusters", nil, "further clusters allowed to read this one (users remote-<name>), besides those of --clustermesh-config")
+	f.DurationVar(&o.heartbeat, "heartbeat-interval", apiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is rewritten")
+	f.DurationVar(&o.configPoll, "config-poll-interval", 10*time.Second, "how often --clustermesh-config is rescanned for the remote readers' users")
+	f.StringVar(&o.dataDir, "data-dir", "", "etcd data directory, wiped on start (default: a temporary directory)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// validate checks every flag and reports all mistakes at once, each naming
+// its flag.
+func (o options) validate() error {
+	var errs []error
+	if err := wire.ValidateClusterName(o.clusterName); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
+	}
+	if err := wire.ValidateMaxConnectedClusters(o.maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
+	} else if err := wire.ValidateClusterID(o.clusterID, o.maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
+	}
+	if host, port, err := net.SplitHostPort(o.listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: %w", o.listen, err))
+	} else if net.ParseIP(host) == nil {
+		errs = append(errs, fmt.Errorf("--listen %q: host must be an IP address", o.listen))
+	} else if port == "" {
+		errs = append(errs, fmt.Errorf("--listen %q: no port", o.listen))
+	}
+	if o.heartbeat <= 0 {
+		errs = append(errs, fmt.Errorf("--heartbeat-interval %v: must be positive", o.heartbeat))
+	}
+	if o.configPoll <= 0 {
+		errs = append(errs, fmt.Errorf("--config-poll-interval %v: must be positive", o.configPoll))
+	}
+	for _, r := range o.remoteClusters {
+		if err := wire.ValidateClusterName(r); err != nil {
+			errs = append(errs, fmt.Errorf("--remote-clusters: %w", err))
+		}
+	}
+	if o.tlsDir == "" {
+		errs = append(errs, errors.New("--tls-dir is required"))
+	} else {
+		d := pki.Dir(o.tlsDir)
+		if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
+			errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+		}
+		if err := d.Verify(apiserver.UserRoot, x509.ExtKeyUsageClientAuth); err != nil {
+			errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func run(ctx context.Context, o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := o.validate(); err != nil {
+		return err
+	}
+	rest, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(rest)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rest)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	readers, err := remoteReaders(o)
+	if err != nil {
+		return err
+	}
+	srv, err := apiserver.New(apiserver.Config{
+		ClusterName:          o.clusterName,
+		ClusterID:            o.clusterID,
+		MaxConnectedClusters: o.maxConnected,
+		Kube:                 kube,
+		Dynamic:              dyn,
+		ListenAddress:        o.listen,
+		TLSDir:               pki.Dir(o.tlsDir),
+		DataDir:              o.dataDir,
+		RemoteClusters:       readers,
+		HeartbeatInterval:    o.heartbeat,
+		Logger:               log.With("component", "apiserver"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	defer srv.Close()
+	log.Info("mesh-apiserver serving", "cluster", o.clusterName, "id", o.clusterID, "endpoints", srv.Endpoints(), "remote-readers", readers)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Go(func() { errc <- srv.Run(ctx) })
+	if o.configDir != "" {
+		wg.Go(func() { errc <- watchReaders(ctx, o, srv, readers, log) })
+	}
+	switch {
+	case !o.kvstoremesh:
+	case o.configDir == "":
+		log.Info("kvstoremesh has nothing to mirror: no --clustermesh-config")
+	default:
+		km, err := kvstoremesh.New(kvstoremesh.Config{
+			ClusterName:          o.clusterName,
+			ClusterID:            o.clusterID,
+			MaxConnectedClusters: o.maxConnected,
+			ConfigDir:            o.configDir,
+			Local:                srv.Client(),
+			Logger:               log.With("component", "kvstoremesh"),
+		})
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		wg.Go(func() { errc <- km.Run(ctx) })
+	}
+	// The first component to stop (with or without error) stops the rest.
+	err = <-errc
+	cancel()
+	wg.Wait()
+	if ctx.Err() != nil && err == nil {
+		log.Info("mesh-apiserver stopped")
+	}
+	return err
+}
+
+// remoteReaders are the clusters allowed to read this one: those of the
+// clustermesh config directory and of --remote-clusters.
+func remoteReaders(o options) ([]string, error) {
+	names := slices.Clone(o.remoteClusters)
+	if o.configDir != "" {
+		dirNames, err := configClusters(o.configDir)
+		if err != nil {
+			return nil, fmt.Errorf("--clustermesh-config: %w", err)
+		}
+		names = append(names, dirNames...)
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// configClusters lists the cluster names of a clustermesh config directory
+// as package remote reads it: one file per cluster, names starting with "."
+// skipped (the ..data symlinks of a mounted Secret). Files that are not
+// valid cluster names are skipped too; package remote reports them.
+func configClusters(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") || e.IsDir() || wire.ValidateClusterName(n) != nil {
+			continue
+		}
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+// watchReaders rescans the config directory and keeps the remote readers'
+// users in step, so that `meshbed clustermesh connect` needs no restart.
+func watchReaders(ctx context.Context, o options, srv *apiserver.Server, current []string, log *slog.Logger) error {
+	t := time.NewTicker(o.configPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		next, err := remoteReaders(o)
+		if err != nil {
+			log.Warn("rescan of remote readers failed", "error", err)
+			continue
+		}
+		if slices.Equal(next, current) {
+			continue
+		}
+		if err := srv.SetRemoteClusters(ctx, next); err != nil {
+			log.Warn("update of remote readers failed", "error", err)
+			continue
+		}
+		log.Info("remote readers changed", "clusters", next)
+		current = next
+	}
+}

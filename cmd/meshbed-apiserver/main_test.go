@@ -1,0 +1,99 @@
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/pki"
+)
+
+func TestValidateNamesTheFlag(t *testing.T) {
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := t.TempDir()
+	if err := apiserver.IssueServerTLS(pki.Dir(tlsDir), ca, []net.IP{net.ParseIP("10.0.0.1")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newCommand()
+	if err := cmd.ParseFlags([]string{"--cluster-name=cluster1", "--cluster-id=1", "--tls-dir=" + tlsDir}); err != nil {
+		t.Fatal(err)
+	}
+	// The defaults of every other flag, as the command sets them.
+	good := options{clusterName: "cluster1", clusterID: 1, maxConnected: 255, listen: "0.0.0.0:2379",
+		tlsDir: tlsDir, heartbeat: apiserver.DefaultHeartbeatInterval, configPoll: 10 * time.Second, kvstoremesh: true}
+	if got, _ := cmd.Flags().GetString("listen"); got != good.listen {
+		t.Fatalf("--listen default %q, test assumes %q", got, good.listen)
+	}
+	tests := []struct {
+		name   string
+		mutate func(*options)
+		want   []string
+	}{
+		{"valid", func(*options) {}, nil},
+		{"cluster name", func(o *options) { o.clusterName = "Cluster_1" }, []string{"--cluster-name"}},
+		{"empty cluster name", func(o *options) { o.clusterName = "" }, []string{"--cluster-name"}},
+		{"cluster ID 0", func(o *options) { o.clusterID = 0 }, []string{"--cluster-id"}},
+		{"cluster ID 256", func(o *options) { o.clusterID = 256 }, []string{"--cluster-id"}},
+		{"cluster ID 300 with 511", func(o *options) { o.clusterID = 300; o.maxConnected = 511 }, nil},
+		{"max connected", func(o *options) { o.maxConnected = 128 }, []string{"--max-connected-clusters"}},
+		{"listen without port", func(o *options) { o.listen = "10.0.0.1" }, []string{"--listen"}},
+		{"listen on a name", func(o *options) { o.listen = "apiserver:2379" }, []string{"--listen"}},
+		{"heartbeat", func(o *options) { o.heartbeat = 0 }, []string{"--heartbeat-interval"}},
+		{"remote clusters", func(o *options) { o.remoteClusters = []string{"ok", "-bad"} }, []string{"--remote-clusters"}},
+		{"no TLS dir", func(o *options) { o.tlsDir = "" }, []string{"--tls-dir"}},
+		{"TLS dir without files", func(o *options) { o.tlsDir = t.TempDir() }, []string{"--tls-dir"}},
+		{"everything at once", func(o *options) { o.clusterName = ""; o.clusterID = 0; o.listen = "x" },
+			[]string{"--cluster-name", "--cluster-id", "--listen"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := good
+			tt.mutate(&o)
+			err := o.validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %s", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRemoteReaders(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"cluster2", "cluster3", ".hidden", "Not_A_Cluster"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("endpoints: [https://x:2379]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "..data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	got, err := remoteReaders(options{configDir: dir, remoteClusters: []string{"cluster9", "cluster2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "cluster2,cluster3,cluster9" {
+		t.Fatalf("readers %v", got)
+	}
+	got, err = remoteReaders(options{configDir: filepath.Join(dir, "missing")})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("missing dir: %v, %v", got, err)
+	}
+}
