@@ -112,11 +112,15 @@ func (o options) validate() error {
 		errs = append(errs, errors.New("--tls-dir is required"))
 	} else {
 		d := pki.Dir(o.tlsDir)
-		if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
+		if _, err := d.LoadCA(); err != nil {
 			errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
-		}
-		if err := d.Verify(apiserver.UserRoot, x509.ExtKeyUsageClientAuth); err != nil {
-			errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+		} else {
+			if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
+				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+			}
+			if err := d.Verify(apiserver.UserRoot, x509.ExtKeyUsageClientAuth); err != nil {
+				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+			}
 		}
 	}
 	return errors.Join(errs...)
