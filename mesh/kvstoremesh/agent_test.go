@@ -150,8 +150,19 @@ type agentConfig struct {
 	id        uint32
 	localEtcd []string
 	remotes   []string
-	kube      *fake.Clientset
-	logger    *slog.Logger
+	// tls is appended to every config file (trusted-ca-file etc.).
+	tls    string
+	kube   *fake.Clientset
+	dyn    *dynamicfake.FakeDynamicClient
+	logger *slog.Logger
+}
+
+// dynamicClient is an in-memory dynamic API serving what the agent and the
+// mesh-apiserver read (MeshIdentities, CiliumNetworkPolicies).
+func dynamicClient() *dynamicfake.FakeDynamicClient {
+	kinds := identity.ListKinds()
+	kinds[agent.CiliumNetworkPolicies] = "CiliumNetworkPolicyList"
+	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string(kinds))
 }
 
 // startAgent runs a real agent (fake Kubernetes clients, recording
@@ -161,7 +172,7 @@ func startAgent(tb testing.TB, ac agentConfig) *datapath {
 	tb.Helper()
 	dir := tb.TempDir()
 	for _, r := range ac.remotes {
-		writeConfig(tb, dir, r, ac.localEtcd)
+		writeConfig(tb, dir, r, ac.localEtcd, ac.tls)
 	}
 	logger := ac.logger
 	if logger == nil {
@@ -178,9 +189,10 @@ func startAgent(tb testing.TB, ac agentConfig) *datapath {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	kinds := identity.ListKinds()
-	kinds[agent.CiliumNetworkPolicies] = "CiliumNetworkPolicyList"
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string(kinds))
+	dyn := ac.dyn
+	if dyn == nil {
+		dyn = dynamicClient()
+	}
 	dp := newDatapath("default/rebel-base")
 	a, err := agent.New(agent.Config{
 		ClusterName: ac.name, ClusterID: ac.id, NodeName: "node-1",

@@ -303,12 +303,17 @@ func (l *local) connectRemote(s *source) {
 	writeConfig(l.t, l.dir, s.name, s.srv.Endpoints())
 }
 
-func writeConfig(t testing.TB, dir, name string, endpoints []string) {
+// writeConfig writes the etcd config file of cluster name into dir;
+// extra is appended (TLS settings).
+func writeConfig(t testing.TB, dir, name string, endpoints []string, extra ...string) {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("endpoints:\n")
 	for _, e := range endpoints {
 		fmt.Fprintf(&b, "- %s\n", e)
+	}
+	for _, x := range extra {
+		b.WriteString(x + "\n")
 	}
 	tmp := filepath.Join(dir, ".tmp-"+name)
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
