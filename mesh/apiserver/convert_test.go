@@ -342,3 +342,20 @@ func cidr(n *net.IPNet) string {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+func BenchmarkServiceValue(b *testing.B) {
+	s := svc("default", "s", map[string]string{"service.cilium.io/global": "true"}, "10.96.0.10")
+	var eps []ep
+	for i := range 100 {
+		eps = append(eps, ep{addr: netip.AddrFrom4([4]byte{10, 0, byte(i / 250), byte(i%250 + 1)}).String()})
+	}
+	slices := []*discoveryv1.EndpointSlice{slice("default", "s", "s-1", 8080, eps...)}
+	for b.Loop() {
+		v, ok := ServiceValue("c1", 1, s, slices)
+		if !ok || len(v.Backends) != 100 {
+			b.Fatal("bad export")
+		}
+		_ = mustJSON(v)
+	}
+	b.ReportMetric(100, "backends/op")
+}
