@@ -205,8 +205,9 @@ func New(cfg Config) (*Server, error) {
 
 // Start starts etcd, creates its users and enables auth, and connects the
 // apiserver's own client. It binds the listeners in the calling thread's
-// network namespace (see the package documentation). On error, everything
-// started is stopped again.
+// network namespace (see the package documentation). ctx bounds the start
+// only; what Start starts runs until Close. On error, everything started is
+// stopped again.
 func (s *Server) Start(ctx context.Context) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -236,7 +237,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	lc := s.LocalConfig(rootTLS)
 	lc.Logger = s.logger
-	s.root, err = kvstore.Connect(ctx, lc)
+	// The client lives until Close, not until ctx (which only bounds the
+	// start).
+	s.root, err = kvstore.Connect(context.WithoutCancel(ctx), lc)
 	if err != nil {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
@@ -296,17 +299,19 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	var werr error
 	wg.Go(func() {
-		if err := w.Run(ctx); err != nil {
-			s.logger.Error("kvstore writer stopped", "error", err)
+		if werr = w.Run(ctx); werr != nil {
+			werr = fmt.Errorf("mesh-apiserver of cluster %q: kvstore writer: %w", s.cfg.ClusterName, werr)
 			cancel()
 		}
 	})
 	s.writeClusterConfig()
 	wg.Go(func() { s.heartbeat(ctx) })
-	ex := newExporter(s)
-	return ex.run(ctx)
+	err := newExporter(s).run(ctx)
+	cancel()
+	wg.Wait()
+	return errors.Join(err, werr)
 }
 
 // Synced is closed once every initial key is enqueued and the canaries are
@@ -372,7 +377,9 @@ func (s *Server) stopLocked() error {
 }
 
 // Endpoints are the etcd client URLs for remote clusters and agents:
-// "https://<host>:<port>" with the port actually bound.
+// "https://<host>:<port>" with the port actually bound. With a wildcard
+// listen host (0.0.0.0) the URL names the wildcard; others must then be
+// told the address they reach the apiserver at (a Service, a node IP).
 func (s *Server) Endpoints() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
