@@ -782,3 +782,58 @@ func BenchmarkStartAndSync(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/start")
 }
+
+// TestSharedPodIP: a terminating pod and its successor may hold the same
+// address for a while; the entry follows the pods that still exist.
+func TestSharedPodIP(t *testing.T) {
+	ctx := context.Background()
+	m := newMesh(t)
+	e := newEnv()
+	s, _ := start(t, m, e, nil)
+	key := wire.IPKey("10.10.1.7")
+	podOf := func() string {
+		v, ok := get(t, s, key)
+		if !ok {
+			return ""
+		}
+		p, err := wire.DecodeIPIdentityPair(key, []byte(v), "cluster1", 1, 255)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.K8sPodName
+	}
+	expect := func(want string) {
+		t.Helper()
+		eventually(t, func() string {
+			if got := podOf(); got != want {
+				return fmt.Sprintf("%s belongs to %q, want %q", key, got, want)
+			}
+			return ""
+		})
+	}
+	pods := e.kube.CoreV1().Pods("default")
+	a := pod("default", "a", "10.10.1.7", "172.18.0.3", map[string]string{"app": "a"})
+	if _, err := pods.Create(ctx, a, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("a")
+	if _, err := pods.Create(ctx, pod("default", "b", "10.10.1.7", "172.18.0.4", map[string]string{"app": "b"}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("b")
+	// The old pod changes again and takes the entry back...
+	a.Labels = map[string]string{"app": "a2"}
+	if _, err := pods.Update(ctx, a, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("a")
+	// ...and when it is gone, the entry is the successor's, not deleted.
+	if err := pods.Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("b")
+	if err := pods.Delete(ctx, "b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("")
+}

@@ -56,8 +56,11 @@ type exporter struct {
 
 	// Owned by the worker.
 	services map[string]bool     // exported service keys
-	podIPs   map[string][]string // pod → ip keys it wrote
-	ipOwner  map[string]string   // ip key → pod
+	podIPs   map[string][]string // pod → ip keys it claims
+	// claims maps an ip key to the pods claiming it. An address is
+	// normally one pod's, but a terminating pod and its successor may
+	// briefly share one; the entry is deleted only when no pod claims it.
+	claims map[string]map[string]struct{}
 }
 
 func newExporter(s *Server) *exporter {
@@ -75,7 +78,7 @@ func newExporter(s *Server) *exporter {
 		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[item](50*time.Millisecond, 10*time.Second)),
 		services: map[string]bool{},
 		podIPs:   map[string][]string{},
-		ipOwner:  map[string]string{},
+		claims:   map[string]map[string]struct{}{},
 	}
 }
 
@@ -326,14 +329,26 @@ func (e *exporter) reconcilePod(ctx context.Context, nsName string) error {
 		}
 	}
 	for _, old := range e.podIPs[nsName] {
-		if !slices.Contains(want, old) && e.ipOwner[old] == nsName {
+		if slices.Contains(want, old) {
+			continue
+		}
+		delete(e.claims[old], nsName)
+		if len(e.claims[old]) == 0 {
+			delete(e.claims, old)
 			e.w.Delete(old)
-			delete(e.ipOwner, old)
+			continue
+		}
+		// Another pod still has the address: let it write its entry.
+		for other := range e.claims[old] {
+			e.queue.Add(item{kind: kindPod, key: other})
 		}
 	}
 	for i, k := range want {
 		e.w.Upsert(k, values[i])
-		e.ipOwner[k] = nsName
+		if e.claims[k] == nil {
+			e.claims[k] = map[string]struct{}{}
+		}
+		e.claims[k][nsName] = struct{}{}
 	}
 	if len(want) == 0 {
 		delete(e.podIPs, nsName)
