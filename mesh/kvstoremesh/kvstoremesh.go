@@ -7,8 +7,10 @@
 // For each remote cluster (one etcd client config file per cluster in
 // Config.ConfigDir, the file name being the cluster name) a Mesh holds one
 // connection, made and validated by a remote.Manager, and writes into the
-// local etcd, through one kvstore.Writer (leased keys, coalesced bursts,
-// batched transactions, retries):
+// local etcd through a kvstore.Writer of its own (leased keys, coalesced
+// bursts, batched transactions, retries; one Writer per remote, so that a
+// remote's canaries wait for its own keys only and remotes are written in
+// parallel):
 //
 //   - cilium/cluster-config/<remote>: the remote's cluster-config with
 //     capabilities.cached=true (same ID and maxConnectedClusters), which
@@ -34,7 +36,10 @@
 // the resync's writes. A remote whose config file is removed is drained:
 // its cache keys, cluster-config and canaries are deleted.
 //
-// A Mesh does not log except through Config.Logger.
+// Status reports, per remote, what `clustermesh status` shows; Equal is
+// the check that a cache is exactly what it must be, for tests and the
+// simulator's final check. A Mesh does not log except through
+// Config.Logger.
 package kvstoremesh
 
 import (

@@ -217,112 +217,149 @@ func (wl *watchLog) snapshot() []*clientv3.Event {
 	return slices.Clone(wl.events)
 }
 
+// TestLossAndRecovery loses a remote cluster (its etcd stopped, or a
+// black-holed partition), changes its state meanwhile, and brings it back.
 func TestLossAndRecovery(t *testing.T) {
-	l := newLocal(t)
-	s := newSource(t, "cluster2", 2)
-	s.basic()
-	l.connectRemote(s)
-	// The default loss detection: the bound is about it.
-	l.start(fastConfig(t, l))
-	l.equal(s, wait)
-	svcCanary := wire.CanaryKey(wire.Services, "cluster2", true)
-	eventually(t, wait, func() error {
-		if !l.has(svcCanary) {
-			return errors.New("no services canary")
-		}
-		return nil
-	})
-	before := l.list(wire.CacheRoot)
-
-	t.Run("remote lost", func(t *testing.T) {
-		l.t = t
-		s.stopWriter() // the remote mesh-apiserver dies with its etcd
-		lostAt := time.Now()
-		s.srv.Stop()
-		eventually(t, lossBound+5*time.Second, func() error {
-			if l.has(svcCanary) {
-				return errors.New("services canary still there")
-			}
-			return nil
-		})
-		detected := time.Since(lostAt)
-		t.Logf("services canary withdrawn %v after the remote etcd stopped (bound %v)", detected.Round(time.Millisecond), lossBound)
-		if detected > lossBound {
-			t.Errorf("services canary withdrawn after %v, bound %v", detected, lossBound)
-		}
-		// The cache and the other canaries stay: agents keep identities,
-		// ipcache entries and nodes.
-		if after := l.list(wire.CacheRoot); !maps.Equal(after, before) {
-			t.Errorf("cache changed on loss:\n before %v\n after  %v", before, after)
-		}
-		for _, r := range []wire.Resource{wire.Identities, wire.Nodes, wire.IP} {
-			if !l.has(wire.CanaryKey(r, "cluster2", true)) {
-				t.Errorf("%s canary withdrawn on loss", r)
-			}
-		}
-		if st, _ := l.status("cluster2"); st.Reachable || st.Synced {
-			t.Errorf("status after loss: %+v", st)
-		}
-	})
-
-	t.Run("remote back with changed state", func(t *testing.T) {
-		l.t = t
-		wl := startWatchLog(t, l)
-		s.srv.Restart() // fresh data dir: every key gone
-		s.startWriter()
-		s.config()
-		s.identity(s.localIdentity(1), "rebel-base")
-		s.node("node-1", "172.18.2.1")
-		s.ip("10.2.0.1", s.localIdentity(1))
-		s.ip("10.2.0.7", s.localIdentity(1))
-		s.service("rebel-base", "10.2.0.7")
-		s.service("third", "10.2.0.1")
-		s.synced()
-		s.flush()
-		l.equal(s, wait)
-		eventually(t, wait, func() error {
-			if !l.has(svcCanary) {
-				return errors.New("services canary not rewritten")
-			}
-			return nil
-		})
-		if got := l.list(wire.ClusterPrefix(wire.Services, "cluster2", true)); len(got) != 2 {
-			t.Errorf("services after recovery: %v", slices.Sorted(maps.Keys(got)))
-		}
-		// The canary came back once, after every services write of the
-		// resync, stale deletions included.
-		var canaryAt, lastSvc int
-		puts := 0
-		svcPrefix := wire.ClusterPrefix(wire.Services, "cluster2", true)
-		deleted := false
-		for i, ev := range wl.snapshot() {
-			k := string(ev.Kv.Key)
-			switch {
-			case k == svcCanary && ev.Type == clientv3.EventTypePut:
-				puts++
-				if canaryAt == 0 {
-					canaryAt = i
+	tests := []struct {
+		name string
+		// lose cuts the remote off; recover brings it back with rebel-base
+		// moved to 10.2.0.7, "other" gone and "third" added.
+		lose, recover func(t *testing.T, s *source)
+	}{
+		{
+			name: "remote etcd stopped",
+			lose: func(t *testing.T, s *source) {
+				s.stopWriter() // the remote mesh-apiserver dies with its etcd
+				s.srv.Stop()
+			},
+			recover: func(t *testing.T, s *source) {
+				s.srv.Restart() // fresh data dir: every key gone
+				s.startWriter()
+				s.config()
+				s.identity(s.localIdentity(1), "rebel-base")
+				s.node("node-1", "172.18.2.1")
+				s.ip("10.2.0.1", s.localIdentity(1))
+				s.ip("10.2.0.7", s.localIdentity(1))
+				s.service("rebel-base", "10.2.0.7")
+				s.service("third", "10.2.0.1")
+				s.synced()
+				s.flush()
+			},
+		},
+		{
+			name: "black-holed partition",
+			lose: func(t *testing.T, s *source) { s.srv.Partition() },
+			recover: func(t *testing.T, s *source) {
+				// The remote moves on behind the partition (written on the
+				// server's side of it).
+				kv := s.srv.Client()
+				for k, v := range map[string][]byte{
+					wire.ServiceKey(s.name, "default", "rebel-base"): mustJSON(t, s.serviceValue("rebel-base", "10.2.0.7")),
+					wire.ServiceKey(s.name, "default", "third"):      mustJSON(t, s.serviceValue("third", "10.2.0.1")),
+				} {
+					if _, err := kv.Put(ctxT(t), k, string(v)); err != nil {
+						t.Fatal(err)
+					}
 				}
-			case strings.HasPrefix(k, svcPrefix):
-				lastSvc = i
-				if ev.Type == clientv3.EventTypeDelete && strings.HasSuffix(k, "/other") {
-					deleted = true
+				if _, err := kv.Delete(ctxT(t), wire.ServiceKey(s.name, "default", "other")); err != nil {
+					t.Fatal(err)
+				}
+				s.srv.Heal()
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLocal(t)
+			s := newSource(t, "cluster2", 2)
+			s.basic()
+			l.connectRemote(s)
+			// The default loss detection: the bound is about it.
+			l.start(fastConfig(t, l))
+			l.equal(s, wait)
+			svcCanary := wire.CanaryKey(wire.Services, "cluster2", true)
+			eventually(t, wait, func() error {
+				if !l.has(svcCanary) {
+					return errors.New("no services canary")
+				}
+				return nil
+			})
+			before := l.list(wire.CacheRoot)
+
+			lostAt := time.Now()
+			tt.lose(t, s)
+			eventually(t, lossBound+5*time.Second, func() error {
+				if l.has(svcCanary) {
+					return errors.New("services canary still there")
+				}
+				return nil
+			})
+			detected := time.Since(lostAt)
+			t.Logf("services canary withdrawn %v after the loss (bound %v)", detected.Round(time.Millisecond), lossBound)
+			if detected > lossBound {
+				t.Errorf("services canary withdrawn after %v, bound %v", detected, lossBound)
+			}
+			// The cache and the other canaries stay: agents keep
+			// identities, ipcache entries and nodes.
+			if after := l.list(wire.CacheRoot); !maps.Equal(after, before) {
+				t.Errorf("cache changed on loss:\n before %v\n after  %v", before, after)
+			}
+			for _, r := range []wire.Resource{wire.Identities, wire.Nodes, wire.IP} {
+				if !l.has(wire.CanaryKey(r, "cluster2", true)) {
+					t.Errorf("%s canary withdrawn on loss", r)
 				}
 			}
-		}
-		if puts != 1 || canaryAt < lastSvc {
-			t.Errorf("services canary written %d times, first at event %d, last services write at %d", puts, canaryAt, lastSvc)
-		}
-		if !deleted {
-			t.Error("stale service default/other not deleted")
-		}
-		eventually(t, wait, func() error {
-			if st, _ := l.status("cluster2"); !st.Reachable || !st.Synced || st.Sessions < 2 {
-				return fmt.Errorf("status %+v", st)
+			if st, _ := l.status("cluster2"); st.Reachable || st.Synced {
+				t.Errorf("status after loss: %+v", st)
 			}
-			return nil
+
+			wl := startWatchLog(t, l)
+			tt.recover(t, s)
+			l.equal(s, wait)
+			eventually(t, wait, func() error {
+				if !l.has(svcCanary) {
+					return errors.New("services canary not rewritten")
+				}
+				return nil
+			})
+			svcPrefix := wire.ClusterPrefix(wire.Services, "cluster2", true)
+			if got := slices.Sorted(maps.Keys(l.list(svcPrefix))); !slices.Equal(got, []string{svcPrefix + "default/rebel-base", svcPrefix + "default/third"}) {
+				t.Errorf("services after recovery: %v", got)
+			}
+			// The canary came back once, after every services write of the
+			// resync, the stale deletion included.
+			var canaryAt, lastSvc int
+			puts := 0
+			deleted := false
+			for i, ev := range wl.snapshot() {
+				k := string(ev.Kv.Key)
+				switch {
+				case k == svcCanary && ev.Type == clientv3.EventTypePut:
+					puts++
+					if canaryAt == 0 {
+						canaryAt = i
+					}
+				case strings.HasPrefix(k, svcPrefix):
+					lastSvc = i
+					if ev.Type == clientv3.EventTypeDelete && strings.HasSuffix(k, "/other") {
+						deleted = true
+					}
+				}
+			}
+			if puts != 1 || canaryAt < lastSvc {
+				t.Errorf("services canary written %d times, first at event %d, last services write at %d", puts, canaryAt, lastSvc)
+			}
+			if !deleted {
+				t.Error("stale service default/other not deleted")
+			}
+			eventually(t, wait, func() error {
+				if st, _ := l.status("cluster2"); !st.Reachable || !st.Synced || st.Sessions < 2 {
+					return fmt.Errorf("status %+v", st)
+				}
+				return nil
+			})
 		})
-	})
+	}
 }
 
 // TestLocalEtcdRestart: the local etcd restarts empty (the apiserver's
