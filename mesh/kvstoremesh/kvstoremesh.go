@@ -33,8 +33,12 @@
 // cache is resynced (new and changed keys written, stale ones deleted), and
 // only when the Manager reports it reachable again — which it does after
 // that resync has been delivered — is the services canary rewritten, behind
-// the resync's writes. A remote whose config file is removed is drained:
-// its cache keys, cluster-config and canaries are deleted.
+// the resync's writes. A services canary found in the local etcd from an
+// earlier run (a local etcd that outlived kvstoremesh) is withdrawn if its
+// remote is not reachable within the same bound, and left alone otherwise,
+// so that a restart of kvstoremesh does not make agents flap. A remote
+// whose config file is removed is drained: its cache keys, cluster-config
+// and canaries are deleted.
 //
 // Status reports, per remote, what `clustermesh status` shows; Equal is
 // the check that a cache is exactly what it must be, for tests and the
@@ -234,9 +238,14 @@ type cluster struct {
 
 	// mu guards the fields below (the Manager serializes a cluster's
 	// calls; Status reads concurrently).
-	mu   sync.Mutex
-	id   uint32
-	keys map[wire.Resource]map[string]struct{}
+	mu sync.Mutex
+	id uint32
+	// everReachable: reported reachable at least once by this run;
+	// removed: drained. startup withdraws a services canary left by an
+	// earlier run if the cluster is not reachable within the loss bound.
+	everReachable, removed bool
+	startup                *time.Timer
+	keys                   map[wire.Resource]map[string]struct{}
 	// canary is the stamp of the request of each resource's cache canary,
 	// 0 when it is not requested (never synced, or withdrawn).
 	canary map[wire.Resource]uint64
@@ -248,6 +257,19 @@ func newCluster(name string, wr *writer) *cluster {
 		c.keys[r] = map[string]struct{}{}
 	}
 	return c
+}
+
+// lossBound is how long a remote may be unreachable before its services
+// canary must be gone: the loss detection of package remote.
+func (m *Mesh) lossBound() time.Duration {
+	interval, timeout := m.cfg.HealthInterval, m.cfg.HealthTimeout
+	if interval <= 0 {
+		interval = kvstore.DefaultHealthInterval
+	}
+	if timeout <= 0 {
+		timeout = kvstore.DefaultHealthTimeout
+	}
+	return interval + timeout
 }
 
 // New validates cfg and returns a Mesh; nothing happens until Run.
@@ -322,6 +344,13 @@ func (m *Mesh) Run(ctx context.Context) error {
 	})
 	err := m.mgr.Run(ctx, (*sink)(m))
 	cancel()
+	m.mu.Lock()
+	for _, c := range m.clusters {
+		c.mu.Lock()
+		c.startup.Stop()
+		c.mu.Unlock()
+	}
+	m.mu.Unlock()
 	m.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("kvstoremesh: %w", err)

@@ -579,3 +579,49 @@ func TestRunStopsEverything(t *testing.T) {
 		return nil
 	})
 }
+
+// TestCanaryOfEarlierRun: a local etcd that outlived kvstoremesh holds a
+// services canary of its earlier run. It is withdrawn within the loss
+// bound if the remote is unreachable, and never touched if it is
+// reachable (a restart of kvstoremesh must not make agents flap).
+func TestCanaryOfEarlierRun(t *testing.T) {
+	for _, reachable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reachable=%v", reachable), func(t *testing.T) {
+			l := newLocal(t)
+			s := newSource(t, "cluster2", 2)
+			s.basic()
+			svcCanary := wire.CanaryKey(wire.Services, "cluster2", true)
+			if err := l.client.Put(ctxT(t), svcCanary, []byte(wire.Timestamp(time.Now()))); err != nil {
+				t.Fatal(err)
+			}
+			if !reachable {
+				s.stopWriter()
+				s.srv.Stop()
+			}
+			l.connectRemote(s)
+			wl := startWatchLog(t, l)
+			cfg := fastConfig(t, l) // default loss detection
+			started := time.Now()
+			l.start(cfg)
+			if !reachable {
+				eventually(t, lossBound+5*time.Second, func() error {
+					if l.has(svcCanary) {
+						return errors.New("canary of the earlier run still there")
+					}
+					return nil
+				})
+				if d := time.Since(started); d > lossBound {
+					t.Errorf("withdrawn after %v, bound %v", d, lossBound)
+				}
+				return
+			}
+			l.equal(s, wait)
+			time.Sleep(lossBound) // a negative: past the bound, nothing withdrawn
+			for _, ev := range wl.snapshot() {
+				if string(ev.Kv.Key) == svcCanary && ev.Type == clientv3.EventTypeDelete {
+					t.Fatal("services canary of a reachable remote deleted at start")
+				}
+			}
+		})
+	}
+}

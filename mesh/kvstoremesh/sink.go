@@ -3,6 +3,7 @@ package kvstoremesh
 import (
 	"encoding/json"
 	"net/netip"
+	"time"
 
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -32,7 +33,22 @@ func (s *sink) cluster(name string) *cluster {
 func (s *sink) ClusterConfigured(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.clusters[name] = newCluster(name, s.mesh().writerLocked(name))
+	c := newCluster(name, s.mesh().writerLocked(name))
+	s.clusters[name] = c
+	bound := s.mesh().lossBound()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.startup = time.AfterFunc(bound, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.everReachable || c.removed {
+			return
+		}
+		// Nothing of this run vouches for the remote: a canary of an
+		// earlier run must not make agents use what may be stale.
+		c.wr.unsynced(wire.CanaryKey(wire.Services, name, true))
+		s.log.Info("Remote cluster not reachable since start; services canary withdrawn", "remote", name, "after", bound)
+	})
 }
 
 func (s *sink) ClusterUp(name string, id uint32) {
@@ -52,6 +68,12 @@ func (s *sink) ClusterDown(name string) {
 	defer s.mu.Unlock()
 	c := s.clusters[name]
 	delete(s.clusters, name)
+	if c != nil {
+		c.mu.Lock()
+		c.removed = true
+		c.startup.Stop()
+		c.mu.Unlock()
+	}
 	wr := s.mesh().writerLocked(name)
 	for _, r := range wire.Resources {
 		wr.unsynced(wire.CanaryKey(r, name, true))
@@ -81,6 +103,7 @@ func (s *sink) Reachable(name string, reachable bool) {
 	defer c.mu.Unlock()
 	key := wire.CanaryKey(wire.Services, name, true)
 	if reachable {
+		c.everReachable = true
 		c.canary[wire.Services] = c.wr.synced(key, wire.ClusterPrefix(wire.Services, name, true))
 		s.log.Info("Remote cluster reachable; services canary written", "remote", name)
 		return
