@@ -80,6 +80,7 @@ type Mesh struct {
 
 	mu         sync.Mutex
 	blackholes []blackhole
+	ruled      map[*netns.NS]bool // namespaces with the partition rule
 }
 
 // Validate checks a spec the way the mesh itself would refuse it: cluster
@@ -177,7 +178,7 @@ func New(ctx context.Context, spec Spec) (_ *Mesh, err error) {
 	}
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m := &Mesh{spec: spec, log: spec.Logger, dir: dir, tls: pki.Dir(filepath.Join(dir, "tls")),
-		byName: map[string]*Cluster{}, ctx: mctx, cancel: cancel}
+		byName: map[string]*Cluster{}, ruled: map[*netns.NS]bool{}, ctx: mctx, cancel: cancel}
 	defer func() {
 		if err != nil {
 			m.Close()

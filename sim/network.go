@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -40,6 +41,15 @@ type host struct {
 	addr      netip.Addr
 	apiserver bool
 }
+
+// partitionTable is the routing table that holds partitions' blackhole
+// routes. A policy rule consults it before the main table, so a cut never
+// collides with (or replaces) a route of the datapath for the same prefix,
+// and a lookup without a blackhole falls through to the main table.
+const (
+	partitionTable    = 0x6d62 // "mb"
+	partitionRulePrio = 100
+)
 
 // blackhole is a route a partition added, to be removed by Heal.
 type blackhole struct {
@@ -144,7 +154,15 @@ func (m *Mesh) addBlackhole(ns *netns.NS, dst netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	r := &netlink.Route{Dst: prefixNet(dst), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN}
+	if !m.ruled[ns] {
+		rule := netlink.NewRule()
+		rule.Table, rule.Priority, rule.Family = partitionTable, partitionRulePrio, unix.AF_INET
+		if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("partition rule in %s: %w", ns, err)
+		}
+		m.ruled[ns] = true
+	}
+	r := &netlink.Route{Dst: prefixNet(dst), Type: unix.RTN_BLACKHOLE, Table: partitionTable}
 	if err := h.RouteAdd(r); err != nil {
 		return fmt.Errorf("blackhole %s in %s: %w", dst, ns, err)
 	}
@@ -160,7 +178,7 @@ func (m *Mesh) Heal() error {
 	for _, b := range m.blackholes {
 		h, err := b.ns.Handle()
 		if err == nil {
-			err = h.RouteDel(&netlink.Route{Dst: prefixNet(b.dst), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN})
+			err = h.RouteDel(&netlink.Route{Dst: prefixNet(b.dst), Type: unix.RTN_BLACKHOLE, Table: partitionTable})
 		}
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("heal: remove blackhole %s in %s: %w", b.dst, b.ns, err)
