@@ -151,10 +151,12 @@ type agentConfig struct {
 	localEtcd []string
 	remotes   []string
 	// tls is appended to every config file (trusted-ca-file etc.).
-	tls    string
-	kube   *fake.Clientset
-	dyn    *dynamicfake.FakeDynamicClient
-	logger *slog.Logger
+	tls string
+	// pollInterval of the config directory; zero means 50 ms.
+	pollInterval time.Duration
+	kube         *fake.Clientset
+	dyn          *dynamicfake.FakeDynamicClient
+	logger       *slog.Logger
 }
 
 // dynamicClient is an in-memory dynamic API serving what the agent and the
@@ -178,9 +180,12 @@ func startAgent(tb testing.TB, ac agentConfig) *datapath {
 	if logger == nil {
 		logger = testLogger(tb)
 	}
+	if ac.pollInterval == 0 {
+		ac.pollInterval = 50 * time.Millisecond
+	}
 	mgr, err := remote.New(remote.Config{
 		ClusterName: ac.name, ClusterID: ac.id, Dir: dir,
-		PollInterval: 50 * time.Millisecond,
+		PollInterval: ac.pollInterval,
 		MinBackoff:   20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 		KeepAliveTime: 500 * time.Millisecond, KeepAliveTimeout: 500 * time.Millisecond,
 		RequestTimeout: 2 * time.Second,

@@ -108,9 +108,10 @@ func testMesh(tb testing.TB, n int, logger *slog.Logger) []*meshCluster {
 		}
 		m, err := New(Config{
 			ClusterName: c.name, ClusterID: c.id,
+			// The default poll interval: every poll re-reads each config
+			// file and its certificates, which is CPU the mesh shares.
 			ConfigDir: meshDir, Local: c.api.Client(),
-			PollInterval: 100 * time.Millisecond,
-			Logger:       logger,
+			Logger: logger,
 		})
 		if err != nil {
 			tb.Fatal(err)
@@ -130,7 +131,7 @@ func testMesh(tb testing.TB, n int, logger *slog.Logger) []*meshCluster {
 		}
 		c.dp = startAgent(tb, agentConfig{
 			name: c.name, id: c.id, localEtcd: c.api.Endpoints(), remotes: remotes,
-			tls: tlsFiles(apiserver.UserLocalAgent), kube: c.kube, logger: logger,
+			tls: tlsFiles(apiserver.UserLocalAgent), pollInterval: time.Second, kube: c.kube, logger: logger,
 		})
 	}
 	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
