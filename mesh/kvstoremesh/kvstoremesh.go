@@ -380,16 +380,26 @@ func (m *Mesh) writerLocked(name string) *writer {
 }
 
 // retire stops the Writer of a name that is not configured once what it
-// was given (a drain, orphan deletions) is committed, unless the cluster
-// is configured again meanwhile.
+// was given (a drain, orphan deletions) is committed and no leftover of
+// the name is found under its prefixes, unless the cluster is configured
+// again meanwhile.
 // The caller holds m.mu.
 func (m *Mesh) retire(name string, wr *writer) {
 	ctx := m.runCtx
 	m.wg.Go(func() {
+		swept := false
 		for {
 			ops := wr.opsCount()
 			if err := wr.w.Flush(ctx); err != nil {
 				return // stopping
+			}
+			if !swept {
+				// Also what an earlier run left and this one never held.
+				swept = true
+				if _, err := m.sweep(ctx, drainPrefixes(name)...); err != nil && ctx.Err() == nil {
+					m.log.Warn("Cannot list leftovers of a removed cluster", "remote", name, "error", err)
+				}
+				continue
 			}
 			m.mu.Lock()
 			if m.clusters[name] != nil || m.writers[name] != wr {
@@ -533,8 +543,32 @@ func cacheKey(cluster, key string) (string, error) {
 // of clusters that are not configured: leftovers of an earlier run on a
 // local etcd that outlived it, whose config file is gone since.
 func (m *Mesh) sweepOrphans(ctx context.Context) error {
+	used, err := m.sweep(ctx, wire.CacheRoot, wire.ClusterConfigRoot, wire.SyncedRoot)
+	m.mu.Lock()
+	for name, wr := range used {
+		m.retire(name, wr)
+	}
+	m.mu.Unlock()
+	return err
+}
+
+// drainPrefixes are where kvstoremesh keys of cluster name live (its
+// cluster-config is deleted by name).
+func drainPrefixes(name string) []string {
+	prefixes := []string{wire.SyncedRoot + name + "/"}
+	for _, r := range wire.Resources {
+		prefixes = append(prefixes, wire.ClusterPrefix(r, name, true))
+	}
+	return prefixes
+}
+
+// sweep deletes the kvstoremesh keys under prefixes whose cluster is not
+// configured, each through its cluster name's Writer, and returns the
+// Writers it used.
+func (m *Mesh) sweep(ctx context.Context, prefixes ...string) (map[string]*writer, error) {
 	var errs []error
-	for _, prefix := range []string{wire.CacheRoot, wire.ClusterConfigRoot, wire.SyncedRoot} {
+	used := map[string]*writer{}
+	for _, prefix := range prefixes {
 		kvs, _, err := m.cfg.Local.List(ctx, prefix)
 		if err != nil {
 			errs = append(errs, err)
@@ -547,7 +581,6 @@ func (m *Mesh) sweepOrphans(ctx context.Context) error {
 		slices.Sort(keys)
 		n := 0
 		m.mu.Lock()
-		retired := map[string]*writer{}
 		for _, k := range keys {
 			owner, ok := orphanOwner(k)
 			if !ok || owner == m.cfg.ClusterName {
@@ -560,18 +593,15 @@ func (m *Mesh) sweepOrphans(ctx context.Context) error {
 			// name configured right after writes behind this delete.
 			wr := m.writerLocked(owner)
 			wr.delete(k)
-			retired[owner] = wr
+			used[owner] = wr
 			n++
-		}
-		for name, wr := range retired {
-			m.retire(name, wr)
 		}
 		m.mu.Unlock()
 		if n > 0 {
 			m.log.Info("Deleting entries of unconfigured remote clusters", "prefix", prefix, "count", n)
 		}
 	}
-	return errors.Join(errs...)
+	return used, errors.Join(errs...)
 }
 
 // orphanOwner names the cluster a kvstoremesh key belongs to: cache keys,

@@ -455,6 +455,43 @@ func TestRemovedClusterDrained(t *testing.T) {
 	}
 	l.equal(s3, wait)
 
+	// A cluster that never synced in this run (unreachable), with
+	// leftovers of an earlier run in the local etcd: removing it deletes
+	// them too.
+	leftovers := []string{
+		"cilium/cache/ip/v1/cluster5/10.5.0.1",
+		"cilium/cache/services/v1/cluster5/default/rebel-base",
+		wire.CanaryKey(wire.IP, "cluster5", true),
+		wire.ClusterConfigKey("cluster5"),
+	}
+	for _, k := range leftovers {
+		if err := l.client.Put(ctxT(t), k, []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dead := newSource(t, "cluster5", 5)
+	dead.stopWriter()
+	dead.srv.Stop()
+	l.connectRemote(dead)
+	eventually(t, wait, func() error {
+		if _, ok := l.status("cluster5"); !ok {
+			return errors.New("cluster5 not configured")
+		}
+		return nil
+	})
+	if err := os.Remove(filepath.Join(l.dir, "cluster5")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, func() error {
+		for _, k := range leftovers {
+			if l.has(k) {
+				return fmt.Errorf("%s left after removal", k)
+			}
+		}
+		return nil
+	})
+	l.equal(s3, wait)
+
 	// Added back: mirrored again from scratch.
 	l.connectRemote(s2)
 	l.equal(s2, wait)
