@@ -275,7 +275,7 @@ func (c *Client) WaitKey(ctx context.Context, key string) ([]byte, error) {
 func (c *Client) watchForKey(ctx context.Context, key string, rev int64) ([]byte, bool) {
 	wctx, cancel := context.WithTimeout(ctx, waitKeyRecheck)
 	defer cancel()
-	reconnected := c.reconnects(wctx)
+	reconnected := c.Reconnects(wctx)
 	wch := c.etcd.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(rev+1))
 	for {
 		select {
@@ -307,13 +307,13 @@ func (c *Client) getRev(ctx context.Context, key string) (value []byte, found bo
 	return resp.Kvs[0].Value, true, resp.Header.Revision, nil
 }
 
-// reconnects returns a channel that is closed the first time the gRPC
+// Reconnects returns a channel that is closed the first time the gRPC
 // connection becomes ready again after having been ready and then lost,
 // or never if ctx ends first. Watches survive a reconnect by resuming at
 // their last revision, which is wrong after the server restarted empty
 // (the revision went back) and hides nothing but costs a relist
 // otherwise; so every consumer resyncs on this signal.
-func (c *Client) reconnects(ctx context.Context) <-chan struct{} {
+func (c *Client) Reconnects(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{})
 	conn := c.etcd.ActiveConnection()
 	go func() {

@@ -126,7 +126,7 @@ var errReconnected = errors.New("connection re-established")
 func (r *Reader) session(ctx context.Context) (listed bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	reconnected := r.c.reconnects(sctx)
+	reconnected := r.c.Reconnects(sctx)
 	if r.cfg.Canary != "" {
 		if _, err := r.c.WaitKey(sctx, r.cfg.Canary); err != nil {
 			return false, err

@@ -283,7 +283,7 @@ func (w *Writer) runLease(ctx context.Context, bo *backoff) error {
 	if err != nil {
 		return fmt.Errorf("keep lease %x alive: %w", lease, err)
 	}
-	reconnected := w.c.reconnects(lctx)
+	reconnected := w.c.Reconnects(lctx)
 	var retry <-chan time.Time
 	for {
 		err := w.process(lctx)
@@ -312,7 +312,7 @@ func (w *Writer) runLease(ctx context.Context, bo *backoff) error {
 		case <-reconnected:
 			// The server may have restarted empty, taking the lease along;
 			// the keepalive would only notice at its next renewal.
-			reconnected = w.c.reconnects(lctx)
+			reconnected = w.c.Reconnects(lctx)
 			if err := w.checkLease(lctx, lease); err != nil {
 				return err
 			}

@@ -12,7 +12,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/connectivity"
 
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -449,7 +448,7 @@ func (c *cluster) watchConfig(ctx context.Context, client *kvstore.Client, key s
 	}
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(ctx)
-		reconnected := reconnects(wctx, client)
+		reconnected := client.Reconnects(wctx)
 		resp, err := get(wctx, client, key)
 		if err != nil {
 			cancel()
@@ -491,7 +490,7 @@ func (c *cluster) monitorCanary(ctx context.Context, client *kvstore.Client, sid
 	bo := newBackoff(c.m.cfg.MinBackoff, c.m.cfg.MaxBackoff)
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(ctx)
-		reconnected := reconnects(wctx, client)
+		reconnected := client.Reconnects(wctx)
 		resp, err := get(wctx, client, key)
 		if err != nil {
 			cancel()
@@ -579,39 +578,6 @@ func get(ctx context.Context, client *kvstore.Client, key string) (*clientv3.Get
 		return nil, fmt.Errorf("get %q: %w", key, err)
 	}
 	return resp, nil
-}
-
-// reconnects returns a channel closed when the client's transport comes
-// back after having been lost: a watch resumed across it may have missed
-// events (the server may have restarted with an empty store).
-func reconnects(ctx context.Context, client *kvstore.Client) <-chan struct{} {
-	ch := make(chan struct{})
-	conn := client.Etcd().ActiveConnection()
-	go func() {
-		seenReady, lost := false, false
-		for {
-			s := conn.GetState()
-			switch s {
-			case connectivity.Ready:
-				if lost {
-					close(ch)
-					return
-				}
-				seenReady = true
-			case connectivity.Idle:
-				conn.Connect()
-				lost = lost || seenReady
-			case connectivity.Shutdown:
-				return
-			default:
-				lost = lost || seenReady
-			}
-			if !conn.WaitForStateChange(ctx, s) {
-				return
-			}
-		}
-	}()
-	return ch
 }
 
 // backoff is a jittered exponential delay.
