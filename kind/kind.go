@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
+	"github.com/meshbed/meshbed/kind/cni"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -57,7 +58,7 @@ const (
 // Paths inside the pods (and, for RunDir and CNISocket, on the node).
 const (
 	RunDir              = "/var/run/meshbed"
-	CNISocket           = RunDir + "/cni.sock"
+	CNISocket           = cni.DefaultSocket
 	AgentClusterMeshDir = "/var/lib/meshbed/clustermesh"
 	AgentTLSDir         = "/var/lib/meshbed/agent-tls"
 	APIServerTLSDir     = "/var/lib/meshbed/apiserver-tls"

@@ -30,6 +30,9 @@ import (
 	"net/netip"
 )
 
+// DefaultSocket is where the agent listens, on the node.
+const DefaultSocket = "/var/run/meshbed/cni.sock"
+
 // Well-known CNI error codes (CNI spec, "Error"), and meshbed's own.
 const (
 	CodeIncompatibleVersion = 1
