@@ -154,5 +154,6 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
 	return a.Run(ctx)
 }
