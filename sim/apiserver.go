@@ -168,7 +168,6 @@ func (c *Cluster) startKVStoreMeshLocked() error {
 	km, err := kvstoremesh.New(kvstoremesh.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		ConfigDir:      c.kvstoremeshConfigDir(),
-		PollInterval:   250 * time.Millisecond,
 		Dialer:         func(ctx context.Context, addr string) (net.Conn, error) { return c.apiNS.Dial(ctx, nil, "tcp", addr) },
 		Local:          c.srv.Client(),
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,

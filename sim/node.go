@@ -126,7 +126,6 @@ func (n *Node) StartAgent() error {
 	mgr, err := remote.New(remote.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		Dir:            c.agentConfigDir(),
-		PollInterval:   250 * time.Millisecond,
 		Dialer:         func(ctx context.Context, addr string) (net.Conn, error) { return n.ns.Dial(ctx, nil, "tcp", addr) },
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		SyncTimeout: 10 * time.Second,
