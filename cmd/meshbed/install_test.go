@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -184,5 +186,32 @@ func TestApplyRejectsUnknownKinds(t *testing.T) {
 	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "x"}}}
 	if _, err := applyObject(t.Context(), fakeDynamic(), u); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("apply of a Pod: %v", err)
+	}
+}
+
+// TestReadmeCommands runs every meshbed command line of kind/README.md with
+// --help added: the flags it shows must exist (cobra parses them before it
+// looks at --help).
+func TestReadmeCommands(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "kind", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for line := range strings.Lines(string(data)) {
+		line, _, _ = strings.Cut(strings.TrimSpace(line), "#")
+		fields := strings.Fields(line)
+		if len(fields) < 2 || fields[0] != "bin/meshbed" {
+			continue
+		}
+		n++
+		t.Run(strings.Join(fields[1:], " "), func(t *testing.T) {
+			if _, err := runCLI(t, noClients(t), append(fields[1:], "--help")...); err != nil {
+				t.Errorf("%s: %v", line, err)
+			}
+		})
+	}
+	if n < 7 {
+		t.Errorf("%d meshbed commands in the README, want the 7 of the walkthrough", n)
 	}
 }
