@@ -114,7 +114,21 @@ func (l *logBuffer) String() string {
 	return l.buf.String()
 }
 
+// logFileEnv names a file that receives the mesh components' complete
+// logs (appended, debug level) instead of the in-memory tail: for a
+// failure whose cause scrolled out of the buffer.
+const logFileEnv = "MESHBED_SIM_TESTLOG"
+
 func testLogger(tb testing.TB) *slog.Logger {
+	if path := os.Getenv(logFileEnv); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			tb.Fatalf("%s: %v", logFileEnv, err)
+		}
+		// Not closed at cleanup: components still stopping may write.
+		tb.Logf("mesh logs go to %s", path)
+		return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	lb := &logBuffer{}
 	tb.Cleanup(func() {
 		if tb.Failed() {
