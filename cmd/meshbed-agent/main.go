@@ -32,7 +32,7 @@ type options struct {
 	clusterName, nodeName, kubeconfig, configDir, stateDir string
 	clusterID, maxConnected                                uint32
 	nodeIP, underlayIf, routing                            string
-	failStatic, policyAllClusters                          bool
+	failStatic, policyAllClusters, allowLocalhost          bool
 	healthInterval, healthTimeout, syncTimeout             time.Duration
 	logLevel                                               string
 }
@@ -60,6 +60,7 @@ func main() {
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
 	f.BoolVar(&o.failStatic, "fail-static", false, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
 	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", false, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
+	f.BoolVar(&o.allowLocalhost, "allow-localhost", true, "the node may always reach its pods whatever the policy (kubelet probes)")
 	f.DurationVar(&o.healthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
 	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
 	f.DurationVar(&o.syncTimeout, "sync-timeout", agent.DefaultSyncTimeout, "how long to wait for remote services before programming services")
@@ -148,7 +149,7 @@ func run(ctx context.Context, o options) error {
 		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
 		NodeName: o.nodeName, Kube: kube, Dynamic: dyn,
 		Datapath: dp, Plumber: dp, Remote: mgr, Mode: mode,
-		PolicyAllClusters: o.policyAllClusters, SyncTimeout: o.syncTimeout, StateDir: o.stateDir,
+		PolicyAllClusters: o.policyAllClusters, PolicyAllowLocalhost: o.allowLocalhost, SyncTimeout: o.syncTimeout, StateDir: o.stateDir,
 		Logger: log.With("component", "agent"),
 	})
 	if err != nil {

@@ -69,6 +69,10 @@ type Config struct {
 	// PolicyAllClusters makes CNP selectors without a cluster label match
 	// every cluster (the pre-1.19 Cilium default).
 	PolicyAllClusters bool
+	// PolicyAllowLocalhost lets the node itself reach every local endpoint
+	// whatever the policy (Cilium's allow-localhost), so kubelet probes keep
+	// working on a real node.
+	PolicyAllowLocalhost bool
 	// SyncTimeout bounds how long the agent waits for remote services to
 	// sync before it programs services (and so prunes stale backends).
 	SyncTimeout time.Duration
@@ -111,7 +115,8 @@ type Agent struct {
 	nsInf    cache.SharedIndexInformer
 	cnpInf   cache.SharedIndexInformer
 
-	dirty chan struct{}
+	dirty  chan struct{}
+	runCtx context.Context // for work started by informer events
 
 	mu        sync.Mutex
 	remotes   map[string]*remoteCluster
@@ -163,7 +168,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	repo, err := policy.NewRepository(policy.Config{ClusterName: cfg.ClusterName, AllClusters: cfg.PolicyAllClusters})
+	repo, err := policy.NewRepository(policy.Config{ClusterName: cfg.ClusterName,
+		AllClusters: cfg.PolicyAllClusters, AllowLocalhost: cfg.PolicyAllowLocalhost})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -192,9 +198,14 @@ func New(cfg Config) (*Agent, error) {
 		UpdateFunc: func(any, any) { a.markDirty() },
 		DeleteFunc: func(any) { a.markDirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{a.svcInf, a.sliceInf, a.podInf, a.nodeInf} {
+	for _, inf := range []cache.SharedIndexInformer{a.svcInf, a.sliceInf, a.nodeInf} {
 		_, _ = inf.AddEventHandler(changed)
 	}
+	_, _ = a.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.markDirty() },
+		UpdateFunc: func(_, obj any) { a.podUpdated(obj); a.markDirty() },
+		DeleteFunc: func(any) { a.markDirty() },
+	})
 	_, _ = a.cnpInf.AddEventHandler(a.policyHandler(policy.SourceCiliumNetworkPolicy))
 	_, _ = a.npInf.AddEventHandler(a.policyHandler(policy.SourceNetworkPolicy))
 	_, _ = a.nsInf.AddEventHandler(a.namespaceHandler())
@@ -215,6 +226,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.mu.Unlock()
 	idErr := make(chan error, 1)
 	wg.Go(func() { idErr <- a.ids.Run(ctx) })
 	a.factory.Start(ctx.Done())

@@ -304,3 +304,34 @@ func TestAgentEndpointsSurviveRestart(t *testing.T) {
 		return nil
 	})
 }
+
+func TestAgentEndpointFollowsPodLabels(t *testing.T) {
+	a, dp, _, kube := setup(t, service.ModeWithdraw)
+	ep, err := a.AddEndpoint(t.Context(), EndpointRequest{Namespace: "default", Pod: "x-wing", NetNS: "/proc/self/ns/net"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := kube.CoreV1().Pods("default").Get(t.Context(), "x-wing", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Labels = map[string]string{"name": "x-wing", "squadron": "red"}
+	if _, err := kube.CoreV1().Pods("default").Update(t.Context(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := identity.PodLabels("cluster1", "default", pod.Labels)
+	eventually(t, "endpoint identity follows the labels", func() error {
+		id, ok := a.ids.LookupLabels(want)
+		if !ok {
+			return fmt.Errorf("no identity for %s yet", want)
+		}
+		if id == ep.Identity {
+			return fmt.Errorf("new labels got the old identity %d", id)
+		}
+		s := dp.get()
+		if len(s.Endpoints) != 1 || s.Endpoints[0].Identity != id {
+			return fmt.Errorf("programmed endpoints %+v, want identity %d", s.Endpoints, id)
+		}
+		return nil
+	})
+}

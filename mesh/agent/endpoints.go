@@ -299,3 +299,51 @@ func (a *Agent) restoreEndpointsLocked() (int, error) {
 	}
 	return len(eps), nil
 }
+
+// podUpdated follows label changes of this node's pods: a pod whose
+// security labels changed gets the identity of its new label set, and its
+// policy follows.
+func (a *Agent) podUpdated(obj any) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	key := pod.Namespace + "/" + pod.Name
+	a.mu.Lock()
+	ep, ok := a.endpoints[key]
+	ctx := a.runCtx
+	a.mu.Unlock()
+	if !ok || ctx == nil {
+		return
+	}
+	labels := identity.PodLabels(a.cfg.ClusterName, pod.Namespace, pod.Labels)
+	if id, known := a.ids.LookupLabels(labels); known && id == ep.Identity {
+		return
+	}
+	// Allocation may write to the Kubernetes API: not on the informer's
+	// goroutine.
+	go func() {
+		id, err := a.alloc.Allocate(ctx, labels)
+		if err != nil {
+			a.log.Warn("Pod labels changed but no identity could be allocated; keeping the old one",
+				"endpoint", key, "err", err)
+			return
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		cur, ok := a.endpoints[key]
+		if !ok || cur.ID != ep.ID || cur.Identity == id {
+			return
+		}
+		if _, err := a.policies.Track(id); err != nil {
+			a.log.Warn("Policy for relabelled endpoint", "endpoint", key, "err", err)
+		}
+		a.policies.Untrack(cur.Identity)
+		a.log.Info("Endpoint identity changed with its labels", "endpoint", key, "from", cur.Identity, "to", id)
+		cur.Identity = id
+		if err := a.saveEndpointsLocked(); err != nil {
+			a.log.Warn("Endpoint state not saved", "err", err)
+		}
+		a.markDirty()
+	}()
+}
