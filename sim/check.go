@@ -43,6 +43,9 @@ func (m *Mesh) settledOnce(ctx context.Context) error {
 			return err
 		}
 	}
+	m.mu.Lock()
+	partitioned := len(m.blackholes) > 0
+	m.mu.Unlock()
 	var applied []<-chan struct{}
 	for _, c := range m.clusters {
 		for _, n := range c.nodes {
@@ -54,6 +57,17 @@ func (m *Mesh) settledOnce(ctx context.Context) error {
 				return fmt.Errorf("agent on %s/%s has not synced its remote clusters", c.spec.Name, n.name)
 			} else if err != nil {
 				return fmt.Errorf("agent on %s/%s: datapath: %w", c.spec.Name, n.name, err)
+			}
+			// Without a partition every remote cluster must be up and
+			// reachable: a mesh that merely went quiet with a remote
+			// withdrawn has not converged.
+			if !partitioned {
+				for _, st := range n.Remotes() {
+					if !st.Up || !st.Reachable || !st.ServicesSynced {
+						return fmt.Errorf("agent on %s/%s: remote cluster %s is not up and synced (up %v, reachable %v, services synced %v, last error %v)",
+							c.spec.Name, n.name, st.Name, st.Up, st.Reachable, st.ServicesSynced, st.LastErr)
+					}
+				}
 			}
 			applied = append(applied, a.Applied())
 		}

@@ -115,11 +115,18 @@ func (m *Mesh) Partition(groups [][]Member, plane Plane, oneWay bool) error {
 		return fmt.Errorf("partition: unknown plane %q", plane)
 	}
 	resolved := make([][]host, len(groups))
+	group := map[*netns.NS]int{}
 	for i, g := range groups {
 		for _, mb := range g {
 			hs, err := m.hosts(mb)
 			if err != nil {
 				return err
+			}
+			for _, h := range hs {
+				if j, ok := group[h.ns]; ok && j != i {
+					return fmt.Errorf("partition: %s is in groups %d and %d", h.ns, j+1, i+1)
+				}
+				group[h.ns] = i
 			}
 			resolved[i] = append(resolved[i], hs...)
 		}

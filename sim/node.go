@@ -31,10 +31,11 @@ type Node struct {
 	port    *overlay.Port
 	dp      *node.Node
 
-	mu    sync.Mutex
-	agent *agent.Agent
-	proc  *proc
-	pods  map[string]*Pod // namespace/name
+	mu     sync.Mutex
+	agent  *agent.Agent
+	remote *remote.Manager
+	proc   *proc
+	pods   map[string]*Pod // namespace/name
 }
 
 // Name returns the node's name.
@@ -149,7 +150,7 @@ func (n *Node) StartAgent() error {
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
 	}
-	n.agent = a
+	n.agent, n.remote = a, mgr
 	n.proc = startProc(c.mesh.ctx, log, "agent", a.Run)
 	return nil
 }
@@ -159,7 +160,7 @@ func (n *Node) StartAgent() error {
 func (n *Node) StopAgent() error {
 	n.mu.Lock()
 	p := n.proc
-	n.proc, n.agent = nil, nil
+	n.proc, n.agent, n.remote = nil, nil, nil
 	n.mu.Unlock()
 	if p == nil {
 		return fmt.Errorf("agent on %s/%s is not running", n.cluster.spec.Name, n.name)
@@ -190,7 +191,7 @@ func (n *Node) close() error {
 	var errs []error
 	n.mu.Lock()
 	p := n.proc
-	n.proc, n.agent = nil, nil
+	n.proc, n.agent, n.remote = nil, nil, nil
 	pods := n.pods
 	n.pods = map[string]*Pod{}
 	n.mu.Unlock()
@@ -236,4 +237,15 @@ func (p *proc) stop() error {
 	p.cancel()
 	<-p.done
 	return p.err
+}
+
+// Remotes reports the agent's remote clusters, or nil while it is stopped.
+func (n *Node) Remotes() []remote.ClusterStatus {
+	n.mu.Lock()
+	mgr := n.remote
+	n.mu.Unlock()
+	if mgr == nil {
+		return nil
+	}
+	return mgr.Status()
 }

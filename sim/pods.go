@@ -42,6 +42,13 @@ func (r *runtime) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, er
 	defer cancel()
 	ep, err := a.AddEndpoint(ctx, agent.EndpointRequest{Namespace: pod.Namespace, Pod: pod.Name, NetNS: ns.Path()})
 	if err != nil {
+		// A kubelet follows a failed CNI ADD with a DEL, so the agent
+		// forgets whatever it recorded or plumbed before failing.
+		delCtx, cancelDel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancelDel()
+		if derr := a.DeleteEndpoint(delCtx, pod.Namespace, pod.Name); derr != nil {
+			err = errors.Join(err, fmt.Errorf("CNI DEL after failed ADD: %w", derr))
+		}
 		ns.Close()
 		return netip.Addr{}, err
 	}
