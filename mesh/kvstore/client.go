@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -100,6 +101,14 @@ type Client struct {
 	etcd   *clientv3.Client
 	cfg    Config
 	logger *slog.Logger
+
+	// epoch and activity record when a successful response (or stream
+	// message) last arrived: activity holds the monotonic time since epoch
+	// in nanoseconds, 0 before the first. Every consumer of the connection
+	// feeds it, which lets Health take any answer as proof of life rather
+	// than its own probe only.
+	epoch    time.Time
+	activity atomic.Int64
 }
 
 // Connect creates a Client. It does not wait for the server: an unreachable
@@ -128,6 +137,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.MaxReconnectDelay <= 0 {
 		cfg.MaxReconnectDelay = DefaultMaxReconnectDelay
 	}
+	c := &Client{cfg: cfg, logger: logger, epoch: time.Now()}
 	dialOpts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff: grpcbackoff.Config{
 			BaseDelay:  100 * time.Millisecond,
@@ -141,6 +151,11 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		dialOpts = append(dialOpts, grpc.WithContextDialer(cfg.Dialer))
 	}
 	dialOpts = append(dialOpts, cfg.DialOptions...)
+	// Last, so that they sit next to the wire: after the etcd client's
+	// retries and any caller's interceptor, each sees one real answer.
+	dialOpts = append(dialOpts,
+		grpc.WithChainUnaryInterceptor(c.unaryActivity),
+		grpc.WithChainStreamInterceptor(c.streamActivity))
 	ec, err := clientv3.New(clientv3.Config{
 		Endpoints:            cfg.Endpoints,
 		TLS:                  cfg.TLS,
@@ -158,7 +173,56 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	return &Client{etcd: ec, cfg: cfg, logger: logger}, nil
+	c.etcd = ec
+	return c, nil
+}
+
+// LastActivity is when a successful response or stream message (a watch
+// event, a lease keepalive answer) last arrived on the connection, zero if
+// none has. Errors do not count: a server that answers only with errors
+// (no leader, overloaded) is not proven alive by them.
+func (c *Client) LastActivity() time.Time {
+	d := c.activity.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	return c.epoch.Add(time.Duration(d))
+}
+
+func (c *Client) recordActivity() {
+	// At least 1 so that an answer in the first nanosecond is not "none".
+	c.activity.Store(max(int64(time.Since(c.epoch)), 1))
+}
+
+func (c *Client) unaryActivity(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if err == nil {
+		c.recordActivity()
+	}
+	return err
+}
+
+func (c *Client) streamActivity(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &activityStream{ClientStream: s, c: c}, nil
+}
+
+// activityStream records every message received on a stream (watch
+// responses, lease keepalive answers) as activity of its Client.
+type activityStream struct {
+	grpc.ClientStream
+	c *Client
+}
+
+func (s *activityStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err == nil {
+		s.c.recordActivity()
+	}
+	return err
 }
 
 // Close closes the connection. Components still running on the Client see

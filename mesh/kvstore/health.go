@@ -23,9 +23,19 @@ const (
 type HealthConfig struct {
 	// Interval between probes; zero means DefaultHealthInterval.
 	Interval time.Duration
-	// Timeout: the server is unreachable once no probe has succeeded for
-	// this long. A loss is reported at most Interval+Timeout after it
-	// happens. Zero means DefaultHealthTimeout.
+	// Timeout: the server is unreachable once nothing has arrived from it
+	// for this long: no probe succeeded and no other successful response or
+	// stream message (watch event, write, lease keepalive) of any user of
+	// the Client was received (Client.LastActivity). A loss is reported at
+	// most Interval+Timeout after it happens. Zero means
+	// DefaultHealthTimeout.
+	//
+	// Counting every answer, not only the probe's, is what keeps a busy
+	// machine from declaring losses: when CPUs are starved a probe can take
+	// longer than Timeout while the connection is plainly working, and each
+	// false loss costs a relist that makes the machine busier still. A lost
+	// connection (partition, crashed server) delivers nothing at all, so
+	// the bound for a real loss is the same.
 	Timeout time.Duration
 	// Key is read by each probe (linearizable Get, so it needs a leader
 	// and a working transport); empty means wire.HeartbeatKey. It need not
@@ -38,7 +48,8 @@ type HealthConfig struct {
 
 // Status is the health of a connection.
 type Status struct {
-	// Reachable: a probe succeeded within the last Timeout.
+	// Reachable: a probe succeeded, or another response arrived on the
+	// connection, within the last Timeout.
 	Reachable bool
 	// Known is false until the first probe succeeds or Timeout passes.
 	Known bool
@@ -46,7 +57,11 @@ type Status struct {
 	Since time.Time
 	// LastSuccess is the time of the last successful probe (zero if none).
 	LastSuccess time.Time
-	// Err is the last probe error, nil after a success.
+	// LastActivity is Client.LastActivity as of the last evaluation: when
+	// any successful response last arrived (zero if none).
+	LastActivity time.Time
+	// Err is the last probe error, nil after a success. A connection can be
+	// reachable with a failed (timed out) probe while other answers arrive.
 	Err error
 }
 
@@ -81,7 +96,9 @@ func NewHealth(c *Client, cfg HealthConfig) *Health {
 
 // Run probes until ctx is done, then returns nil. At most one probe is in
 // flight; the verdict is re-evaluated every Interval even while a probe
-// hangs, which is what bounds the detection time.
+// hangs, which is what bounds the detection time. No probe is sent while
+// other answers keep arriving (activity within the last Interval): they
+// prove as much, and a loaded server is spared the extra reads.
 func (h *Health) Run(ctx context.Context) error {
 	start := time.Now()
 	ticker := time.NewTicker(h.cfg.Interval)
@@ -127,18 +144,23 @@ func (h *Health) Run(ctx context.Context) error {
 			now := time.Now()
 			h.mu.Lock()
 			h.evaluateLocked(now, start)
+			quiet := now.Sub(h.status.LastActivity) >= h.cfg.Interval
 			h.mu.Unlock()
-			if !inFlight {
+			if !inFlight && quiet {
 				probe()
 			}
 		}
 	}
 }
 
-// evaluateLocked sets Reachable from the age of the last success and
-// notifies on a change.
+// evaluateLocked sets Reachable from the age of the last answer (probe or
+// any other) and notifies on a change.
 func (h *Health) evaluateLocked(now, start time.Time) {
+	h.status.LastActivity = h.c.LastActivity()
 	last := h.status.LastSuccess
+	if h.status.LastActivity.After(last) {
+		last = h.status.LastActivity
+	}
 	reachable := !last.IsZero() && now.Sub(last) < h.cfg.Timeout
 	known := reachable || now.Sub(start) >= h.cfg.Timeout
 	if !known {

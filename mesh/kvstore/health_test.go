@@ -4,14 +4,20 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
+	"github.com/meshbed/meshbed/mesh/wire"
 )
 
 // TestHealthDetectsLoss checks the detection bound with the default
@@ -202,4 +208,152 @@ func TestReadOnlyRemoteUser(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// slowKey returns a unary interceptor that holds every read of key until
+// the call's deadline (a probe that takes longer than its timeout, as on a
+// CPU-starved machine), counting them; other calls pass.
+func slowKey(key string, held *atomic.Int64) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*etcdserverpb.RangeRequest); ok && string(r.Key) == key {
+			held.Add(1)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// TestHealthCountsActivity: a probe that never answers in time is no loss
+// while watch events keep arriving on the connection, and a black-holed
+// connection is still declared lost within Interval+Timeout even though
+// events were flowing until the cut. Without events, the same slow probe
+// is a loss (which is what makes the first case meaningful).
+func TestHealthCountsActivity(t *testing.T) {
+	const (
+		interval = 200 * time.Millisecond
+		timeout  = time.Second
+		observe  = 4 * timeout
+		// Events come slower than Interval, so that probes are sent in the
+		// gaps (and all time out), and well within Timeout.
+		eventEvery = 250 * time.Millisecond
+	)
+	bound := interval + timeout
+	tests := []struct {
+		name   string
+		events bool
+	}{
+		{"watch events flowing", true},
+		{"silent connection", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := etcdtest.Start(t)
+			var held atomic.Int64
+			c, err := kvstore.Connect(context.Background(), kvstore.Config{
+				Endpoints:   s.Endpoints(),
+				Logger:      testLogger(t),
+				DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(slowKey(wire.HeartbeatKey, &held))},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if tt.events {
+				rec := newRecorder()
+				run(t, kvstore.NewReader(c, kvstore.ReaderConfig{Prefix: "busy"}, rec.handle).Run)
+				// The server's own client writes, so that the events reach
+				// the Reader through the relay while a partition cuts it.
+				run(t, func(ctx context.Context) error {
+					tick := time.NewTicker(eventEvery)
+					defer tick.Stop()
+					for i := 0; ; i++ {
+						select {
+						case <-ctx.Done():
+							return nil
+						case <-tick.C:
+							if _, err := s.Client().Put(ctx, "busy/k", strconv.Itoa(i)); err != nil && ctx.Err() == nil {
+								return err
+							}
+						}
+					}
+				})
+			} else if err := c.Put(ctxT(t), "warm", []byte("up")); err != nil {
+				t.Fatal(err)
+			}
+
+			var mu sync.Mutex
+			var changes []kvstore.Status
+			h := kvstore.NewHealth(c, kvstore.HealthConfig{Interval: interval, Timeout: timeout, OnChange: func(st kvstore.Status) {
+				mu.Lock()
+				defer mu.Unlock()
+				changes = append(changes, st)
+			}})
+			run(t, h.Run)
+			changeLog := func() []kvstore.Status {
+				mu.Lock()
+				defer mu.Unlock()
+				return slices.Clone(changes)
+			}
+
+			if !tt.events {
+				eventually(t, 2*bound, func() error {
+					if st := h.Status(); !st.Known || st.Reachable {
+						return fmt.Errorf("slow probe on a silent connection not a loss: %+v", st)
+					}
+					return nil
+				})
+				if held.Load() == 0 {
+					t.Fatal("no probe was held")
+				}
+				return
+			}
+
+			// Over several timeouts, every probe times out and the status
+			// stays reachable (one OnChange: the first verdict).
+			deadline := time.Now().Add(observe)
+			for time.Now().Before(deadline) {
+				if st := h.Status(); st.Known && !st.Reachable {
+					t.Fatalf("declared lost while events flow: %+v (%d probes held)", st, held.Load())
+				}
+				time.Sleep(interval / 4)
+			}
+			st := h.Status()
+			if !st.Reachable || !st.LastSuccess.IsZero() || st.Err == nil {
+				t.Fatalf("status %+v, want reachable with no successful probe and a probe error", st)
+			}
+			if n := held.Load(); n < 2 {
+				t.Fatalf("%d probes held in %v, want the slow probe exercised", n, observe)
+			}
+			if log := changeLog(); len(log) != 1 || !log[0].Reachable {
+				t.Fatalf("OnChange calls %+v, want one (reachable)", log)
+			}
+
+			// A black hole delivers nothing: detected within the bound.
+			changed := h.Changed()
+			lost := time.Now()
+			s.Partition()
+			select {
+			case <-changed:
+			case <-time.After(bound + time.Second):
+				t.Fatalf("partition not detected within %v", bound+time.Second)
+			}
+			detected := time.Since(lost)
+			t.Logf("partition detected after %v (bound %v), %d probes held", detected, bound, held.Load())
+			if detected > bound+300*time.Millisecond {
+				t.Errorf("detected after %v, bound %v", detected, bound)
+			}
+			if st := h.Status(); st.Reachable {
+				t.Fatalf("after change: %+v", st)
+			}
+			// Events arriving again (the probe is still slow) are recovery.
+			s.Heal()
+			eventually(t, 10*time.Second, func() error {
+				if !h.Status().Reachable {
+					return fmt.Errorf("not reachable after heal: %+v", h.Status())
+				}
+				return nil
+			})
+		})
+	}
 }

@@ -146,12 +146,12 @@ func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 		KeepAliveTime:    cfg.KeepAliveTime,
 		KeepAliveTimeout: cfg.KeepAliveTimeout,
 		RequestTimeout:   cfg.RequestTimeout,
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		DialOptions: append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			// gRPC's default reconnect backoff grows to 2 minutes, far
 			// beyond how fast a healed partition should be noticed.
 			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: max(cfg.MaxBackoff, 2*time.Second),
-		})},
+		})}, cfg.dialOptions...),
 		Logger: c.logger,
 	})
 	if err != nil {

@@ -1,10 +1,16 @@
 package remote
 
 import (
+	"context"
 	"fmt"
 	"maps"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
 
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -257,4 +263,98 @@ func TestNewRejectsBadLocalCluster(t *testing.T) {
 	if _, err := New(Config{ClusterName: "c1", ClusterID: 300, MaxConnectedClusters: 511, Dir: "x"}); err != nil {
 		t.Errorf("ID 300 in a 511 mesh: %v", err)
 	}
+}
+
+// slowHeartbeat returns a unary interceptor that holds every read of the
+// heartbeat key (the health probe) until its deadline, as a CPU-starved
+// machine would, counting them.
+func slowHeartbeat(held *atomic.Int64) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*etcdserverpb.RangeRequest); ok && string(r.Key) == wire.HeartbeatKey {
+			held.Add(1)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// TestSlowProbeIsNotALoss: with every health probe timing out while the
+// remote cluster's watch events keep arriving, the cluster stays reachable
+// and its session is not restarted; a black-holed partition is still
+// reported within HealthInterval+HealthTimeout.
+func TestSlowProbeIsNotALoss(t *testing.T) {
+	srv := etcdtest.Start(t)
+	pub := newPublisher(t, srv.Client(), "cluster2", 2)
+	pub.basic()
+	px := newProxy(t, srv.Addr())
+
+	dir := t.TempDir()
+	writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
+	cfg := fastConfig(t, dir)
+	cfg.Dialer = px.Dial
+	cfg.HealthInterval, cfg.HealthTimeout = 200*time.Millisecond, time.Second
+	var held atomic.Int64
+	cfg.dialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(slowHeartbeat(&held))}
+	m, rec := startManager(t, cfg)
+	rec.expect(wait, "cluster2", isReachable(true))
+	rec.expect(wait, "cluster2", complete)
+
+	// The remote keeps changing a node (as a live cluster does), slower
+	// than the probe interval so that probes go out in the gaps.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				n := wire.Node{Name: "node-1", Cluster: "cluster2", ClusterID: 2, Source: "custom-resource",
+					IPAddresses: []wire.NodeAddress{{Type: wire.NodeAddressInternalIP, IP: net.IPv4(172, 18, 0, byte(3+i%100))}}}
+				srv.Client().Put(ctx, wire.NodeKey("cluster2", "node-1"), mustJSON(t, n))
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	before := rec.get("cluster2")
+	st0, _ := statusOf(m, "cluster2")
+	heldBefore := held.Load()
+	observe := 4 * cfg.HealthTimeout
+	deadline := time.Now().Add(observe)
+	for time.Now().Before(deadline) {
+		if v := rec.get("cluster2"); !v.reachable {
+			t.Fatalf("cluster declared lost while its events flow (%d probes held)", held.Load())
+		}
+		time.Sleep(cfg.HealthInterval / 4)
+	}
+	if n := held.Load() - heldBefore; n < 2 {
+		t.Fatalf("%d probes held in %v: the slow probe was not exercised", n, observe)
+	}
+	if log := rec.get("cluster2").reachableLog[len(before.reachableLog):]; len(log) != 0 {
+		t.Fatalf("reachability changed: %+v", log)
+	}
+	if st, _ := statusOf(m, "cluster2"); st.Sessions != st0.Sessions {
+		t.Fatalf("sessions %d -> %d: a session was restarted", st0.Sessions, st.Sessions)
+	}
+
+	bound := cfg.HealthInterval + cfg.HealthTimeout
+	lostAt := time.Now()
+	px.partition(true)
+	rec.expect(bound+5*time.Second, "cluster2", isReachable(false))
+	v := rec.get("cluster2")
+	detected := v.reachableLog[len(v.reachableLog)-1].at.Sub(lostAt)
+	t.Logf("partition reported after %v (bound %v), %d probes held", detected.Round(time.Millisecond), bound, held.Load())
+	if detected > bound+300*time.Millisecond {
+		t.Errorf("loss reported after %v, bound %v", detected, bound)
+	}
+	px.partition(false)
+	rec.expect(wait, "cluster2", isReachable(true))
 }

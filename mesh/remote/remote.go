@@ -63,6 +63,10 @@
 //   - Directly from the remote cluster's etcd: a kvstore.Health probe on the
 //     connection. A loss is reported at most HealthInterval+HealthTimeout
 //     after it happens (defaults 0.5 s + 2 s), below the mesh's 3 s bound.
+//     Any answer on the connection (the readers' watch events included)
+//     counts as proof of life, not only the probe's: on a CPU-starved
+//     machine a probe may take longer than its timeout while the cluster's
+//     events keep arriving, and a false loss would cost a full relist.
 //
 //   - Through kvstoremesh (cached=true): the agent's connection is to its
 //     local etcd, which stays up when a remote cluster is lost, so
@@ -131,6 +135,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -233,6 +239,10 @@ type Config struct {
 	// Logger receives diagnostics (rejected values, connection changes);
 	// nil discards them.
 	Logger *slog.Logger
+
+	// dialOptions are added to every remote connection's gRPC options;
+	// tests use it to slow chosen calls down.
+	dialOptions []grpc.DialOption
 }
 
 // ClusterStatus is a snapshot of one remote cluster, for status commands
