@@ -31,6 +31,9 @@ type programmed struct {
 	ipcache       map[podIpcacheKey]podIpcacheValue
 	endpoints     map[uint16]*progEndpoint
 	mapFull       map[string]uint64
+	// strayBackends are IDs of backends found in pinned maps with the
+	// key of another, kept while a service slot refers to them.
+	strayBackends map[uint32]bool
 }
 
 func newProgrammed() programmed {
@@ -42,6 +45,8 @@ func newProgrammed() programmed {
 		ipcache:    make(map[podIpcacheKey]podIpcacheValue),
 		endpoints:  make(map[uint16]*progEndpoint),
 		mapFull:    make(map[string]uint64),
+
+		strayBackends: make(map[uint32]bool),
 	}
 }
 
@@ -73,9 +78,25 @@ type progEndpoint struct {
 	policy  map[podPolicyKey]struct{}
 	ingress link.Link // from_container
 	egress  link.Link // to_container
+	// staleIPs are other addresses the endpoints map holds for this
+	// endpoint ID (found in pinned maps after an interrupted change).
+	staleIPs []netip.Addr
 }
 
+// detach detaches the programs (and removes their pins).
 func (pe *progEndpoint) detach() error {
+	var errs []error
+	for _, l := range []link.Link{pe.ingress, pe.egress} {
+		if l != nil {
+			errs = append(errs, detachLink(l))
+		}
+	}
+	pe.ingress, pe.egress = nil, nil
+	return errors.Join(errs...)
+}
+
+// release closes the links: pinned ones stay attached.
+func (pe *progEndpoint) release() error {
 	var errs []error
 	for _, l := range []link.Link{pe.ingress, pe.egress} {
 		if l != nil {
@@ -335,7 +356,38 @@ func (d *Datapath) applyServices(services []state.Service) error {
 	if err := d.deleteUnusedBackends(nil); err != nil {
 		errs = append(errs, err)
 	}
+	if err := d.deleteStrayBackends(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// deleteStrayBackends deletes stray backends (see programmed) that no
+// service slot refers to any more.
+func (d *Datapath) deleteStrayBackends() error {
+	if len(d.prog.strayBackends) == 0 {
+		return nil
+	}
+	inUse := make(map[uint32]bool)
+	for _, ps := range d.prog.services {
+		for _, id := range ps.slots {
+			inUse[id] = true
+		}
+	}
+	var gone []uint32
+	for id := range d.prog.strayBackends {
+		if !inUse[id] {
+			gone = append(gone, id)
+		}
+	}
+	if err := del(d.pod.Backends, gone); err != nil {
+		return fmt.Errorf("delete stray backends: %w", err)
+	}
+	for _, id := range gone {
+		delete(d.prog.strayBackends, id)
+		delete(d.prog.backendIDs, id)
+	}
+	return nil
 }
 
 // deleteUnusedBackends deletes programmed backends that no programmed
@@ -457,7 +509,12 @@ func (d *Datapath) applyService(svc state.Service) error {
 	var revNatID uint16
 	if ps != nil {
 		old, revNatID = ps.slots, ps.revNatID
-		if sameIDs(old, active) && sameKeys(ps.refs, refs) {
+		if sameIDs(old, active) {
+			// Same slots: nothing to write. Only which terminating
+			// backends the service keeps may differ (and after a
+			// restart, the slots are all that was read back).
+			d.setRefs(ps.refs, refs)
+			ps.refs = refs
 			ps.name = svc.Name
 			d.prog.revNat[revNatID] = svc.Name
 			return nil
@@ -554,22 +611,6 @@ func sameIDs(a, b []uint32) bool {
 	return true
 }
 
-func sameKeys(a, b []backendKey) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	set := make(map[backendKey]bool, len(a))
-	for _, k := range a {
-		set[k] = true
-	}
-	for _, k := range b {
-		if !set[k] {
-			return false
-		}
-	}
-	return true
-}
-
 func (d *Datapath) removeService(fe state.Frontend, ps *progService) error {
 	item := fmt.Sprintf("service %q %s", ps.name, fe)
 	if err := d.pod.Services.Delete(svcKey(fe, 0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -637,9 +678,14 @@ func (d *Datapath) removeEndpoint(id uint16, pe *progEndpoint) error {
 	if err := pe.detach(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: detach: %w", item, err))
 	}
-	ipKey := be32(pe.ip)
-	if err := d.pod.Endpoints.Delete(&ipKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("%s: delete: %w", item, err))
+	for _, ip := range append([]netip.Addr{pe.ip}, pe.staleIPs...) {
+		if !ip.IsValid() {
+			continue // read back from pinned links or policy alone
+		}
+		ipKey := be32(ip)
+		if err := d.pod.Endpoints.Delete(&ipKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("%s: delete: %w", item, err))
+		}
 	}
 	if err := del(d.pod.Policy, slices.Collect(mapKeys(pe.policy))); err != nil {
 		errs = append(errs, fmt.Errorf("%s: delete policy: %w", item, err))
@@ -708,18 +754,25 @@ func (d *Datapath) applyEndpoint(ep state.Endpoint, link *netlink.LinkAttrs) err
 			_ = d.pod.Endpoints.Delete(&oldKey)
 		}
 	}
+	for _, ip := range pe.staleIPs {
+		if ip != ep.IP {
+			k := be32(ip)
+			_ = d.pod.Endpoints.Delete(&k)
+		}
+	}
+	next.staleIPs = nil
 
 	var errs []error
-	if pe.ingress == nil || pe.ifindex != next.ifindex {
+	if pe.ingress == nil || pe.egress == nil || pe.ifindex != next.ifindex {
 		_ = pe.detach()
 		next.ingress, next.egress = nil, nil
-		in, err := attachTCX(d.pod.FromContainer, next.ifindex, ebpf.AttachTCXIngress)
+		in, err := d.attachPinned(d.pod.FromContainer, progFromContainer, ep.ID, next.ifindex, ebpf.AttachTCXIngress)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: attach to %q ingress: %w", item, ep.Interface, err))
 		} else {
-			out, err := attachTCX(d.pod.ToContainer, next.ifindex, ebpf.AttachTCXEgress)
+			out, err := d.attachPinned(d.pod.ToContainer, progToContainer, ep.ID, next.ifindex, ebpf.AttachTCXEgress)
 			if err != nil {
-				_ = in.Close()
+				_ = detachLink(in)
 				errs = append(errs, fmt.Errorf("%s: attach to %q egress: %w", item, ep.Interface, err))
 			} else {
 				next.ingress, next.egress = in, out

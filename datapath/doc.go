@@ -70,6 +70,21 @@
 // State.Nodes is not used here: routes to other nodes are the overlay
 // package's business.
 //
+// # Restarts
+//
+// With Options.PinPath (meshbed-agent: --bpf-pin-dir) the maps, except the
+// flow event ring, and the tcx links are pinned on a BPF filesystem. Close
+// leaves them: the programs keep forwarding on the maps as they are while
+// no agent runs. The next New reuses every map whose layout and size did
+// not change (the others are replaced, and the log says so), switches each
+// pinned link to its new program with one BPF_LINK_UPDATE (no moment with
+// no program, nor with two), and reads the maps back as the base of
+// Apply's diff. The first Apply after a restart therefore keeps every
+// service that is still wanted with its rev-NAT ID, backend IDs and slots,
+// so connection tracking entries stay valid and established connections,
+// service connections included, carry on. Remove (or Uninstall, with no
+// Datapath running) unpins and detaches everything.
+//
 // # Not (yet) handled
 //
 //   - IPv6.
@@ -77,6 +92,7 @@
 //     need source NAT.
 //   - ICMP errors about NATed connections are not translated; non-first IP
 //     fragments are judged on addresses alone (port 0).
-//   - Maps are not pinned: closing the Datapath (an agent restart) drops
-//     connection tracking, so service connections do not survive it.
+//   - Without Options.PinPath nothing is pinned: closing the Datapath drops
+//     connection tracking. The simulator runs so, since its Datapaths
+//     outlive its agents; a real node pins (see Restarts).
 package datapath

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -40,6 +42,14 @@ type Options struct {
 	Trace bool
 	// Logger receives reconciliation messages; nil discards them.
 	Logger *slog.Logger
+	// PinPath, a directory on a BPF filesystem, makes the datapath outlive
+	// the process: maps and program attachments are pinned there, Close
+	// leaves them in place, and the next New with the same PinPath takes
+	// them over with their entries (connection tracking included) and
+	// without a moment with no program attached. Remove or Uninstall
+	// clean up. Empty: nothing is pinned and Close detaches everything
+	// (the simulator, whose Datapaths outlive its agents).
+	PinPath string
 
 	// mapSizes overrides max_entries by map name (tests that fill maps).
 	mapSizes map[string]uint32
@@ -68,6 +78,7 @@ type Datapath struct {
 
 	mu      sync.Mutex
 	closed  bool
+	lock    *os.File // holds the pin path's flock
 	pod     podObjects
 	overlay overlayObjects
 	cfg     podNodeConfig
@@ -81,6 +92,13 @@ type Datapath struct {
 // New checks the kernel, loads the datapath's programs and maps, and
 // initialises the node configuration. Nothing is attached yet: Apply
 // attaches to endpoint interfaces, AttachOverlay to the VXLAN device.
+//
+// With Options.PinPath, New takes over what an earlier Datapath (an
+// earlier agent process) left pinned there: the maps and their entries,
+// and every pinned attachment, switched atomically to the new programs.
+// Maps whose layout or size changed are replaced (and logged). What Apply
+// diffs against is read back from the maps, so the first Apply writes only
+// what differs from what the earlier Datapath programmed.
 func New(opts Options) (*Datapath, error) {
 	if opts.ConntrackEntries == 0 {
 		opts.ConntrackEntries = DefaultConntrackEntries
@@ -103,8 +121,28 @@ func New(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{opts: opts, log: log, prog: newProgrammed()}
+	if d.pinned() {
+		lock, err := openPinPath(opts.PinPath)
+		if err != nil {
+			return nil, err
+		}
+		d.lock = lock
+	}
 	if err := d.load(); err != nil {
+		if d.lock != nil {
+			d.lock.Close()
+		}
 		return nil, err
+	}
+	if d.pinned() {
+		links, err := d.adoptLinks()
+		if err == nil {
+			err = d.restore(links)
+		}
+		if err != nil {
+			_ = d.Close()
+			return nil, err
+		}
 	}
 	d.cfg = podNodeConfig{ClusterId: opts.ClusterID}
 	if opts.Routing == state.Native {
@@ -112,6 +150,11 @@ func New(opts Options) (*Datapath, error) {
 	}
 	if opts.Trace {
 		d.cfg.Flags |= cfgTrace
+	}
+	if d.overlayLink != nil {
+		// Adopted: keep sending through it until AttachOverlay says
+		// otherwise.
+		d.cfg.VxlanIfindex = uint32(d.overlayIfindex)
 	}
 	if err := d.writeConfig(); err != nil {
 		_ = d.Close()
@@ -173,6 +216,15 @@ func (d *Datapath) load() error {
 	if err != nil {
 		return fmt.Errorf("datapath: parse overlay object: %w", err)
 	}
+	var podOpts ebpf.CollectionOptions
+	if d.pinned() {
+		for name, m := range podSpec.Maps {
+			if !unpinnedMaps[name] {
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		podOpts.Maps.PinPath = filepath.Join(d.opts.PinPath, pinMapsDir)
+	}
 	for _, spec := range []*ebpf.CollectionSpec{podSpec, overlaySpec} {
 		if m := spec.Maps[podMapConntrack]; m != nil {
 			m.MaxEntries = d.opts.ConntrackEntries
@@ -187,7 +239,12 @@ func (d *Datapath) load() error {
 		}
 	}
 
-	if err := podSpec.LoadAndAssign(&d.pod, nil); err != nil {
+	if d.pinned() {
+		if err := d.replaceIncompatible(podSpec, podOpts.Maps.PinPath); err != nil {
+			return err
+		}
+	}
+	if err := podSpec.LoadAndAssign(&d.pod, &podOpts); err != nil {
 		return loadError("pod", err)
 	}
 	// The overlay object shares every map with the pod object: one set of
@@ -258,16 +315,41 @@ func (d *Datapath) AttachOverlay(ifname string) error {
 		return fmt.Errorf("datapath: attach overlay: find interface %q: %w", ifname, err)
 	}
 	ifindex := l.Attrs().Index
-	lk, err := attachTCX(d.overlay.FromOverlay, ifindex, ebpf.AttachTCXIngress)
-	if err != nil {
-		return fmt.Errorf("datapath: attach overlay to %q: %w", ifname, err)
+	if d.overlayLink == nil || linkIfindex(d.overlayLink) != ifindex {
+		lk, err := attachTCX(d.overlay.FromOverlay, ifindex, ebpf.AttachTCXIngress)
+		if err != nil {
+			return fmt.Errorf("datapath: attach overlay to %q: %w", ifname, err)
+		}
+		if d.pinned() {
+			// The earlier attachment's pin goes first: pins do not
+			// replace each other.
+			if d.overlayLink != nil {
+				if err := d.overlayLink.Unpin(); err != nil {
+					_ = lk.Close()
+					return fmt.Errorf("datapath: attach overlay to %q: unpin the earlier attachment: %w", ifname, err)
+				}
+			}
+			if err := lk.Pin(d.linkPinPath(progFromOverlay, 0)); err != nil {
+				_ = lk.Close()
+				return fmt.Errorf("datapath: attach overlay to %q: pin: %w", ifname, err)
+			}
+		}
+		if d.overlayLink != nil {
+			_ = detachLink(d.overlayLink)
+		}
+		d.overlayLink, d.overlayIfindex = lk, ifindex
 	}
-	if d.overlayLink != nil {
-		_ = d.overlayLink.Close()
-	}
-	d.overlayLink, d.overlayIfindex = lk, ifindex
 	d.cfg.VxlanIfindex = uint32(ifindex)
 	return d.writeConfig()
+}
+
+// linkIfindex is the device a tcx link is attached to, 0 if it is gone.
+func linkIfindex(lk link.Link) int {
+	info, err := lk.Info()
+	if err != nil || info.TCX() == nil {
+		return 0
+	}
+	return int(info.TCX().Ifindex)
 }
 
 func attachTCX(prog *ebpf.Program, ifindex int, at ebpf.AttachType) (link.Link, error) {
@@ -281,25 +363,37 @@ func attachTCX(prog *ebpf.Program, ifindex int, at ebpf.AttachType) (link.Link, 
 // ErrClosed is returned by methods of a closed Datapath.
 var ErrClosed = errors.New("datapath closed")
 
-// Close detaches every program and releases the maps. The datapath pins
-// nothing, so nothing outlives Close.
+// Close releases the programs and maps. Without Options.PinPath that
+// detaches every program and frees the maps. With it, everything pinned
+// stays: the programs keep running on the maps as they are until the next
+// New takes them over (an agent restart). Remove detaches for good.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil
 	}
+	err := d.release()
+	if d.lock != nil {
+		err = errors.Join(err, d.lock.Close())
+	}
+	if err != nil {
+		return fmt.Errorf("datapath: close: %w", err)
+	}
+	return nil
+}
+
+// release closes every link, program and map descriptor: a pinned link
+// stays attached, a pinned map stays. d.mu is held.
+func (d *Datapath) release() error {
 	d.closed = true
 	var errs []error
 	for _, ep := range d.prog.endpoints {
-		errs = append(errs, ep.detach())
+		errs = append(errs, ep.release())
 	}
 	if d.overlayLink != nil {
 		errs = append(errs, d.overlayLink.Close())
 	}
 	errs = append(errs, d.overlay.Close(), d.pod.Close())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("datapath: close: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }

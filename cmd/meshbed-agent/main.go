@@ -30,6 +30,7 @@ import (
 
 type options struct {
 	clusterName, nodeName, kubeconfig, configDir, stateDir string
+	bpfPinDir                                              string
 	clusterID, maxConnected                                uint32
 	nodeIP, underlayIf, routing                            string
 	failStatic, policyAllClusters, allowLocalhost          bool
@@ -55,6 +56,7 @@ func main() {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	f.StringVar(&o.configDir, "clustermesh-config", "/var/lib/meshbed/clustermesh", "directory of remote cluster configs, one file per cluster")
 	f.StringVar(&o.stateDir, "state-dir", "/var/run/meshbed/state", "where endpoints are kept across agent restarts")
+	f.StringVar(&o.bpfPinDir, "bpf-pin-dir", "/sys/fs/bpf/meshbed", "BPF filesystem directory where maps and program attachments are pinned, so established connections survive agent restarts (empty: no pinning)")
 	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
 	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
@@ -128,7 +130,7 @@ func run(ctx context.Context, o options) error {
 	}
 	defer host.Close()
 	dp, err := node.New(node.Config{NS: host, NodeIP: nodeIP, UnderlayIf: o.underlayIf,
-		ClusterID: o.clusterID, Routing: routing, Logger: log.With("component", "datapath")})
+		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Logger: log.With("component", "datapath")})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/meshbed/meshbed/datapath"
@@ -34,8 +36,14 @@ type Config struct {
 	ClusterID  uint32
 	Routing    state.RoutingMode
 	// Trace makes the datapath report every forwarded packet.
-	Trace  bool
-	Logger *slog.Logger
+	Trace bool
+	// PinPath pins the BPF maps and program attachments there, so that they
+	// survive a restart of the agent process with the connections through
+	// them (datapath.Options.PinPath). A BPF filesystem is mounted at
+	// datapath.DefaultBPFFS if PinPath is under it and none is. Empty: no
+	// pinning (the simulator).
+	PinPath string
+	Logger  *slog.Logger
 }
 
 // Node is a node's datapath.
@@ -61,7 +69,13 @@ func New(cfg Config) (*Node, error) {
 	if err := endpoint.PrepareNode(cfg.NS); err != nil {
 		return nil, fmt.Errorf("node datapath: %w", err)
 	}
-	dp, err := datapath.New(datapath.Options{ClusterID: cfg.ClusterID, Routing: cfg.Routing, Trace: cfg.Trace, Logger: cfg.Logger})
+	if cfg.PinPath != "" && underDir(cfg.PinPath, datapath.DefaultBPFFS) {
+		if err := datapath.MountBPFFS(datapath.DefaultBPFFS); err != nil {
+			return nil, fmt.Errorf("node datapath: %w", err)
+		}
+	}
+	dp, err := datapath.New(datapath.Options{ClusterID: cfg.ClusterID, Routing: cfg.Routing, Trace: cfg.Trace,
+		PinPath: cfg.PinPath, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("node datapath: %w", err)
 	}
@@ -149,10 +163,22 @@ func (n *Node) Unplumb(hostIf string) error {
 	return endpoint.Delete(n.cfg.NS, hostIf)
 }
 
-// Close detaches and unloads the programs. Interfaces go with their
-// namespaces.
+// Close releases the datapath. Without a PinPath that detaches and unloads
+// the programs; with one they stay attached for the next agent. Interfaces
+// go with their namespaces.
 func (n *Node) Close() error {
 	return n.dp.Close()
+}
+
+// Remove detaches the programs and removes the pins (uninstall).
+func (n *Node) Remove() error {
+	return n.dp.Remove()
+}
+
+// underDir reports whether path is dir or below it.
+func underDir(path, dir string) bool {
+	rel, err := filepath.Rel(dir, filepath.Clean(path))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 var (
