@@ -56,8 +56,9 @@ type mesh struct {
 	pods  map[string]*testPod
 }
 
-// newMesh builds node1 (pods a, b) and node2 (pods c, d).
-func newMesh(t *testing.T, mode state.RoutingMode) *mesh {
+// newMesh builds node1 (pods a, b) and node2 (pods c, d). tune, if given,
+// adjusts the datapath options of node i (0 or 1).
+func newMesh(t *testing.T, mode state.RoutingMode, tune ...func(i int, o *datapath.Options)) *mesh {
 	t.Helper()
 	m := &mesh{mode: mode, pods: map[string]*testPod{}}
 	uns := netnstest.New(t, "dp-underlay")
@@ -77,7 +78,11 @@ func newMesh(t *testing.T, mode state.RoutingMode) *mesh {
 		if n.port, err = under.Attach(n.ns, overlay.PortConfig{Addr: n.ip}); err != nil {
 			t.Fatal(err)
 		}
-		n.dp, err = datapath.New(datapath.Options{ClusterID: clusterID, Routing: mode, Trace: true})
+		opts := datapath.Options{ClusterID: clusterID, Routing: mode, Trace: true}
+		for _, f := range tune {
+			f(i, &opts)
+		}
+		n.dp, err = datapath.New(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
