@@ -38,6 +38,7 @@ type htmlView struct {
 	Steps             []stepRow
 	Palette           []string
 	W, H              int
+	Warnings          []string
 }
 
 type legendItem struct {
@@ -95,7 +96,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		Name: r.Scenario, Passed: r.Passed, Seed: r.Seed,
 		BringUp: secs(r.BringUpSeconds), Duration: secs(r.DurationSeconds),
 		Final: r.Final, FinalSeconds: secs(r.Final.Seconds),
-		Palette: palette, W: svgWidth, H: svgHeight,
+		Palette: palette, W: svgWidth, H: svgHeight, Warnings: r.Warnings,
 	}
 	classOf := map[string]string{}
 	for i, c := range r.clusters() {
@@ -304,7 +305,10 @@ span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.ba
 <h1>{{.Name}} <span class="badge {{if .Passed}}ok{{else}}bad{{end}}">{{if .Passed}}PASS{{else}}FAIL{{end}}</span></h1>
 <p class="facts">seed {{.Seed}} · bring-up {{.BringUp}} · run {{.Duration}} · final check
 <span class="{{if .Final.Passed}}ok{{else}}bad{{end}}">{{if .Final.Passed}}passed{{else}}failed{{end}}</span> in {{.FinalSeconds}}{{if .Final.Message}}: {{.Final.Message}}{{end}}</p>
-{{if .Timelines}}
+{{if .Warnings}}
+<h2>Warnings</h2>
+<ul>{{range .Warnings}}<li>{{.}}</li>{{end}}</ul>
+{{end}}{{if .Timelines}}
 <h2>Traffic</h2>
 <p class="legend">answered by {{range .Legend}}<span class="key"><span class="swatch {{.Class}}"></span>{{.Name}}</span>{{end}}<span class="key"><span class="swatch fail"></span>failed</span></p>
 <p class="legend kinds">step markers: <span style="color:#c62828">fault</span><span style="color:#2e7d32">recovery</span><span style="color:#555">change</span><span style="color:#999">other</span> — numbers are step numbers; hover for details</p>

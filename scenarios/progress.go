@@ -119,6 +119,9 @@ func (p *Progress) End(r *Report) {
 			failed++
 		}
 	}
+	for _, w := range r.Warnings {
+		p.printf("warning: %s\n", w)
+	}
 	p.printf("%s %s in %s", verdict, r.Scenario, secs(r.DurationSeconds))
 	if failed > 0 {
 		p.printf(" (%d of %d steps failed)", failed, len(r.Steps))

@@ -26,6 +26,10 @@ type Report struct {
 	// Streams is not in SCENARIOS.md: the bucketed record of every traffic
 	// stream, which report.html draws. Omitted when there are none.
 	Streams []Stream `json:"streams,omitempty"`
+	// Warnings is not in SCENARIOS.md: limitations the mesh reported while
+	// the scenario ran, such as a policy enforced with less than it says
+	// (DNS rules enforced at L4 only). Omitted when there are none.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // StepReport is the result of one step.

@@ -122,7 +122,8 @@ type Agent struct {
 	remotes   map[string]*remoteCluster
 	policies  *policy.Repository
 	badPolicy map[policy.Ref]error
-	endpoints map[string]*endpoint // by pod namespace/name
+	warnings  map[policy.Ref][]string // accepted policies enforced with a limitation
+	endpoints map[string]*endpoint    // by pod namespace/name
 	ipam      *ipam
 	started   time.Time
 	synced    bool // services may be programmed (remote services synced or timed out)
@@ -190,6 +191,7 @@ func New(cfg Config) (*Agent, error) {
 		remotes:   map[string]*remoteCluster{},
 		policies:  repo,
 		badPolicy: map[policy.Ref]error{},
+		warnings:  map[policy.Ref][]string{},
 		endpoints: map[string]*endpoint{},
 		applied:   make(chan struct{}),
 	}
@@ -540,8 +542,10 @@ func (a *Agent) policyHandler(src policy.Source) cache.ResourceEventHandlerFuncs
 			return
 		}
 		delete(a.badPolicy, refOf(src, obj))
+		delete(a.warnings, refOf(src, obj))
 		for _, w := range p.Warnings {
 			a.log.Warn("Policy accepted with a limitation", "policy", refOf(src, obj), "warning", w)
+			a.warnings[refOf(src, obj)] = append(a.warnings[refOf(src, obj)], w)
 		}
 		a.markDirty()
 	}
@@ -556,6 +560,7 @@ func (a *Agent) policyHandler(src policy.Source) cache.ResourceEventHandlerFuncs
 			ref := refOf(src, obj)
 			a.policies.DeletePolicy(ref)
 			delete(a.badPolicy, ref)
+			delete(a.warnings, ref)
 			a.mu.Unlock()
 			a.markDirty()
 		},
@@ -580,6 +585,18 @@ func (a *Agent) PolicyErrors() map[string]error {
 	out := map[string]error{}
 	for ref, err := range a.badPolicy {
 		out[ref.String()] = err
+	}
+	return out
+}
+
+// PolicyWarnings returns, per policy in force, the limitations it is
+// enforced with (e.g. DNS rules enforced at L4 only).
+func (a *Agent) PolicyWarnings() map[string][]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string][]string{}
+	for ref, ws := range a.warnings {
+		out[ref.String()] = append([]string(nil), ws...)
 	}
 	return out
 }

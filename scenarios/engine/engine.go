@@ -83,6 +83,7 @@ func (s *Session) Mesh() *sim.Mesh { return s.r.mesh }
 func (s *Session) Step(ctx context.Context, st *scenarios.Step) scenarios.StepReport {
 	s.r.progress.StepStarted(st)
 	rep := s.r.step(ctx, st)
+	s.r.collectWarnings()
 	s.r.report.Steps = append(s.r.report.Steps, rep)
 	s.r.progress.StepDone(rep)
 	return rep
@@ -99,6 +100,7 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 	for _, st := range streams {
 		st.stop()
 	}
+	r.collectWarnings()
 	fin := r.final(ctx)
 	r.report.Final = fin
 	r.progress.Final(fin)
@@ -170,6 +172,8 @@ type runner struct {
 
 	mu      sync.Mutex
 	traffic map[string]*stream
+
+	warned map[string]bool // warnings already in the report
 }
 
 func seconds(d time.Duration) float64 {
@@ -512,4 +516,42 @@ func maxOutage(rs []result) time.Duration {
 		worst = max(worst, lastEnd.Sub(since))
 	}
 	return worst
+}
+
+// collectWarnings adds to the report what the agents say they enforce
+// with a limitation (one line per cluster and policy) and the policies they
+// rejected. It runs after every step, so a policy deleted later is still
+// reported.
+func (r *runner) collectWarnings() {
+	if r.warned == nil {
+		r.warned = map[string]bool{}
+	}
+	seen := r.warned
+	out := r.report.Warnings
+	for _, c := range r.mesh.Clusters() {
+		for _, n := range c.Nodes() {
+			a := n.Agent()
+			if a == nil {
+				continue
+			}
+			for ref, ws := range a.PolicyWarnings() {
+				for _, w := range ws {
+					line := fmt.Sprintf("cluster %s: policy %s: %s", c.Name(), ref, w)
+					if !seen[line] {
+						seen[line] = true
+						out = append(out, line)
+					}
+				}
+			}
+			for ref, err := range a.PolicyErrors() {
+				line := fmt.Sprintf("cluster %s: policy %s rejected, the last good version stays in force: %v", c.Name(), ref, err)
+				if !seen[line] {
+					seen[line] = true
+					out = append(out, line)
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	r.report.Warnings = out
 }
