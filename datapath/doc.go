@@ -82,8 +82,12 @@
 // Apply's diff. The first Apply after a restart therefore keeps every
 // service that is still wanted with its rev-NAT ID, backend IDs and slots,
 // so connection tracking entries stay valid and established connections,
-// service connections included, carry on. Remove (or Uninstall, with no
-// Datapath running) unpins and detaches everything.
+// service connections included, carry on. This holds as long as that
+// Apply is complete: a state without the services or remote ipcache entries
+// the agent has not relearnt yet deletes them. Restored gives a restarted
+// agent what was taken over, to apply until its own view is complete.
+// Remove (or Uninstall, with no Datapath running) unpins and detaches
+// everything.
 //
 // # Not (yet) handled
 //

@@ -86,7 +86,8 @@ type Datapath struct {
 	overlayLink    link.Link
 	overlayIfindex int
 
-	prog programmed
+	prog     programmed
+	restored *state.State // what New took over from PinPath
 }
 
 // New checks the kernel, loads the datapath's programs and maps, and

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -287,15 +288,21 @@ func TestPinnedRestart(t *testing.T) {
 	opts := Options{Trace: true, PinPath: pin}
 	e := newProgEnv(t, opts)
 	s := restartState()
-	e.apply(t, s)
-
-	// Connections through the service, each pinned to a backend.
+	// Connections through the service, each pinned to a backend, made
+	// while all three backends are active; then one of them terminates.
+	allActive := restartState()
+	allActive.Services[0].Backends[2].State = state.BackendActive
+	e.apply(t, allActive)
 	const conns = 32
 	before := make([]netip.AddrPort, conns)
 	for i := range conns {
 		_, out := e.fromClient(t, tcp(clientIP, vip, uint16(20000+i), 80, tcpSYN))
 		before[i] = out.dst
 	}
+	if !slices.Contains(before, ap(foreignIP, 8080)) {
+		t.Fatalf("no connection went to %s among %v", foreignIP, before)
+	}
+	e.apply(t, s)
 	if n := countEntries(t, e.d.pod.Conntrack); n < conns {
 		t.Fatalf("%d conntrack entries, want at least %d", n, conns)
 	}
@@ -336,6 +343,37 @@ func TestPinnedRestart(t *testing.T) {
 		}
 		if n := countEntries(t, second.pod.Conntrack); n < conns {
 			t.Errorf("%d conntrack entries after New, want at least %d", n, conns)
+		}
+	})
+	t.Run("Restored describes what was taken over", func(t *testing.T) {
+		got := second.Restored()
+		want := restartState()
+		for i := range want.Services {
+			want.Services[i].Name = ""
+		}
+		slices.SortFunc(want.Services, func(a, b state.Service) int { return compareFrontends(a.Frontend, b.Frontend) })
+		slices.SortFunc(want.IPCache, func(a, b state.IPCacheEntry) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+		// Active backends come in slot order: compare them as a set.
+		for _, svcs := range [][]state.Service{got.Services, want.Services} {
+			for _, svc := range svcs {
+				slices.SortStableFunc(svc.Backends, func(a, b state.Backend) int {
+					if c := cmp.Compare(a.State, b.State); c != 0 {
+						return c
+					}
+					return a.IP.Compare(b.IP)
+				})
+			}
+		}
+		if fmt.Sprint(got.Services) != fmt.Sprint(want.Services) || !slices.Equal(got.IPCache, want.IPCache) {
+			t.Fatalf("Restored:\n%+v\nwant\n%+v", got, want)
+		}
+		// The first Datapath started on an empty pin path; an unpinned
+		// one restores nothing at all.
+		if r := first.Restored(); r == nil || len(r.Services)+len(r.IPCache) != 0 {
+			t.Fatalf("Datapath created on an empty pin path restored %+v", r)
+		}
+		if r := openDatapath(t, Options{}).Restored(); r != nil {
+			t.Fatalf("unpinned Datapath restored %+v", r)
 		}
 	})
 	t.Run("attachments switch to the new programs in place", func(t *testing.T) {

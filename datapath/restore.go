@@ -35,11 +35,119 @@ func (d *Datapath) restore(links map[uint16]*endpointLinks) error {
 	if err := d.restoreEndpoints(links); err != nil {
 		return fmt.Errorf("datapath: read back endpoints: %w", err)
 	}
+	restored, err := d.restoredState()
+	if err != nil {
+		return fmt.Errorf("datapath: read back connection tracking: %w", err)
+	}
+	d.restored = restored
+	if len(d.prog.services)+len(d.prog.ipcache)+len(d.prog.endpoints) == 0 && d.overlayLink == nil {
+		d.log.Info("pinning datapath", "path", d.opts.PinPath)
+		return nil
+	}
 	d.log.Info("took over pinned datapath", "path", d.opts.PinPath,
 		"services", len(d.prog.services), "backends", len(d.prog.backends),
 		"ipcache", len(d.prog.ipcache), "endpoints", len(d.prog.endpoints),
 		"overlay", d.overlayLink != nil)
 	return nil
+}
+
+// ctScopeService is CT_SCOPE_SERVICE (bpf/lib/maps.h): the entry of a
+// client's connection to a frontend, naming the backend it was given.
+const ctScopeService = 3
+
+// restoredState describes the services and ipcache New took over as a
+// desired state (see Restored). A terminating backend has no slot, so the
+// maps alone do not say whose it is; connection tracking does, for exactly
+// the terminating backends that matter: those connections still use. Those
+// become references of their service, so that they are not deleted before
+// the first Apply says whether they are still wanted.
+func (d *Datapath) restoredState() (*state.State, error) {
+	byRevNat := make(map[uint16]state.Frontend, len(d.prog.services))
+	inSlot := make(map[uint32]bool)
+	for fe, ps := range d.prog.services {
+		byRevNat[ps.revNatID] = fe
+		for _, id := range ps.slots {
+			inSlot[id] = true
+		}
+	}
+	terminating := make(map[state.Frontend]map[uint32]bool)
+	err := iterate(d.pod.Conntrack, func(k podCtKey, v podCtEntry) {
+		fe, ok := byRevNat[v.RevNatId]
+		if k.Scope != ctScopeService || !ok || inSlot[v.BackendId] || d.prog.strayBackends[v.BackendId] {
+			return
+		}
+		if _, ok := d.prog.backendIDs[v.BackendId]; !ok {
+			return
+		}
+		if terminating[fe] == nil {
+			terminating[fe] = make(map[uint32]bool)
+		}
+		terminating[fe][v.BackendId] = true
+	})
+	// Connections come and go while the programs run: a walk the kernel
+	// cut short still found what it found.
+	if err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
+		return nil, err
+	}
+
+	s := &state.State{}
+	toState := func(id uint32, st state.BackendState) state.Backend {
+		k := d.prog.backendIDs[id]
+		return state.Backend{IP: k.addr, Port: k.port, Protocol: k.proto, ClusterID: k.cluster, State: st}
+	}
+	for _, fe := range slices.SortedFunc(maps.Keys(d.prog.services), compareFrontends) {
+		ps := d.prog.services[fe]
+		svc := state.Service{Frontend: fe}
+		for _, id := range ps.slots {
+			if _, ok := d.prog.backendIDs[id]; ok && !d.prog.strayBackends[id] {
+				svc.Backends = append(svc.Backends, toState(id, state.BackendActive))
+			}
+		}
+		for _, id := range slices.Sorted(maps.Keys(terminating[fe])) {
+			svc.Backends = append(svc.Backends, toState(id, state.BackendTerminating))
+			k := d.prog.backendIDs[id]
+			ps.refs = append(ps.refs, k)
+			d.prog.backends[k].refs++
+		}
+		s.Services = append(s.Services, svc)
+	}
+	for k, v := range d.prog.ipcache {
+		e := state.IPCacheEntry{Prefix: ipcachePrefix(k), Identity: v.Identity, ClusterID: v.ClusterId}
+		if v.TunnelEndpoint != 0 {
+			e.TunnelEndpoint = addrFromBE32(v.TunnelEndpoint)
+		}
+		s.IPCache = append(s.IPCache, e)
+	}
+	slices.SortFunc(s.IPCache, func(a, b state.IPCacheEntry) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
+	})
+	return s, nil
+}
+
+// Restored returns the services and ipcache entries that New took over
+// from PinPath, as a desired state (nil without PinPath). Service names are
+// not kept in the maps and are empty; a service's backends are its active
+// ones in slot order, then the terminating ones that connections still use.
+//
+// It is for an agent that restarted: until its own view is complete (remote
+// clusters not yet synced), applying Restored's services and remote ipcache
+// entries instead of nothing keeps established connections and their
+// backends, where an incomplete state would delete them.
+func (d *Datapath) Restored() *state.State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.restored == nil {
+		return nil
+	}
+	out := &state.State{IPCache: slices.Clone(d.restored.IPCache)}
+	for _, svc := range d.restored.Services {
+		svc.Backends = slices.Clone(svc.Backends)
+		out.Services = append(out.Services, svc)
+	}
+	return out
 }
 
 // iterate calls fn for every entry of m.

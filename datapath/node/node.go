@@ -170,6 +170,10 @@ func (n *Node) Close() error {
 	return n.dp.Close()
 }
 
+// Restored returns what the datapath took over from an earlier agent's
+// pins (datapath.Datapath.Restored), nil if nothing was pinned.
+func (n *Node) Restored() *state.State { return n.dp.Restored() }
+
 // Remove detaches the programs and removes the pins (uninstall).
 func (n *Node) Remove() error {
 	return n.dp.Remove()
