@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -96,7 +97,14 @@ type loadedConfig struct {
 // loadConfig reads path and the files it references (resolved against
 // dir). Every error names the file at fault.
 func loadConfig(dir, path string) (*loadedConfig, error) {
-	data, err := os.ReadFile(path)
+	return loadConfigWith(os.ReadFile, dir, path, nil)
+}
+
+// loadConfigWith is loadConfig reading through readFile. When what it
+// reads has prev's fingerprint, it returns prev rather than decoding the
+// certificates again.
+func loadConfigWith(readFile func(string) ([]byte, error), dir, path string, prev *loadedConfig) (*loadedConfig, error) {
+	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -113,7 +121,7 @@ func loadConfig(dir, path string) (*loadedConfig, error) {
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(dir, p)
 		}
-		b, err := os.ReadFile(p)
+		b, err := readFile(p)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", path, field, err)
 		}
@@ -135,6 +143,9 @@ func loadConfig(dir, path string) (*loadedConfig, error) {
 	}
 	lc := &loadedConfig{etcd: ec}
 	copy(lc.fingerprint[:], h.Sum(nil))
+	if prev != nil && prev.fingerprint == lc.fingerprint {
+		return prev, nil
+	}
 	if !ec.UsesTLS() {
 		return lc, nil
 	}
@@ -155,4 +166,170 @@ func loadConfig(dir, path string) (*loadedConfig, error) {
 	// The server name is left to gRPC, which takes it from the endpoint.
 	lc.tls = pki.ClientTLSConfig(roots, client, "")
 	return lc, nil
+}
+
+// racyWindow: a file modified less than this long before it was read may
+// change again without its stamp changing (timestamps are taken from a
+// coarse clock, a jiffy on Linux, and some filesystems keep whole seconds),
+// so it is read again at every poll until it is older than that.
+const racyWindow = 2 * time.Second
+
+// configFiles remembers what the polls of the config directory read, so
+// that a poll over unchanged files costs one stat per file and nothing
+// else: no read, no YAML, no certificate decoding. A file is known by its
+// stamp (device and inode, size, modification time, mode), taken through
+// symlinks, so that the swap of a Kubernetes Secret's ..data link is a
+// change of every file behind it. The content still decides: a file whose
+// stamp changed is read again, and a config whose inputs read the same as
+// before (a touch, a rewrite with the same content) keeps its
+// loadedConfig, hence its connection. It belongs to the goroutine that
+// polls.
+type configFiles struct {
+	// readFile is os.ReadFile; tests count reads through it.
+	readFile func(string) ([]byte, error)
+	files    map[string]*cachedFile   // by path as read
+	configs  map[string]*cachedConfig // by config file path
+
+	// Per poll: when it started, the stamps taken and the entries used
+	// (what is not used by a poll is forgotten at its end).
+	start       time.Time
+	stamps      map[string]fileStamp
+	polled      map[string]*cachedFile
+	usedConfigs map[string]bool
+}
+
+type cachedFile struct {
+	path  string
+	stamp fileStamp
+	data  []byte
+	err   error
+	// racy: modified within racyWindow of the read; not trusted.
+	racy bool
+}
+
+// cachedConfig is a config file's outcome and the files it was made of,
+// the config file first.
+type cachedConfig struct {
+	inputs []*cachedFile
+	lc     *loadedConfig
+	err    error
+}
+
+// fileStamp identifies a version of a file without reading it; the zero
+// value stands for a file that cannot be stat'ed (missing, no access).
+type fileStamp struct{ fi os.FileInfo }
+
+func (a fileStamp) same(b fileStamp) bool {
+	if a.fi == nil || b.fi == nil {
+		return a.fi == nil && b.fi == nil
+	}
+	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() &&
+		a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Mode() == b.fi.Mode()
+}
+
+func newConfigFiles() *configFiles {
+	return &configFiles{
+		readFile: os.ReadFile,
+		files:    map[string]*cachedFile{}, configs: map[string]*cachedConfig{},
+		stamps: map[string]fileStamp{}, polled: map[string]*cachedFile{}, usedConfigs: map[string]bool{},
+	}
+}
+
+// beginPoll starts a poll; endPoll forgets what it did not use.
+func (f *configFiles) beginPoll() {
+	f.start = time.Now()
+	// Cleared, not reallocated: polls are frequent and alike.
+	clear(f.stamps)
+	clear(f.polled)
+	clear(f.usedConfigs)
+}
+
+func (f *configFiles) endPoll() {
+	for p := range f.files {
+		if f.polled[p] == nil {
+			delete(f.files, p)
+		}
+	}
+	for p := range f.configs {
+		if !f.usedConfigs[p] {
+			delete(f.configs, p)
+		}
+	}
+}
+
+// stat returns the stamp of path (following symlinks), once per poll: a
+// CA shared by many clusters is stat'ed once.
+func (f *configFiles) stat(path string) fileStamp {
+	if st, ok := f.stamps[path]; ok {
+		return st
+	}
+	var st fileStamp
+	if fi, err := os.Stat(path); err == nil {
+		st.fi = fi
+	}
+	f.stamps[path] = st
+	return st
+}
+
+// read returns path's content, read again only if its stamp changed or it
+// was racy. A read error is remembered like content: a missing certificate
+// is not looked for again until its stamp changes (it appears).
+func (f *configFiles) read(path string) *cachedFile {
+	if cf := f.polled[path]; cf != nil {
+		return cf
+	}
+	// Stat before reading: a change in between then shows as a changed
+	// stamp at the next poll, never as new content under an old stamp.
+	st := f.stat(path)
+	cf := f.files[path]
+	if cf == nil || cf.racy || !cf.stamp.same(st) {
+		data, err := f.readFile(path)
+		cf = &cachedFile{path: path, stamp: st, data: data, err: err,
+			racy: st.fi != nil && st.fi.ModTime().After(f.start.Add(-racyWindow))}
+		f.files[path] = cf
+	}
+	f.polled[path] = cf
+	return cf
+}
+
+// load is loadConfig for a poll: the previous outcome if none of its
+// files changed, else a reload that reads only the changed files.
+func (f *configFiles) load(dir, path string) (*loadedConfig, error) {
+	f.usedConfigs[path] = true
+	c := f.configs[path]
+	if c != nil && f.current(c) {
+		for _, cf := range c.inputs {
+			f.polled[cf.path] = cf
+		}
+		return c.lc, c.err
+	}
+	var inputs []*cachedFile
+	read := func(p string) ([]byte, error) {
+		cf := f.read(p)
+		inputs = append(inputs, cf)
+		return cf.data, cf.err
+	}
+	var prev *loadedConfig
+	if c != nil {
+		prev = c.lc
+	}
+	lc, err := loadConfigWith(read, dir, path, prev)
+	f.configs[path] = &cachedConfig{inputs: inputs, lc: lc, err: err}
+	return lc, err
+}
+
+// current reports whether every input of c is still what c was made of.
+func (f *configFiles) current(c *cachedConfig) bool {
+	for _, cf := range c.inputs {
+		if cf.racy || f.files[cf.path] != cf {
+			return false
+		}
+		if p := f.polled[cf.path]; p != nil && p != cf {
+			return false
+		}
+		if !cf.stamp.same(f.stat(cf.path)) {
+			return false
+		}
+	}
+	return true
 }

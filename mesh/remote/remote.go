@@ -17,6 +17,12 @@
 // reported (log, ClusterStatus.ConfigErr) naming the file, and the cluster
 // stays as it was.
 //
+// A poll costs a stat per file: a config file, or a certificate it names,
+// is read (and parsed) again only when its stamp changed (device, inode,
+// size, modification time, mode, taken through symlinks) or when it was
+// modified so shortly before its last read that a rewrite in the same
+// timestamp tick could hide.
+//
 // # Connection
 //
 // Each cluster has one etcd client (package kvstore) dialled through
@@ -288,6 +294,9 @@ type Manager struct {
 	scanned    bool
 	synced     chan struct{}
 	syncedDone bool
+
+	// files caches the config directory between polls; owned by Run.
+	files *configFiles
 }
 
 // New returns a Manager; it does nothing until Run.
@@ -331,6 +340,7 @@ func New(cfg Config) (*Manager, error) {
 		ids:        map[uint32]string{},
 		pending:    map[string]bool{},
 		synced:     make(chan struct{}),
+		files:      newConfigFiles(),
 	}, nil
 }
 
@@ -414,21 +424,34 @@ func (m *Manager) Status() []ClusterStatus {
 
 // scan reads the directory once and reconciles the clusters to it.
 func (m *Manager) scan(ctx context.Context) {
-	found := map[string]*loadedConfig{}
-	errs := map[string]error{}
-	entries, err := os.ReadDir(m.cfg.Dir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	found, errs, err := m.readConfigs()
+	if err != nil {
 		m.logger.Error("Cannot read remote cluster config directory", "dir", m.cfg.Dir, "error", err)
 		return // keep everything as it is
 	}
+	m.reconcile(ctx, found, errs)
+}
+
+// readConfigs reads the directory: the config of every cluster file (nil
+// for a file that exists but cannot be loaded: its cluster is kept) and the
+// error of every file at fault. err is set only when the directory itself
+// cannot be read (a missing one is empty).
+func (m *Manager) readConfigs() (found map[string]*loadedConfig, errs map[string]error, err error) {
+	found, errs = map[string]*loadedConfig{}, map[string]error{}
+	entries, err := os.ReadDir(m.cfg.Dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, err
+	}
+	m.files.beginPoll()
+	defer m.files.endPoll()
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") {
 			continue // hidden files and Kubernetes' ..data links
 		}
 		path := m.cfg.Dir + string(os.PathSeparator) + name
-		fi, err := os.Stat(path) // follows symlinks
-		if err != nil || fi.IsDir() {
+		st := m.files.stat(path) // follows symlinks
+		if st.fi == nil || st.fi.IsDir() {
 			continue
 		}
 		if err := wire.ValidateClusterName(name); err != nil {
@@ -439,7 +462,7 @@ func (m *Manager) scan(ctx context.Context) {
 			errs[name] = fmt.Errorf("config file %s: %w: names the local cluster %q", path, ErrInvalidConfig, name)
 			continue
 		}
-		lc, err := loadConfig(m.cfg.Dir, path)
+		lc, err := m.files.load(m.cfg.Dir, path)
 		if err != nil {
 			errs[name] = fmt.Errorf("config file: %w", err)
 			// A file that exists but cannot be loaded keeps its cluster.
@@ -448,7 +471,12 @@ func (m *Manager) scan(ctx context.Context) {
 		}
 		found[name] = lc
 	}
+	return found, errs, nil
+}
 
+// reconcile starts, restarts and stops clusters to match what readConfigs
+// found.
+func (m *Manager) reconcile(ctx context.Context, found map[string]*loadedConfig, errs map[string]error) {
 	m.mu.Lock()
 	for name, err := range errs {
 		if prev := m.configErrs[name]; prev == nil || prev.Error() != err.Error() {
