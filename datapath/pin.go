@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -175,6 +176,9 @@ func (d *Datapath) replaceIncompatible(spec *ebpf.CollectionSpec, dir string) er
 		why := err // not a map at all
 		if m != nil {
 			why = spec.Maps[name].Compatible(m)
+			if why == nil {
+				why = layoutDiff(spec.Maps[name], m)
+			}
 			m.Close()
 		}
 		if why == nil {
@@ -183,6 +187,61 @@ func (d *Datapath) replaceIncompatible(spec *ebpf.CollectionSpec, dir string) er
 		d.log.Warn("replacing incompatible pinned map, its entries are lost", "map", name, "path", path, "reason", why.Error())
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("datapath: replace pinned map %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// layoutDiff compares the key and value types of a pinned map, as its BTF
+// describes them, with ms's: the sizes may match while the fields moved
+// (a new datapath version), and the entries would be misread. A map
+// without BTF cannot tell and is taken as it is.
+func layoutDiff(ms *ebpf.MapSpec, m *ebpf.Map) error {
+	info, err := m.Info()
+	if err != nil {
+		return fmt.Errorf("map info: %w", err)
+	}
+	id, ok := info.BTFID()
+	if !ok {
+		return nil
+	}
+	h, err := btf.NewHandleFromID(id)
+	if err != nil {
+		return fmt.Errorf("map BTF: %w", err)
+	}
+	defer h.Close()
+	old, err := h.Spec(nil)
+	if err != nil {
+		return fmt.Errorf("map BTF: %w", err)
+	}
+	for _, kv := range []struct {
+		what string
+		typ  btf.Type
+	}{{"key", ms.Key}, {"value", ms.Value}} {
+		if kv.typ == nil || kv.typ.TypeName() == "" {
+			continue
+		}
+		var gf btf.GoFormatter
+		want, err := gf.TypeDeclaration("t", kv.typ)
+		if err != nil {
+			continue // nothing to compare with
+		}
+		candidates, _ := old.AnyTypesByName(kv.typ.TypeName())
+		var got []string
+		for _, c := range candidates {
+			if decl, err := gf.TypeDeclaration("t", c); err == nil {
+				if decl == want {
+					got = nil
+					break
+				}
+				got = append(got, decl)
+			}
+		}
+		if len(candidates) == 0 {
+			return fmt.Errorf("%s type %s not in the pinned map's BTF: %w", kv.what, kv.typ.TypeName(), ebpf.ErrMapIncompatible)
+		}
+		if len(got) > 0 {
+			return fmt.Errorf("%s type %s changed from %q to %q: %w", kv.what, kv.typ.TypeName(), got[0], want, ebpf.ErrMapIncompatible)
 		}
 	}
 	return nil

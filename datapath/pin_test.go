@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -580,6 +581,31 @@ func TestPinnedIncompatibleMapReplaced(t *testing.T) {
 			}
 			return Options{ConntrackEntries: 1024}
 		}, "revnat", "Type: LRUHash changed to Hash"},
+		{"value fields moved, same size", func(t *testing.T, pin string) Options {
+			spec, err := loadPod()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms := spec.Maps["revnat"].Copy()
+			u16 := &btf.Int{Name: "unsigned short", Size: 2}
+			u32 := &btf.Int{Name: "unsigned int", Size: 4}
+			ms.Value = &btf.Struct{Name: "revnat_value", Size: 8, Members: []btf.Member{
+				{Name: "port", Type: u16, Offset: 0}, {Name: "pad", Type: u16, Offset: 16}, {Name: "addr", Type: u32, Offset: 32},
+			}}
+			path := filepath.Join(pin, pinMapsDir, "revnat")
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			m, err := ebpf.NewMap(ms)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if err := m.Pin(path); err != nil {
+				t.Fatal(err)
+			}
+			return Options{ConntrackEntries: 1024}
+		}, "revnat", "value type revnat_value changed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
