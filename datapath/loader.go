@@ -330,8 +330,12 @@ func (d *Datapath) AttachOverlay(ifname string) error {
 					return fmt.Errorf("datapath: attach overlay to %q: unpin the earlier attachment: %w", ifname, err)
 				}
 			}
-			if err := lk.Pin(d.linkPinPath(progFromOverlay, 0)); err != nil {
+			path := d.linkPinPath(progFromOverlay, 0)
+			if err := lk.Pin(path); err != nil {
 				_ = lk.Close()
+				if d.overlayLink != nil {
+					_ = d.overlayLink.Pin(path) // keep the earlier one across restarts
+				}
 				return fmt.Errorf("datapath: attach overlay to %q: pin: %w", ifname, err)
 			}
 		}
