@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshbed/meshbed/datapath/state"
@@ -856,5 +857,51 @@ func TestParseLinkPin(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPinnedOverlayMoves attaches the overlay to a second VXLAN device on a
+// pinned datapath: the pin follows the attachment, and the next Datapath
+// takes over the new one and sends through it.
+func TestPinnedOverlayMoves(t *testing.T) {
+	pin := PinPathForTest(t)
+	opts := Options{PinPath: pin}
+	e := newProgEnv(t, opts)
+	var vx1 int
+	e.ns.mustDo(t, func() error {
+		// A second collect-metadata device needs a port of its own.
+		v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "vx1", MTU: 1450}, FlowBased: true, Port: 4790}
+		if err := netlink.LinkAdd(v); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("vx1")
+		if err != nil {
+			return err
+		}
+		vx1 = l.Attrs().Index
+		return e.d.AttachOverlay("vx1")
+	})
+	if h := e.hook(t, e.vxlan, ebpf.AttachTCXIngress); len(h.progs) != 0 {
+		t.Fatalf("vx0 still runs %v after the overlay moved", h.progs)
+	}
+	moved := e.hook(t, vx1, ebpf.AttachTCXIngress)
+	if len(moved.progs) != 1 {
+		t.Fatalf("vx1 runs %v, want the overlay program", moved.progs)
+	}
+	if err := e.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := openDatapath(t, opts)
+	if h := e.hook(t, vx1, ebpf.AttachTCXIngress); !slices.Equal(h.links, moved.links) ||
+		!slices.Equal(h.progs, []ebpf.ProgramID{progID(t, second.overlay.FromOverlay)}) {
+		t.Fatalf("vx1 after restart: %+v, want link %v running the new program", h, moved.links)
+	}
+	var cfg podNodeConfig
+	if err := second.pod.Config.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.VxlanIfindex != uint32(vx1) {
+		t.Fatalf("node config sends through ifindex %d before AttachOverlay, want the adopted vx1 (%d)", cfg.VxlanIfindex, vx1)
 	}
 }
