@@ -143,7 +143,7 @@ func (n *Node) StartAgent() error {
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID, NodeName: n.name,
 		Kube: c.API.Client, Dynamic: c.API.Dynamic,
 		Datapath: n.dp, Plumber: n.dp, Remote: mgr,
-		Mode: mode, SyncTimeout: 10 * time.Second,
+		Mode: mode, SyncTimeout: 10 * time.Second, Restored: n.dp.Programmed(),
 		StateDir: filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name),
 		Logger:   log.With("component", "agent"),
 	})

@@ -150,7 +150,7 @@ func run(ctx context.Context, o options) error {
 	a, err := agent.New(agent.Config{
 		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
 		NodeName: o.nodeName, Kube: kube, Dynamic: dyn,
-		Datapath: dp, Plumber: dp, Remote: mgr, Mode: mode,
+		Datapath: dp, Plumber: dp, Remote: mgr, Mode: mode, Restored: dp.Programmed(),
 		PolicyAllClusters: o.policyAllClusters, PolicyAllowLocalhost: o.allowLocalhost, SyncTimeout: o.syncTimeout, StateDir: o.stateDir,
 		Logger: log.With("component", "agent"),
 	})

@@ -53,8 +53,9 @@ type Node struct {
 	route overlay.Routing
 	mtu   int
 
-	mu      sync.Mutex
-	remotes []overlay.Remote
+	mu         sync.Mutex
+	remotes    []overlay.Remote
+	programmed *state.State // last state applied without error
 }
 
 // New prepares the node namespace, loads the programs and, in tunnel mode,
@@ -120,6 +121,9 @@ func (n *Node) Apply(s *state.State) error {
 	remotes := overlay.RemotesFromNodes(n.cfg.NodeIP, s.Nodes)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err == nil {
+		n.programmed = s
+	}
 	if !equalRemotes(remotes, n.remotes) {
 		if rerr := overlay.SyncRoutes(n.cfg.NS, n.route, remotes); rerr != nil {
 			err = errors.Join(err, rerr)
@@ -128,6 +132,19 @@ func (n *Node) Apply(s *state.State) error {
 		}
 	}
 	return err
+}
+
+// Programmed is what the node's datapath holds for an agent that starts:
+// the last state applied in this process, or else what was taken over from
+// an earlier agent's pins (Restored); nil when the datapath is new.
+func (n *Node) Programmed() *state.State {
+	n.mu.Lock()
+	p := n.programmed
+	n.mu.Unlock()
+	if p != nil {
+		return p
+	}
+	return n.Restored()
 }
 
 func equalRemotes(a, b []overlay.Remote) bool {

@@ -79,6 +79,11 @@ type Config struct {
 	// Coalesce is how long a change waits for more before the desired
 	// state is recomputed.
 	Coalesce time.Duration
+	// Restored is what the node's datapath holds when the agent starts (an
+	// earlier agent's work). Until remote services have synced, the agent
+	// keeps its services and never drops its ipcache entries or nodes, so
+	// a restart does not cut established connections.
+	Restored *state.State
 	// StateDir keeps the node's endpoints across agent restarts, so a
 	// restarted agent restores them instead of tearing them down. Empty
 	// keeps them in memory only.
@@ -323,18 +328,27 @@ func (a *Agent) rebuild() {
 	}
 	s := &state.State{}
 	var warns []error
+	prev := a.last
+	if prev == nil {
+		prev = a.cfg.Restored
+	}
 	if a.synced {
 		res := service.Merge(a.mergeInputLocked())
 		s.Services = res.Services
 		a.decisions = res.Decisions
 		warns = append(warns, res.Warnings...)
-	} else if a.last != nil {
+	} else if prev != nil {
 		// Until remotes have synced, keep what is programmed: pruning now
 		// would drop backends that are merely not relisted yet.
-		s.Services = a.last.Services
+		s.Services = prev.Services
 	}
 	s.Nodes = a.nodesLocked()
 	s.IPCache = a.ipcacheLocked(s.Nodes)
+	if !a.synced && prev != nil {
+		// Likewise, remote addresses and nodes not relearnt yet stay.
+		s.Nodes = keepNodes(s.Nodes, prev.Nodes)
+		s.IPCache = keepIPCache(s.IPCache, prev.IPCache)
+	}
 	s.Endpoints = a.endpointsLocked()
 	for _, w := range warns {
 		a.log.Warn("Service merge", "err", w)
@@ -634,4 +648,32 @@ func plainLabels(l wire.Labels) map[string]string {
 		m[lbl.Key] = lbl.Value
 	}
 	return m
+}
+
+// keepNodes adds to nodes those of prev it does not list.
+func keepNodes(nodes, prev []state.Node) []state.Node {
+	have := map[[2]string]bool{}
+	for _, n := range nodes {
+		have[[2]string{n.Cluster, n.Name}] = true
+	}
+	for _, n := range prev {
+		if !have[[2]string{n.Cluster, n.Name}] {
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes
+}
+
+// keepIPCache adds to entries those of prev whose prefix it does not map.
+func keepIPCache(entries, prev []state.IPCacheEntry) []state.IPCacheEntry {
+	have := make(map[netip.Prefix]bool, len(entries))
+	for _, e := range entries {
+		have[e.Prefix] = true
+	}
+	for _, e := range prev {
+		if !have[e.Prefix] {
+			entries = append(entries, e)
+		}
+	}
+	return entries
 }

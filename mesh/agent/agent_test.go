@@ -112,6 +112,11 @@ func wantClusters(dp *recorder, name string, want ...uint32) func() error {
 
 func setup(t *testing.T, mode service.Mode) (*Agent, *recorder, RemoteSink, *fake.Clientset) {
 	t.Helper()
+	return setupRestored(t, mode, nil)
+}
+
+func setupRestored(t *testing.T, mode service.Mode, restored *state.State) (*Agent, *recorder, RemoteSink, *fake.Clientset) {
+	t.Helper()
 	kube := fake.NewClientset(
 		&corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: "node-1"},
@@ -141,7 +146,7 @@ func setup(t *testing.T, mode service.Mode) (*Agent, *recorder, RemoteSink, *fak
 	a, err := New(Config{
 		ClusterName: "cluster1", ClusterID: 1, NodeName: "node-1",
 		Kube: kube, Dynamic: dyn, Datapath: dp, Plumber: plumber{}, Remote: rem,
-		Mode: mode, SyncTimeout: time.Minute, StateDir: t.TempDir(),
+		Mode: mode, SyncTimeout: time.Minute, StateDir: t.TempDir(), Restored: restored,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
@@ -334,4 +339,40 @@ func TestAgentEndpointFollowsPodLabels(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestAgentKeepsRestoredStateUntilSynced(t *testing.T) {
+	fe := state.Frontend{IP: netip.MustParseAddr("10.0.1.10"), Port: 80, Protocol: state.TCP}
+	remoteBackend := state.Backend{IP: netip.MustParseAddr("10.2.1.7"), Port: 80, Protocol: state.TCP, ClusterID: 2}
+	remotePod := state.IPCacheEntry{Prefix: netip.MustParsePrefix("10.2.1.7/32"), Identity: 2<<16 | 1,
+		TunnelEndpoint: netip.MustParseAddr("172.31.2.10"), ClusterID: 2}
+	restored := &state.State{
+		Services: []state.Service{{Frontend: fe, Backends: []state.Backend{remoteBackend}}},
+		IPCache:  []state.IPCacheEntry{remotePod},
+	}
+	_, dp, sink, _ := setupRestored(t, service.ModeWithdraw, restored)
+	sink.ClusterConfigured("cluster2")
+	eventually(t, "first state applied", func() error {
+		if dp.get() == nil {
+			return fmt.Errorf("nothing applied")
+		}
+		return nil
+	})
+	s := dp.get()
+	if len(s.Services) != 1 || len(s.Services[0].Backends) != 1 || s.Services[0].Backends[0] != remoteBackend {
+		t.Fatalf("before sync, services = %+v; want the restored remote backend kept", s.Services)
+	}
+	found := false
+	for _, e := range s.IPCache {
+		found = found || e == remotePod
+	}
+	if !found {
+		t.Fatalf("before sync, the restored remote pod %s left the ipcache", remotePod.Prefix)
+	}
+	// Once cluster2 has synced (without that backend), the agent's own view
+	// replaces the restored one.
+	sink.ClusterUp("cluster2", 2)
+	sink.Reachable("cluster2", true)
+	sink.ServicesSynced("cluster2")
+	eventually(t, "own view after sync", wantClusters(dp, "default/rebel-base", 1))
 }
