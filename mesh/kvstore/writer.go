@@ -2,12 +2,13 @@ package kvstore
 
 import (
 	"bytes"
-	"cmp"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,11 @@ type WriterConfig struct {
 // restarted empty) Run grants a new one and rewrites every key. Errors are
 // retried with backoff until ctx is done.
 //
+// Keys are written in the order of their oldest unwritten operation, in
+// transactions of up to 128. Enqueueing, coalescing and taking the next
+// batch cost O(1) per key whatever the backlog, so one Writer can hold the
+// hundreds of thousands of keys of many remote clusters.
+//
 // A Writer is safe for concurrent use. Operations made before Run starts are
 // written once it does.
 type Writer struct {
@@ -59,11 +65,16 @@ type Writer struct {
 	seq uint64
 	// desired is what the store must hold (canaries excluded).
 	desired map[string][]byte
-	// dirty maps a key whose desired state is not yet written to a lower
-	// bound of the seq of its oldest unwritten operation; lastOp is the seq
-	// of its newest operation.
-	dirty  map[string]uint64
-	lastOp map[string]uint64
+	// queue holds every key whose desired state is not yet written (or
+	// being written), as *pendingKey, ordered by the seq of its oldest
+	// unwritten operation: the front is the oldest, which is what both the
+	// next batch and every canary barrier need. pending indexes it by key,
+	// so that a further operation on a queued key coalesces in place.
+	queue   list.List
+	pending map[string]*list.Element
+	// inflight is the seq of the oldest operation of the batch being
+	// written (taken off the queue, not yet committed), 0 if none.
+	inflight uint64
 	// written is what was committed under the current lease.
 	written  map[string][]byte
 	canaries map[string]*canary
@@ -79,6 +90,13 @@ type canary struct {
 	seq     uint64
 	prune   []string
 	pending bool
+}
+
+// pendingKey is a queued key and the seq of its oldest unwritten
+// operation.
+type pendingKey struct {
+	key string
+	seq uint64
 }
 
 type flushWaiter struct {
@@ -100,8 +118,7 @@ func NewWriter(c *Client, cfg WriterConfig) *Writer {
 		logger:   c.logger,
 		wake:     make(chan struct{}, 1),
 		desired:  make(map[string][]byte),
-		dirty:    make(map[string]uint64),
-		lastOp:   make(map[string]uint64),
+		pending:  make(map[string]*list.Element),
 		written:  make(map[string][]byte),
 		canaries: make(map[string]*canary),
 	}
@@ -114,13 +131,14 @@ func (w *Writer) signal() {
 	}
 }
 
-// enqueueLocked records an operation on key.
+// enqueueLocked records an operation on key. A key already queued keeps
+// its place: its oldest unwritten operation is still the one there, and
+// the batch that takes it writes the latest desired state.
 func (w *Writer) enqueueLocked(key string) {
 	w.seq++
-	if _, ok := w.dirty[key]; !ok {
-		w.dirty[key] = w.seq
+	if _, ok := w.pending[key]; !ok {
+		w.pending[key] = w.queue.PushBack(&pendingKey{key: key, seq: w.seq})
 	}
-	w.lastOp[key] = w.seq
 }
 
 // Upsert sets key to value. The Writer keeps its own copy of value.
@@ -140,7 +158,7 @@ func (w *Writer) Delete(key string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, ok := w.desired[key]; !ok {
-		if _, pending := w.dirty[key]; !pending {
+		if _, pending := w.pending[key]; !pending {
 			// Not ours and nothing pending: still delete it, it may be a
 			// leftover of a previous owner the caller knows about.
 			w.enqueueLocked(key)
@@ -185,13 +203,24 @@ func (w *Writer) Unsynced(canaryKey string) {
 	w.signal()
 }
 
+// keysThroughLocked returns the lowest seq of a key operation not yet
+// committed (w.seq+1 if none): every key operation below it is committed.
+// It is O(1): the oldest is at the front of the queue or in flight.
+func (w *Writer) keysThroughLocked() uint64 {
+	low := w.seq + 1
+	if e := w.queue.Front(); e != nil {
+		low = min(low, e.Value.(*pendingKey).seq)
+	}
+	if w.inflight != 0 {
+		low = min(low, w.inflight)
+	}
+	return low
+}
+
 // committedThroughLocked returns the highest seq s such that every
 // operation with seq <= s is committed.
 func (w *Writer) committedThroughLocked() uint64 {
-	low := w.seq + 1
-	for _, s := range w.dirty {
-		low = min(low, s)
-	}
+	low := w.keysThroughLocked()
 	for _, cn := range w.canaries {
 		if cn.pending {
 			low = min(low, cn.seq)
@@ -221,6 +250,9 @@ func (w *Writer) Flush(ctx context.Context) error {
 }
 
 func (w *Writer) notifyFlushesLocked() {
+	if len(w.flushes) == 0 {
+		return
+	}
 	through := w.committedThroughLocked()
 	kept := w.flushes[:0]
 	for _, f := range w.flushes {
@@ -351,9 +383,8 @@ func (w *Writer) grant(ctx context.Context) (clientv3.LeaseID, error) {
 			w.written = make(map[string][]byte)
 			w.seq++
 			for k := range w.desired {
-				if _, ok := w.dirty[k]; !ok {
-					w.dirty[k] = w.seq
-					w.lastOp[k] = w.seq
+				if _, ok := w.pending[k]; !ok {
+					w.pending[k] = w.queue.PushBack(&pendingKey{key: k, seq: w.seq})
 				}
 			}
 			// Written canaries go again, after every key is rewritten;
@@ -378,45 +409,92 @@ type op struct {
 	key    string
 	value  []byte
 	delete bool
-	seq    uint64
+	// seq of the key's oldest operation the op writes, to requeue it.
+	seq uint64
 }
 
-// process writes every dirty key, then every canary whose barrier is
-// passed. It stops at the first error and leaves the rest dirty.
+// process writes the keys queued before the call, oldest first, in
+// batches, then every canary whose barrier is passed. It stops at the
+// first error and leaves the rest queued. Keys queued during the call wait
+// for the next one, so that a steady stream of updates does not hold the
+// canaries back.
 func (w *Writer) process(ctx context.Context) error {
 	w.mu.Lock()
 	lease := w.lease
-	ops := make([]op, 0, len(w.dirty))
-	for k := range w.dirty {
-		v, ok := w.desired[k]
-		if ok && bytes.Equal(w.written[k], v) {
-			// Set back to the written value before we got to it.
-			w.doneLocked(k, w.lastOp[k])
-			continue
-		}
-		ops = append(ops, op{key: k, value: v, delete: !ok, seq: w.lastOp[k]})
-	}
-	w.notifyFlushesLocked()
+	limit := w.seq
 	w.mu.Unlock()
-	slices.SortFunc(ops, func(a, b op) int { return cmp.Compare(a.seq, b.seq) })
-
-	for chunk := range slices.Chunk(ops, maxTxnOps) {
-		if err := w.writeTxn(ctx, lease, chunk); err != nil {
+	for {
+		w.mu.Lock()
+		batch := w.popLocked(limit)
+		w.notifyFlushesLocked()
+		w.mu.Unlock()
+		if len(batch) == 0 {
+			break
+		}
+		if err := w.writeTxn(ctx, lease, batch); err != nil {
+			w.mu.Lock()
+			w.requeueLocked(batch)
+			w.mu.Unlock()
 			return err
 		}
 		w.mu.Lock()
-		for _, o := range chunk {
+		for _, o := range batch {
 			if o.delete {
 				delete(w.written, o.key)
 			} else {
 				w.written[o.key] = o.value
 			}
-			w.doneLocked(o.key, o.seq)
 		}
+		w.inflight = 0
 		w.notifyFlushesLocked()
 		w.mu.Unlock()
 	}
 	return w.processCanaries(ctx, lease)
+}
+
+// popLocked takes up to maxTxnOps keys off the front of the queue, those
+// with an operation at or before limit, with their desired state. A key
+// set back to the value already written is dropped without a write. An
+// operation on a taken key while it is written queues it again, at the
+// back, with that operation's seq.
+func (w *Writer) popLocked(limit uint64) []op {
+	var ops []op
+	for len(ops) < maxTxnOps {
+		e := w.queue.Front()
+		if e == nil {
+			break
+		}
+		pk := e.Value.(*pendingKey)
+		if pk.seq > limit {
+			break
+		}
+		w.queue.Remove(e)
+		delete(w.pending, pk.key)
+		v, ok := w.desired[pk.key]
+		if ok && bytes.Equal(w.written[pk.key], v) {
+			continue
+		}
+		if len(ops) == 0 {
+			w.inflight = pk.seq
+		}
+		ops = append(ops, op{key: pk.key, value: v, delete: !ok, seq: pk.seq})
+	}
+	return ops
+}
+
+// requeueLocked puts a batch that was not committed back at the front, in
+// its order: its operations are older than anything queued since. A key
+// queued again meanwhile moves back to the front with its older seq.
+func (w *Writer) requeueLocked(batch []op) {
+	for _, o := range slices.Backward(batch) {
+		if e, ok := w.pending[o.key]; ok {
+			e.Value.(*pendingKey).seq = o.seq
+			w.queue.MoveToFront(e)
+		} else {
+			w.pending[o.key] = w.queue.PushFront(&pendingKey{key: o.key, seq: o.seq})
+		}
+	}
+	w.inflight = 0
 }
 
 // maxTxnOps is how many writes go in one transaction: etcd's default
@@ -448,16 +526,6 @@ func (w *Writer) writeTxn(ctx context.Context, lease clientv3.LeaseID, ops []op)
 	return nil
 }
 
-// doneLocked records that the operations on key up to seq are written.
-func (w *Writer) doneLocked(key string, seq uint64) {
-	if w.lastOp[key] == seq {
-		delete(w.dirty, key)
-		delete(w.lastOp, key)
-	} else {
-		w.dirty[key] = seq + 1
-	}
-}
-
 func (w *Writer) write(ctx context.Context, lease clientv3.LeaseID, o op) error {
 	rctx, cancel := w.c.requestContext(ctx)
 	defer cancel()
@@ -479,44 +547,63 @@ func (w *Writer) write(ctx context.Context, lease clientv3.LeaseID, o op) error 
 	return nil
 }
 
+// readyCanary is a canary whose barrier is passed, as processCanaries
+// found it.
+type readyCanary struct {
+	key   string
+	seq   uint64
+	prune []string
+}
+
+// processCanaries writes every pending canary whose barrier is passed:
+// prunes first, then the canaries in batched transactions.
 func (w *Writer) processCanaries(ctx context.Context, lease clientv3.LeaseID) error {
 	for {
 		w.mu.Lock()
-		through := w.seq + 1
-		for _, s := range w.dirty {
-			through = min(through, s)
-		}
-		var key string
-		var cn canary
+		through := w.keysThroughLocked()
+		var ready []readyCanary
 		for k, c := range w.canaries {
-			if c.pending && c.barrier < through && (key == "" || k < key) {
-				key, cn = k, *c
+			if c.pending && c.barrier < through {
+				ready = append(ready, readyCanary{key: k, seq: c.seq, prune: c.prune})
 			}
 		}
 		w.mu.Unlock()
-		if key == "" {
+		if len(ready) == 0 {
 			return nil
 		}
-		for _, p := range cn.prune {
-			if err := w.prune(ctx, p); err != nil {
-				return err
+		slices.SortFunc(ready, func(a, b readyCanary) int { return strings.Compare(a.key, b.key) })
+		for _, r := range ready {
+			for _, p := range r.prune {
+				if err := w.prune(ctx, p); err != nil {
+					return err
+				}
 			}
 		}
-		if err := w.write(ctx, lease, op{key: key, value: []byte(wire.Timestamp(w.cfg.Now()))}); err != nil {
-			return err
+		for chunk := range slices.Chunk(ready, maxTxnOps) {
+			value := []byte(wire.Timestamp(w.cfg.Now()))
+			ops := make([]op, len(chunk))
+			for i, r := range chunk {
+				ops[i] = op{key: r.key, value: value}
+			}
+			if err := w.writeTxn(ctx, lease, ops); err != nil {
+				return err
+			}
+			w.mu.Lock()
+			for _, r := range chunk {
+				// An Unsynced meanwhile removed the canary (or a Synced
+				// replaced it): its own operation follows this write.
+				if c := w.canaries[r.key]; c != nil && c.seq == r.seq {
+					c.pending, c.prune = false, nil
+				}
+			}
+			w.notifyFlushesLocked()
+			w.mu.Unlock()
 		}
-		w.mu.Lock()
-		// An Unsynced meanwhile removed the canary (or a Synced replaced
-		// it): its own operation follows this write.
-		if c := w.canaries[key]; c != nil && c.seq == cn.seq {
-			c.pending, c.prune = false, nil
-		}
-		w.notifyFlushesLocked()
-		w.mu.Unlock()
 	}
 }
 
-// prune deletes the keys under prefix this Writer does not hold.
+// prune deletes the keys under prefix this Writer does not hold, in
+// batched transactions.
 func (w *Writer) prune(ctx context.Context, prefix string) error {
 	prefix = DirPrefix(prefix)
 	rctx, cancel := w.c.requestContext(ctx)
@@ -525,20 +612,24 @@ func (w *Writer) prune(ctx context.Context, prefix string) error {
 	if err != nil {
 		return fmt.Errorf("list %q to prune: %w", prefix, err)
 	}
+	var stale []op
+	w.mu.Lock()
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
-		w.mu.Lock()
 		_, held := w.desired[k]
 		_, isCanary := w.canaries[k]
-		w.mu.Unlock()
 		if held || isCanary {
 			continue
 		}
-		rctx, cancel := w.c.requestContext(ctx)
-		_, err := w.c.etcd.Delete(rctx, k)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("prune %q: %w", k, err)
+		// Forgotten now, so that an Upsert of the value it had, made
+		// before the delete lands, is still written afterwards.
+		delete(w.written, k)
+		stale = append(stale, op{key: k, delete: true})
+	}
+	w.mu.Unlock()
+	for chunk := range slices.Chunk(stale, maxTxnOps) {
+		if err := w.writeTxn(ctx, 0, chunk); err != nil {
+			return fmt.Errorf("prune %q: %w", prefix, err)
 		}
 	}
 	return nil

@@ -1,12 +1,19 @@
 package kvstore_test
 
 import (
+	"context"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -354,4 +361,126 @@ func TestWriterUnsynced(t *testing.T) {
 	if len(list(t, s, canaryKey)) != 1 {
 		t.Fatal("canary not rewritten by Synced")
 	}
+}
+
+// failingTxns returns a unary interceptor that fails every third
+// transaction, alternately before sending it (nothing written) and after
+// (written, but the answer lost), counting the failures.
+func failingTxns(failed *atomic.Int64) grpc.UnaryClientInterceptor {
+	var n atomic.Int64
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := req.(*etcdserverpb.TxnRequest); !ok {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		i := n.Add(1)
+		if i%3 != 0 {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		failed.Add(1)
+		if i%2 == 0 {
+			if err := invoker(ctx, method, req, reply, cc, opts...); err != nil {
+				return err
+			}
+		}
+		return status.Error(codes.Unavailable, "injected failure")
+	}
+}
+
+// TestWriterBacklogSurvivesFailures writes a backlog of many batches for
+// several owners, each with a canary that prunes a leftover, through a
+// connection that fails a third of the transactions (before or after they
+// are applied): everything is written, leftovers pruned, and each canary
+// after every key of its owner. Then updates and deletes of keys while
+// batches are in flight, with the failures going on, end in exactly the
+// desired state.
+func TestWriterBacklogSurvivesFailures(t *testing.T) {
+	s := etcdtest.Start(t)
+	var failed atomic.Int64
+	c, err := kvstore.Connect(context.Background(), kvstore.Config{
+		Endpoints:   s.Endpoints(),
+		Logger:      testLogger(t),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(failingTxns(&failed))},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	const owners, perOwner = 8, 300 // 2,400 keys: 19 batches
+	ctx := ctxT(t)
+	for o := range owners {
+		if _, err := s.Client().Put(ctx, fmt.Sprintf("o%d/leftover", o), "old"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := kvstore.NewWriter(c, kvstore.WriterConfig{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	want := map[string]string{}
+	for o := range owners {
+		for k := range perOwner {
+			key := fmt.Sprintf("o%d/k%03d", o, k)
+			w.Upsert(key, []byte("v1"))
+			want[key] = "v1"
+		}
+		w.Synced(fmt.Sprintf("synced/o%d", o), fmt.Sprintf("o%d", o))
+	}
+	run(t, w.Run)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if failed.Load() == 0 {
+		t.Fatal("no transaction failed: the test tests nothing")
+	}
+	resp, err := s.Client().Get(ctx, "", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	maxRev, canaryRev := map[string]int64{}, map[string]int64{}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if owner, ok := strings.CutPrefix(k, "synced/"); ok {
+			canaryRev[owner] = kv.ModRevision
+			continue
+		}
+		got[k] = string(kv.Value)
+		owner, _, _ := strings.Cut(k, "/")
+		maxRev[owner] = max(maxRev[owner], kv.ModRevision)
+	}
+	if err := equalState(got, want); err != nil {
+		t.Fatalf("after the backlog (%d failed transactions): %v", failed.Load(), err)
+	}
+	for o := range owners {
+		owner := fmt.Sprintf("o%d", o)
+		if canaryRev[owner] <= maxRev[owner] {
+			t.Errorf("canary of %s at revision %d, its keys up to %d", owner, canaryRev[owner], maxRev[owner])
+		}
+	}
+
+	// Changes racing with the batches being written.
+	before := failed.Load()
+	for round := range 5 {
+		for o := range owners {
+			for k := round; k < perOwner; k += 7 {
+				key := fmt.Sprintf("o%d/k%03d", o, k)
+				if (k+round)%3 == 0 {
+					w.Delete(key)
+					delete(want, key)
+				} else {
+					v := fmt.Sprintf("v%d", round+2)
+					w.Upsert(key, []byte(v))
+					want[key] = v
+				}
+			}
+		}
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if failed.Load() == before {
+		t.Fatal("no transaction failed during the updates")
+	}
+	got = list(t, s, "o")
+	if err := equalState(got, want); err != nil {
+		t.Fatalf("after the updates: %v", err)
+	}
+	t.Logf("%d transactions failed on the way", failed.Load())
 }
