@@ -146,9 +146,11 @@ func (n *Node) ServiceBackendClusters(ctx context.Context, namespace, name strin
 
 // Check is the final, Jepsen-style check of a converged mesh: every
 // kvstoremesh cache equals its source; every node's service and ipcache
-// maps equal the agent's desired state; and no programmed backend is
-// stale (each is a ready or serving endpoint of the same service in its
-// own cluster right now).
+// maps equal the agent's desired state; no programmed backend is stale
+// (each is a ready or serving endpoint of the same service in its own
+// cluster right now); and nothing is lost (the desired services equal the
+// merge of every connected cluster's Kubernetes state read directly, and
+// every pod of those clusters is in the ipcache).
 func (m *Mesh) Check(ctx context.Context) error {
 	var errs []error
 	if m.spec.KVStoreMesh {
@@ -176,6 +178,7 @@ func (m *Mesh) Check(ctx context.Context) error {
 			errs = append(errs, n.checkDatapath(live))
 		}
 	}
+	errs = append(errs, m.checkNothingLost(ctx))
 	return errors.Join(errs...)
 }
 
