@@ -182,9 +182,8 @@ func (m *Mesh) Check(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func backendKey(b state.Backend) string {
-	return fmt.Sprintf("%s@%d", b.String(), b.ClusterID)
-}
+// backendKey names a backend with its cluster (Backend.String has it).
+func backendKey(b state.Backend) string { return b.String() }
 
 // checkDatapath compares the node's maps with its agent's desired state.
 func (n *Node) checkDatapath(live map[string]bool) error {
