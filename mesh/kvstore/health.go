@@ -51,7 +51,8 @@ type Status struct {
 	// Reachable: a probe succeeded, or another response arrived on the
 	// connection, within the last Timeout.
 	Reachable bool
-	// Known is false until the first probe succeeds or Timeout passes.
+	// Known is false until the first answer (probe or other) arrives or
+	// Timeout passes.
 	Known bool
 	// Since is when Reachable (or Known) last changed.
 	Since time.Time
