@@ -515,11 +515,14 @@ func TestConcurrentUse(t *testing.T) {
 	go func() {
 		defer func() { done <- struct{}{} }()
 		for range 200 {
-			if _, err := r.Track(c1Rebel); err != nil {
+			// The first goroutine deletes pool identities, which may be
+			// these: failing closed with ErrUnknownIdentity is then the
+			// documented answer, not a race.
+			if _, err := r.Track(c1Rebel); err != nil && !errors.Is(err, ErrUnknownIdentity) {
 				errs <- err
 				return
 			}
-			if _, err := r.Compute(c1XWing); err != nil {
+			if _, err := r.Compute(c1XWing); err != nil && !errors.Is(err, ErrUnknownIdentity) {
 				errs <- err
 				return
 			}
