@@ -100,7 +100,7 @@ func (m *Mesh) newCluster(cs ClusterSpec, seed uint64) (*Cluster, error) {
 	for _, n := range c.nodes {
 		kn = append(kn, kube.Node{Name: n.name, IP: n.ip, PodCIDR: n.podCIDR})
 	}
-	c.ctrl = kube.NewControllers(c.API, kn, (*runtime)(c), seed, c.log.With("component", "kube"))
+	c.ctrl = kube.NewControllers(c.API, kn, (*kubelet)(c), seed, c.log.With("component", "kube"))
 	c.ctrlProc = startProc(m.ctx, c.log, "kube-controllers", c.ctrl.Run)
 	select {
 	case <-c.ctrl.Synced():

@@ -20,11 +20,11 @@ import (
 	"github.com/meshbed/meshbed/sim/workload"
 )
 
-// runtime is a cluster's kubelet side: it runs pods on their nodes through
+// kubelet is a cluster's kubelet side: it runs pods on their nodes through
 // the node's agent, as the CNI plugin would call it.
-type runtime Cluster
+type kubelet Cluster
 
-func (r *runtime) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, error) {
+func (r *kubelet) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, error) {
 	c := (*Cluster)(r)
 	n, ok := c.node(pod.Spec.NodeName)
 	if !ok {
@@ -66,7 +66,7 @@ func (r *runtime) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, er
 	return ep.IP, nil
 }
 
-func (r *runtime) StopPod(ctx context.Context, pod *corev1.Pod) error {
+func (r *kubelet) StopPod(ctx context.Context, pod *corev1.Pod) error {
 	c := (*Cluster)(r)
 	n, ok := c.node(pod.Spec.NodeName)
 	if !ok {

@@ -107,7 +107,14 @@ type Client struct {
 // NewClient returns a client that dials through dial.
 func NewClient(dial DialFunc, timeout time.Duration) *Client {
 	tr := &http.Transport{
-		DialContext:       dial,
+		// The transport lets a dial outlive its request; bound it by the
+		// request timeout, or a SYN that a policy or partition drops keeps
+		// retrying for minutes (on a thread inside the pod's namespace).
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return dial(ctx, network, addr)
+		},
 		DisableKeepAlives: true,
 		Proxy:             nil,
 	}

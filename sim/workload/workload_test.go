@@ -49,3 +49,26 @@ func TestEchoAndClient(t *testing.T) {
 		t.Fatal("Get with a cancelled context succeeded")
 	}
 }
+
+// A dial that never completes is abandoned at the request timeout, not
+// left running after the request (the transport detaches dials).
+func TestClientBoundsDials(t *testing.T) {
+	started := make(chan struct{}, 1)
+	ended := make(chan struct{})
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		close(ended)
+		return nil, ctx.Err()
+	}
+	c := NewClient(dial, 50*time.Millisecond)
+	if r := c.Get(t.Context(), "http://192.0.2.1/"); r.Err == nil {
+		t.Fatal("Get through a dial that never completes succeeded")
+	}
+	<-started
+	select {
+	case <-ended:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the dial was still running 2s after the request's 50ms timeout")
+	}
+}
