@@ -326,6 +326,19 @@ func TestBackendSelection(t *testing.T) {
 				t.Fatalf("new connection went to %s, want only the active backend %s", out.dst, fresh.IP)
 			}
 		}
+		// A new connection that reuses the old one's tuple (the client
+		// recycled its port) is a new connection: it must not inherit the
+		// terminating backend from the old conntrack entry.
+		_, out = e.fromClient(t, tcp(clientIP, vip, 30000, 80, tcpSYN))
+		if out.dst.Addr() != fresh.IP {
+			t.Fatalf("a new connection on a reused tuple went to the terminating %s, want %s", out.dst, fresh.IP)
+		}
+		for range 5 {
+			_, out := e.fromClient(t, tcp(clientIP, vip, 30000, 80, tcpACK))
+			if out.dst.Addr() != fresh.IP {
+				t.Fatalf("the new connection on a reused tuple moved to %s", out.dst)
+			}
+		}
 		// Once the backend is removed entirely, the connection is
 		// rebalanced to a live one.
 		s3 := baseState()

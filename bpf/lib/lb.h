@@ -57,6 +57,12 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, st
 	ce = bpf_map_lookup_elem(&conntrack, &ck);
 	if (ce && !ct_expired(ce, p->proto, now) && ce->rev_nat_id == master->rev_nat_id) {
 		b = bpf_map_lookup_elem(&backends, &ce->backend_id);
+		/* A SYN without ACK opens a new connection, even on the tuple of
+		 * an old one (the client recycled its port): it must not inherit
+		 * a backend that takes no new connections. */
+		if (b && b->state != BACKEND_ACTIVE &&
+		    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			b = NULL;
 		if (b) {
 			backend_id = ce->backend_id;
 			/* A service entry sees only client->frontend packets, so
