@@ -30,7 +30,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/meshbed/meshbed/kind/cni"
-	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -70,10 +70,10 @@ const (
 // layout: <name>.crt, <name>.key).
 const (
 	// AgentPair is the agents' client pair for the local mesh-apiserver,
-	// user apiserver.UserLocalAgent.
-	AgentPair = apiserver.UserLocalAgent
+	// user pki.UserLocalAgent.
+	AgentPair = pki.UserLocalAgent
 	// RemotePair is the client pair with which this cluster's kvstoremesh
-	// reads the other clusters, user apiserver.RemoteUser(<this cluster>).
+	// reads the other clusters, user pki.RemoteUser(<this cluster>).
 	RemotePair = "remote"
 )
 

@@ -3,7 +3,7 @@
 // cluster's Kubernetes API, and serves it to the other clusters of the mesh
 // over mTLS, read-only.
 //
-// What it writes (shared/WIRE.md), all on one lease through a
+// What it writes (docs/wire.md), all on one lease through a
 // kvstore.Writer, and all rewritten on every start:
 //
 //	cilium/cluster-config/<cluster>               {"id":N,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":M}}

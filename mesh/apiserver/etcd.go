@@ -22,28 +22,19 @@ import (
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
-// etcd users. A client authenticates as the common name of its verified
-// client certificate (etcd's certificate auth); there are no passwords.
+// etcd users, as mesh/pki names them (the certificate CN is the user). The
+// names live in pki so that whoever issues certificates (the CLI, the Kind
+// manifests) need not link this package and its etcd server.
 const (
-	// UserRoot is the apiserver itself (and the in-process kvstoremesh).
-	UserRoot = "root"
-	// UserLocalAgent is the cluster's own agents: read-only on the local
-	// state, the kvstoremesh cache, every cluster-config, every canary and
-	// the heartbeat.
-	UserLocalAgent = "local-agent"
-	// UserKVStoreMesh is a kvstoremesh running outside the apiserver
-	// process: it reads like a local agent and writes the cache, the
-	// remote cluster-configs and their canaries.
-	UserKVStoreMesh = "kvstoremesh"
-	// RemoteUserPrefix starts the user name of a remote cluster's reader,
-	// see RemoteUser.
-	RemoteUserPrefix = "remote-"
+	UserRoot         = pki.UserRoot
+	UserLocalAgent   = pki.UserLocalAgent
+	UserKVStoreMesh  = pki.UserKVStoreMesh
+	RemoteUserPrefix = pki.RemoteUserPrefix
 )
 
-// RemoteUser is the etcd user of remote cluster cluster's reader,
-// "remote-<cluster>": read-only on this cluster's exported state, its
-// cluster-config, its sync canaries and the heartbeat, nothing else.
-func RemoteUser(cluster string) string { return RemoteUserPrefix + cluster }
+// RemoteUser is the etcd user of remote cluster cluster's reader; see
+// pki.RemoteUser.
+func RemoteUser(cluster string) string { return pki.RemoteUser(cluster) }
 
 // roles of the etcd auth; users are granted the role of the same name,
 // remote users the shared remote role.

@@ -17,7 +17,7 @@
 //     tells agents to read the cache;
 //   - the cache: every accepted value of the remote's cilium/state/...,
 //     byte for byte, under the key wire.CacheKey maps it to
-//     (cilium/cache/<resource>/v1/<remote>/..., see WIRE.md); malformed
+//     (cilium/cache/<resource>/v1/<remote>/..., see docs/wire.md); malformed
 //     values are rejected by the Manager and never copied;
 //   - the sync canary cilium/synced/<remote>/cilium/cache/<resource>/v1 of
 //     each resource, once the initial copy of that resource is committed

@@ -18,7 +18,7 @@ import (
 )
 
 // lossBound is the mesh's bound on reporting a lost cluster with the
-// default health timings (DESIGN.md §4).
+// default health timings (docs/architecture.md, "Semantics").
 const lossBound = 3 * time.Second
 
 // TestLossAndRecovery cuts a directly connected remote cluster off (a
