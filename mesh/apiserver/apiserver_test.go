@@ -550,6 +550,8 @@ func TestAccess(t *testing.T) {
 		write bool
 		key   string
 		ok    bool
+		// prefix: a read of key as a prefix (writes are single keys).
+		prefix bool
 	}
 	tests := []struct {
 		user string
@@ -557,40 +559,44 @@ func TestAccess(t *testing.T) {
 		ops  []op
 	}{
 		{"remote-cluster2", m.pair(t, "remote-cluster2"), []op{
-			{false, ownNode, true},
-			{false, wire.ClusterConfigKey("cluster1"), true},
-			{false, ownCanary, true},
-			{false, wire.HeartbeatKey, true},
-			{false, cfg2, false},
-			{false, cache2, false},
-			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), false},
-			{true, ownNode, false},
-			{true, wire.StateRoot + "x", false},
-			{true, cache2, false},
+			{false, ownNode, true, false},
+			{false, wire.ClusterConfigKey("cluster1"), true, false},
+			{false, ownCanary, true, false},
+			{false, wire.HeartbeatKey, true, false},
+			// As Cilium's etcd client reads it, before anything else.
+			{false, wire.HeartbeatKey, true, true},
+			{false, wire.ClusterConfigRoot, false, true},
+			{false, cfg2, false, false},
+			{false, cache2, false, false},
+			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), false, false},
+			{true, ownNode, false, false},
+			{true, wire.StateRoot + "x", false, false},
+			{true, cache2, false, false},
 		}},
 		{"local-agent", m.pair(t, "local-agent"), []op{
-			{false, ownNode, true},
-			{false, cfg2, true},
-			{false, cache2, true},
-			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true},
-			{false, wire.HeartbeatKey, true},
-			{true, cache2, false},
-			{true, ownNode, false},
+			{false, ownNode, true, false},
+			{false, cfg2, true, false},
+			{false, cache2, true, false},
+			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true, false},
+			{false, wire.HeartbeatKey, true, false},
+			{false, wire.HeartbeatKey, true, true},
+			{true, cache2, false, false},
+			{true, ownNode, false, false},
 		}},
 		{"kvstoremesh", m.pair(t, "kvstoremesh"), []op{
-			{false, ownNode, true},
-			{true, cache2, true},
-			{true, cfg2, true},
-			{true, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true},
-			{true, ownNode, false},
-			{true, wire.HeartbeatKey, false},
+			{false, ownNode, true, false},
+			{true, cache2, true, false},
+			{true, cfg2, true, false},
+			{true, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true, false},
+			{true, ownNode, false, false},
+			{true, wire.HeartbeatKey, false, false},
 		}},
 		// A certificate of the mesh CA for a user that does not exist.
 		{"unknown remote", m.pair(t, "remote-cluster9"), []op{
-			{false, ownNode, false},
+			{false, ownNode, false, false},
 		}},
-		{"no certificate", nil, []op{{false, ownNode, false}}},
-		{"certificate of another CA", stranger, []op{{false, ownNode, false}}},
+		{"no certificate", nil, []op{{false, ownNode, false, false}}},
+		{"certificate of another CA", stranger, []op{{false, ownNode, false, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.user, func(t *testing.T) {
@@ -602,7 +608,11 @@ func TestAccess(t *testing.T) {
 					_, err = c.Put(ctx, o.key, "{}")
 				} else {
 					var resp *clientv3.GetResponse
-					resp, err = c.Get(ctx, o.key)
+					var opts []clientv3.OpOption
+					if o.prefix {
+						opts = append(opts, clientv3.WithPrefix())
+					}
+					resp, err = c.Get(ctx, o.key, opts...)
 					if err == nil && len(resp.Kvs) == 0 {
 						err = fmt.Errorf("key %s: %w", o.key, errSetup)
 					}

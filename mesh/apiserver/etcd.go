@@ -66,26 +66,29 @@ func rolePermissions(cluster string) map[string][]grant {
 		// A remote reader needs exactly what mesh/remote reads of a cluster
 		// it connects to directly: the state, this cluster's config and
 		// canaries (not those of the clusters this one caches), and the
-		// heartbeat its health probe reads.
+		// heartbeat its health probe reads. The heartbeat is granted as a
+		// prefix because Cilium's etcd client lists and watches it as one
+		// before anything else: with the key alone a Cilium client never
+		// gets past its first request.
 		roleRemote: {
 			readPrefix(wire.StateRoot),
 			read(wire.ClusterConfigKey(cluster)),
 			readPrefix(wire.SyncedRoot + cluster + "/"),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 		roleLocal: {
 			readPrefix(wire.StateRoot),
 			readPrefix(wire.CacheRoot),
 			readPrefix(wire.ClusterConfigRoot),
 			readPrefix(wire.SyncedRoot),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 		roleKVStoreMesh: {
 			readPrefix(wire.StateRoot),
 			writePrefix(wire.CacheRoot),
 			writePrefix(wire.ClusterConfigRoot),
 			writePrefix(wire.SyncedRoot),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 	}
 }

@@ -48,7 +48,9 @@ func (e *DiffError) Error() string {
 //
 //   - for each resource, the cache holds exactly the source's valid values
 //     (those the wire decoders accept for the cluster's ID), byte for
-//     byte, under their cache keys, and nothing else;
+//     byte, under their cache keys, and nothing else — except that under a
+//     key whose source value is invalid the cache may hold a valid value
+//     (the last good one, which a rejected update does not take away);
 //   - the cached cluster-config has the source's ID and
 //     maxConnectedClusters, and cached=true;
 //   - every cache canary exists whose source canary exists.
@@ -91,12 +93,14 @@ func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) e
 			return fmt.Errorf("compare cache of cluster %q: %w", cluster, err)
 		}
 		want := make(map[string]string, len(src))
+		lastGood := map[string]bool{} // cache keys whose source value is invalid
 		for k, v := range src {
-			if !valid(r, k, v, cluster, cc) {
-				continue
-			}
 			ck, err := wire.CacheKey(cluster, k)
 			if err != nil {
+				continue
+			}
+			if !valid(r, k, v, cluster, cc) {
+				lastGood[ck] = true
 				continue
 			}
 			want[ck] = string(v)
@@ -115,7 +119,7 @@ func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) e
 			}
 		}
 		for k := range got {
-			if _, ok := want[k]; !ok {
+			if _, ok := want[k]; !ok && !lastGood[k] {
 				diff.Extra = append(diff.Extra, k)
 			}
 		}

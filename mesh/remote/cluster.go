@@ -59,6 +59,7 @@ type cluster struct {
 	canaryPresent bool
 	grace         *time.Timer
 	lastErr       error
+	rejected      int // remote values rejected by validation
 	stores        map[wire.Resource]*store
 }
 
@@ -131,6 +132,7 @@ func (c *cluster) status() ClusterStatus {
 		ServicesSynced: c.everSynced,
 		Sessions:       c.sessions,
 		LastErr:        c.lastErr,
+		Rejected:       c.rejected,
 		Since:          c.since,
 	}
 }

@@ -40,8 +40,9 @@
 // kvstoremesh writes into the local etcd, which is then what the config file
 // points at) they watch cilium/cache/<resource>/v1/<cluster>/. Every value
 // is decoded with package wire against its key, the cluster's name and ID;
-// an invalid value is logged and dropped (and removes the entry it
-// replaces), never applied.
+// an invalid value is logged, counted (ClusterStatus.Rejected) and never
+// applied, and a good value it would replace stays in force until a good
+// value or a delete replaces it.
 //
 // A session starts with every known entry marked stale; when a reader has
 // listed its prefix, what is still stale is deleted. So a session after a
@@ -275,6 +276,9 @@ type ClusterStatus struct {
 	// LastErr is the last connection or validation error (nil once a
 	// session got its services synced).
 	LastErr error
+	// Rejected counts the remote values that failed validation (each is
+	// logged; none was applied).
+	Rejected int
 	// Since is when Reachable last changed.
 	Since time.Time
 }
