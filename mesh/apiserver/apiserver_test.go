@@ -3,11 +3,9 @@ package apiserver
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	goruntime "runtime"
 	"sort"
@@ -24,12 +22,11 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 type logWriter struct{ t testing.TB }
 
@@ -217,22 +214,7 @@ type kv struct {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if got != string(want) {
-		t.Fatalf("export differs from %s (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testenv.Golden(t, filepath.Join("testdata", name+".golden"), []byte(got))
 }
 
 // cluster1 is a small cluster: two nodes, services of every kind, pods.
