@@ -249,6 +249,16 @@ func (c *Cluster) KVStoreList(ctx context.Context, prefix string) (map[string]st
 	return out, nil
 }
 
+// KVStoreScan reads every key that begins with prefix, a plain key prefix
+// (KVStoreList reads a directory: it appends a "/").
+func (c *Cluster) KVStoreScan(ctx context.Context, prefix string) (map[string][]byte, error) {
+	kv, err := c.kv()
+	if err != nil {
+		return nil, err
+	}
+	return kv.ListKeyPrefix(ctx, prefix)
+}
+
 // KVStoreCount counts the keys under prefix.
 func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) {
 	kvs, err := c.KVStoreList(ctx, prefix)

@@ -16,12 +16,12 @@ func (r *runner) final(ctx context.Context) scenarios.FinalReport {
 	fin := scenarios.FinalReport{}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.SettleTimeout)
 	defer cancel()
-	err := r.mesh.Recover()
+	err := r.t.Recover(ctx)
 	if err == nil {
-		err = r.mesh.Settle(ctx)
+		err = r.t.Settle(ctx)
 	}
 	if err == nil {
-		err = r.mesh.Check(ctx)
+		err = r.t.Check(ctx)
 	}
 	fin.Seconds = seconds(time.Since(t0))
 	if err != nil {
