@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -263,29 +262,4 @@ func (c *Cluster) KVStoreScan(ctx context.Context, prefix string) (map[string][]
 func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) {
 	kvs, err := c.KVStoreList(ctx, prefix)
 	return len(kvs), err
-}
-
-// checkCaches compares every kvstoremesh cache with its source.
-func (m *Mesh) checkCaches(ctx context.Context) error {
-	var errs []error
-	for _, c := range m.clusters {
-		cache, err := c.kv()
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		peers := m.peersOf(c)
-		sort.Slice(peers, func(i, j int) bool { return peers[i].spec.Name < peers[j].spec.Name })
-		for _, p := range peers {
-			source, err := p.kv()
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := kvstoremesh.Equal(ctx, source, cache, p.spec.Name); err != nil {
-				errs = append(errs, fmt.Errorf("kvstoremesh cache of %s in %s: %w", p.spec.Name, c.spec.Name, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -4,6 +4,10 @@ import (
 	"context"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/scenarios"
 )
 
@@ -82,20 +86,30 @@ type Target interface {
 	// datapath's service map: the cluster IDs of the active backends of the
 	// service's ClusterIP frontends, sorted.
 	Backends(ctx context.Context, cluster, namespace, service string) ([]NodeBackends, error)
+	// Policies reports, over the cluster's agents, the policies enforced
+	// with a limitation (policy reference to warnings) and those rejected
+	// (policy reference to the reason).
+	Policies(ctx context.Context, cluster string) (warnings map[string][]string, rejected map[string]string, err error)
+
+	// The reads of the final check.
+	Reader
+}
+
+// Reader is what the final check (FinalCheck) reads of a target; every
+// Target is one.
+type Reader interface {
 	// KVGet reads one key of the cluster's mesh-apiserver etcd.
 	KVGet(ctx context.Context, cluster, key string) (value []byte, found bool, err error)
 	// KVList reads every key of the cluster's mesh-apiserver etcd that
 	// begins with prefix, a plain key prefix as etcdctl get --prefix takes
 	// it (no "/" is added).
 	KVList(ctx context.Context, cluster, prefix string) (map[string][]byte, error)
-	// Policies reports, over the cluster's agents, the policies enforced
-	// with a limitation (policy reference to warnings) and those rejected
-	// (policy reference to the reason).
-	Policies(ctx context.Context, cluster string) (warnings map[string][]string, rejected map[string]string, err error)
-
-	// Check is the final check of a converged mesh (nothing lost, nothing
-	// stale).
-	Check(ctx context.Context) error
+	// Objects reads the cluster's Services, EndpointSlices and Pods (all
+	// namespaces) from its Kubernetes API.
+	Objects(ctx context.Context, cluster string) (*ClusterObjects, error)
+	// Nodes reads every node of the cluster, in node order: what its agent
+	// wants and what its datapath holds.
+	Nodes(ctx context.Context, cluster string) ([]NodeState, error)
 }
 
 // Client sends requests from one pod; it is safe for concurrent use.
@@ -119,4 +133,27 @@ type NodeBackends struct {
 	Node string
 	// ClusterIDs of the active backends, sorted, each once.
 	ClusterIDs []uint32
+}
+
+// ClusterObjects are a cluster's Kubernetes objects as the final check
+// reads them.
+type ClusterObjects struct {
+	Services       []corev1.Service
+	EndpointSlices []discoveryv1.EndpointSlice
+	Pods           []corev1.Pod
+}
+
+// NodeState is one node as the final check reads it: what its agent wants
+// and what its datapath holds.
+type NodeState struct {
+	Node string
+	// Running is false while the node's agent is stopped.
+	Running bool
+	// Desired is the agent's last desired state, nil when it is stopped or
+	// has programmed nothing yet.
+	Desired *state.State
+	// Services and IPCache are read back from the node's BPF maps; a
+	// service's backends are the active ones, in slot order.
+	Services []state.Service
+	IPCache  []state.IPCacheEntry
 }

@@ -138,13 +138,34 @@ func (t *Target) Recover(context.Context) error {
 	return m.Recover()
 }
 
-// Check implements engine.Target.
-func (t *Target) Check(ctx context.Context) error {
-	m, err := t.up()
+// Objects implements engine.Reader.
+func (t *Target) Objects(ctx context.Context, cluster string) (*engine.ClusterObjects, error) {
+	c, err := t.cluster(cluster)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return m.Check(ctx)
+	svcs, slices, pods, err := c.Objects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &engine.ClusterObjects{Services: svcs, EndpointSlices: slices, Pods: pods}, nil
+}
+
+// Nodes implements engine.Reader.
+func (t *Target) Nodes(_ context.Context, cluster string) ([]engine.NodeState, error) {
+	c, err := t.cluster(cluster)
+	if err != nil {
+		return nil, err
+	}
+	var out []engine.NodeState
+	for _, n := range c.Nodes() {
+		s, err := n.ReadState()
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", cluster, n.Name(), err)
+		}
+		out = append(out, engine.NodeState{Node: n.Name(), Running: s.Running, Desired: s.Desired, Services: s.Services, IPCache: s.IPCache})
+	}
+	return out, nil
 }
 
 // Apply implements engine.Target.

@@ -1,7 +1,6 @@
-package sim
+package engine
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,59 +8,46 @@ import (
 	"strings"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/service"
+	"github.com/meshbed/meshbed/scenarios"
 )
-
-// readTruth reads a cluster's services, slices and pods.
-func (c *Cluster) readTruth(ctx context.Context) (*truthSet, error) {
-	svcs, err := c.API.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	slices, err := c.API.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	pods, err := c.API.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	bySvc := map[string][]*discoveryv1.EndpointSlice{}
-	for i := range slices.Items {
-		s := &slices.Items[i]
-		key := s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
-		bySvc[key] = append(bySvc[key], s)
-	}
-	t := &truthSet{cluster: c}
-	for i := range svcs.Items {
-		svc := &svcs.Items[i]
-		eps := bySvc[svc.Namespace+"/"+svc.Name]
-		// Ports that cannot be converted are left out, as the agent does.
-		ls, _ := service.FromKubernetes(svc, eps)
-		t.local = append(t.local, ls)
-		if v, ok := apiserver.ServiceValue(c.spec.Name, c.spec.ID, svc, eps); ok {
-			t.remote.Services = append(t.remote.Services, &v)
-		}
-	}
-	t.remote.Name, t.remote.ID, t.remote.Reachable = c.spec.Name, c.spec.ID, true
-	for i := range pods.Items {
-		t.podIPs = append(t.podIPs, apiserver.PodIPs(&pods.Items[i])...)
-	}
-	return t, nil
-}
 
 // truthSet is a cluster's Kubernetes state read straight from its API,
 // bypassing etcd, kvstoremesh and the agents: what the mesh should have
 // delivered.
 type truthSet struct {
-	cluster *Cluster
-	local   []service.LocalService
-	remote  service.RemoteCluster
-	podIPs  []netip.Addr
+	local  []service.LocalService
+	remote service.RemoteCluster
+	podIPs []netip.Addr
+}
+
+// readTruth converts a cluster's services, slices and pods.
+func readTruth(c scenarios.Cluster, o *ClusterObjects) *truthSet {
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for i := range o.EndpointSlices {
+		s := &o.EndpointSlices[i]
+		key := s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
+		bySvc[key] = append(bySvc[key], s)
+	}
+	t := &truthSet{}
+	for i := range o.Services {
+		svc := &o.Services[i]
+		eps := bySvc[svc.Namespace+"/"+svc.Name]
+		// Ports that cannot be converted are left out, as the agent does.
+		ls, _ := service.FromKubernetes(svc, eps)
+		t.local = append(t.local, ls)
+		if v, ok := apiserver.ServiceValue(c.Name, uint32(c.ID), svc, eps); ok {
+			t.remote.Services = append(t.remote.Services, &v)
+		}
+	}
+	t.remote.Name, t.remote.ID, t.remote.Reachable = c.Name, uint32(c.ID), true
+	for i := range o.Pods {
+		t.podIPs = append(t.podIPs, apiserver.PodIPs(&o.Pods[i])...)
+	}
+	return t
 }
 
 // checkNothingLost compares every agent's desired state with the merge of
@@ -70,41 +56,36 @@ type truthSet struct {
 // connected cluster. Together with checkDatapath (maps equal desired state,
 // no stale backend) it shows that nothing was lost on the way and nothing
 // stale survived.
-func (m *Mesh) checkNothingLost(ctx context.Context) error {
-	truths := map[*Cluster]*truthSet{}
-	for _, c := range m.clusters {
-		t, err := c.readTruth(ctx)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", c.spec.Name, err)
-		}
-		truths[c] = t
+func checkNothingLost(tp *scenarios.Topology, objs map[string]*ClusterObjects, nodes map[string][]NodeState) error {
+	truths := map[string]*truthSet{}
+	for _, c := range tp.Clusters {
+		truths[c.Name] = readTruth(c, objs[c.Name])
 	}
 	mode := service.ModeWithdraw
-	if m.spec.FailStatic {
+	if tp.RemoteLoss == scenarios.RemoteLossFailStatic {
 		mode = service.ModeFailStatic
 	}
 	var errs []error
-	for _, c := range m.clusters {
-		in := &service.Input{Options: service.Options{LocalClusterID: c.spec.ID, Mode: mode}, Local: truths[c].local}
+	for _, c := range tp.Clusters {
+		in := &service.Input{Options: service.Options{LocalClusterID: uint32(c.ID), Mode: mode}, Local: truths[c.Name].local}
 		want := map[netip.Addr]bool{}
-		for _, ip := range truths[c].podIPs {
+		for _, ip := range truths[c.Name].podIPs {
 			want[ip] = true
 		}
-		for _, p := range m.peersOf(c) {
+		for _, p := range peers(tp, c.Name) {
 			in.Remote = append(in.Remote, truths[p].remote)
 			for _, ip := range truths[p].podIPs {
 				want[ip] = true
 			}
 		}
 		expected := service.Merge(in).Services
-		for _, n := range c.nodes {
-			where := c.spec.Name + "/" + n.name
-			a := n.Agent()
-			if a == nil {
+		for _, n := range nodes[c.Name] {
+			where := c.Name + "/" + n.Node
+			if !n.Running {
 				errs = append(errs, fmt.Errorf("%s: agent is not running", where))
 				continue
 			}
-			desired, _, _ := a.State()
+			desired := n.Desired
 			if desired == nil {
 				errs = append(errs, fmt.Errorf("%s: agent has programmed nothing", where))
 				continue
