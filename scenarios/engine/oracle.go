@@ -7,78 +7,137 @@ import (
 	"sort"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/meshbed/meshbed/datapath/state"
-	"github.com/meshbed/meshbed/mesh/apiserver"
-	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/scenarios"
 )
 
-// truthSet is a cluster's Kubernetes state read straight from its API,
-// bypassing etcd, kvstoremesh and the agents: what the mesh should have
-// delivered.
-type truthSet struct {
-	local  []service.LocalService
-	remote service.RemoteCluster
-	podIPs []netip.Addr
+// refClusterOf reads a cluster's Services and EndpointSlices as the
+// reference merge takes them: every ClusterIP and TCP or UDP port of each
+// Service, and per endpoint of the slices labelled for it its first address
+// (the API says the addresses are fungible), the ports of its slice and its
+// conditions.
+func refClusterOf(c scenarios.Cluster, o *ClusterObjects) refCluster {
+	rc := refCluster{Name: c.Name, ID: uint32(c.ID), Reachable: true}
+	for _, svc := range o.Services {
+		rs := refService{Namespace: svc.Namespace, Name: svc.Name, Annotations: svc.Annotations}
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		for _, s := range ips {
+			if ip, err := netip.ParseAddr(s); err == nil {
+				rs.ClusterIPs = append(rs.ClusterIPs, ip.Unmap())
+			}
+		}
+		for _, p := range svc.Spec.Ports {
+			if proto, ok := refProtocol(p.Protocol); ok && p.Port > 0 && p.Port <= 65535 {
+				rs.Ports = append(rs.Ports, refPort{Name: p.Name, Port: uint16(p.Port), Protocol: proto})
+			}
+		}
+		for _, es := range o.EndpointSlices {
+			if es.Namespace != svc.Namespace || es.Labels[discoveryv1.LabelServiceName] != svc.Name ||
+				es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+				continue
+			}
+			var ports []refPort
+			for _, p := range es.Ports {
+				var kp corev1.Protocol
+				if p.Protocol != nil {
+					kp = *p.Protocol
+				}
+				proto, ok := refProtocol(kp)
+				if !ok || p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
+					continue
+				}
+				name := ""
+				if p.Name != nil {
+					name = *p.Name
+				}
+				ports = append(ports, refPort{Name: name, Port: uint16(*p.Port), Protocol: proto})
+			}
+			for _, ep := range es.Endpoints {
+				if len(ep.Addresses) == 0 {
+					continue
+				}
+				ip, err := netip.ParseAddr(ep.Addresses[0])
+				if err != nil {
+					continue
+				}
+				e := refEndpoint{IP: ip.Unmap(), Ports: ports}
+				e.Ready = ep.Conditions.Ready == nil || *ep.Conditions.Ready
+				e.Serving = e.Ready
+				if ep.Conditions.Serving != nil {
+					e.Serving = *ep.Conditions.Serving
+				}
+				e.Terminating = ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+				rs.Endpoints = append(rs.Endpoints, e)
+			}
+		}
+		rc.Services = append(rc.Services, rs)
+	}
+	return rc
 }
 
-// readTruth converts a cluster's services, slices and pods.
-func readTruth(c scenarios.Cluster, o *ClusterObjects) *truthSet {
-	bySvc := map[string][]*discoveryv1.EndpointSlice{}
-	for i := range o.EndpointSlices {
-		s := &o.EndpointSlices[i]
-		key := s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
-		bySvc[key] = append(bySvc[key], s)
+func refProtocol(p corev1.Protocol) (state.Protocol, bool) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return state.TCP, true
+	case corev1.ProtocolUDP:
+		return state.UDP, true
 	}
-	t := &truthSet{}
-	for i := range o.Services {
-		svc := &o.Services[i]
-		eps := bySvc[svc.Namespace+"/"+svc.Name]
-		// Ports that cannot be converted are left out, as the agent does.
-		ls, _ := service.FromKubernetes(svc, eps)
-		t.local = append(t.local, ls)
-		if v, ok := apiserver.ServiceValue(c.Name, uint32(c.ID), svc, eps); ok {
-			t.remote.Services = append(t.remote.Services, &v)
+	return 0, false
+}
+
+// podIPs are the addresses of a cluster's pods that hold an endpoint: pods
+// on the host network and pods that have finished have none.
+func podIPs(o *ClusterObjects) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range o.Pods {
+		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		ips := p.Status.PodIPs
+		if len(ips) == 0 && p.Status.PodIP != "" {
+			ips = []corev1.PodIP{{IP: p.Status.PodIP}}
+		}
+		for _, pip := range ips {
+			if a, err := netip.ParseAddr(pip.IP); err == nil {
+				out = append(out, a.Unmap())
+			}
 		}
 	}
-	t.remote.Name, t.remote.ID, t.remote.Reachable = c.Name, uint32(c.ID), true
-	for i := range o.Pods {
-		t.podIPs = append(t.podIPs, apiserver.PodIPs(&o.Pods[i])...)
-	}
-	return t
+	return out
 }
 
-// checkNothingLost compares every agent's desired state with the merge of
-// the clusters' Kubernetes state as it is now: the same frontends with the
-// same active backends, and an ipcache entry for every pod of every
-// connected cluster. Together with checkDatapath (maps equal desired state,
-// no stale backend) it shows that nothing was lost on the way and nothing
-// stale survived.
+// checkNothingLost compares every agent's desired state with the reference
+// merge of the clusters' Kubernetes state as it is now: the same frontends
+// with the same active backends, and an ipcache entry for every pod of
+// every connected cluster. Together with checkDatapath (maps equal desired
+// state, no stale backend) it shows that nothing was lost on the way and
+// nothing stale survived.
 func checkNothingLost(tp *scenarios.Topology, objs map[string]*ClusterObjects, nodes map[string][]NodeState) error {
-	truths := map[string]*truthSet{}
+	refs := map[string]refCluster{}
 	for _, c := range tp.Clusters {
-		truths[c.Name] = readTruth(c, objs[c.Name])
+		refs[c.Name] = refClusterOf(c, objs[c.Name])
 	}
-	mode := service.ModeWithdraw
-	if tp.RemoteLoss == scenarios.RemoteLossFailStatic {
-		mode = service.ModeFailStatic
-	}
+	failStatic := tp.RemoteLoss == scenarios.RemoteLossFailStatic
 	var errs []error
 	for _, c := range tp.Clusters {
-		in := &service.Input{Options: service.Options{LocalClusterID: uint32(c.ID), Mode: mode}, Local: truths[c.Name].local}
 		want := map[netip.Addr]bool{}
-		for _, ip := range truths[c.Name].podIPs {
+		for _, ip := range podIPs(objs[c.Name]) {
 			want[ip] = true
 		}
+		var remotes []refCluster
 		for _, p := range peers(tp, c.Name) {
-			in.Remote = append(in.Remote, truths[p].remote)
-			for _, ip := range truths[p].podIPs {
+			remotes = append(remotes, refs[p])
+			for _, ip := range podIPs(objs[p]) {
 				want[ip] = true
 			}
 		}
-		expected := service.Merge(in).Services
+		expected := referenceMerge(refs[c.Name], remotes, failStatic)
 		for _, n := range nodes[c.Name] {
 			where := c.Name + "/" + n.Node
 			if !n.Running {
