@@ -72,7 +72,7 @@ func simCmd() *cobra.Command {
 	}
 	var count int
 	var timeout time.Duration
-	curl := step("curl CLUSTER/DEPLOYMENT URL", "Send requests from a pod, as kubectl exec ... -- curl", cobra.ExactArgs(2),
+	curl := step("curl CLUSTER/[NAMESPACE/]DEPLOYMENT URL", "Send requests from a pod (namespace default unless given), as kubectl exec ... -- curl", cobra.ExactArgs(2),
 		func(_ *cobra.Command, a []string) (map[string]any, error) {
 			return map[string]any{"curl": map[string]any{"from": a[0], "url": a[1], "count": count, "timeout": timeout.String()}}, nil
 		})

@@ -294,13 +294,14 @@ func (r *runner) checkKVStore(ctx context.Context, k scenarios.KVStoreExpect) er
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if k.Prefix != "" {
-		kvs, err := r.t.KVList(ctx, k.Cluster, kvDirPrefix(k.Prefix))
+		// A plain key prefix, as etcdctl get --prefix takes it.
+		kvs, err := r.t.KVList(ctx, k.Cluster, k.Prefix)
 		n := len(kvs)
 		if err != nil {
 			return fmt.Errorf("kvstore %s %s: %w", k.Cluster, k.Prefix, err)
 		}
 		if k.Count != nil && !k.Count.Match(n, n) {
-			return fmt.Errorf("kvstore %s: %d keys under %s, want %s", k.Cluster, n, k.Prefix, *k.Count)
+			return fmt.Errorf("kvstore %s: %d keys begin with %s, want %s", k.Cluster, n, k.Prefix, *k.Count)
 		}
 		return nil
 	}
@@ -413,7 +414,3 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
-
-// kvDirPrefix is the prefix the engine has always counted under: the
-// expectation's prefix with a "/" appended.
-func kvDirPrefix(p string) string { return strings.TrimRight(p, "/") + "/" }
