@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -249,33 +248,18 @@ func (c *Cluster) KVStoreList(ctx context.Context, prefix string) (map[string]st
 	return out, nil
 }
 
+// KVStoreScan reads every key that begins with prefix, a plain key prefix
+// (KVStoreList reads a directory: it appends a "/").
+func (c *Cluster) KVStoreScan(ctx context.Context, prefix string) (map[string][]byte, error) {
+	kv, err := c.kv()
+	if err != nil {
+		return nil, err
+	}
+	return kv.ListKeyPrefix(ctx, prefix)
+}
+
 // KVStoreCount counts the keys under prefix.
 func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) {
 	kvs, err := c.KVStoreList(ctx, prefix)
 	return len(kvs), err
-}
-
-// checkCaches compares every kvstoremesh cache with its source.
-func (m *Mesh) checkCaches(ctx context.Context) error {
-	var errs []error
-	for _, c := range m.clusters {
-		cache, err := c.kv()
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		peers := m.peersOf(c)
-		sort.Slice(peers, func(i, j int) bool { return peers[i].spec.Name < peers[j].spec.Name })
-		for _, p := range peers {
-			source, err := p.kv()
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := kvstoremesh.Equal(ctx, source, cache, p.spec.Name); err != nil {
-				errs = append(errs, fmt.Errorf("kvstoremesh cache of %s in %s: %w", p.spec.Name, c.spec.Name, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -146,7 +146,7 @@ func TestIntegrationPartitionPlanes(t *testing.T) {
 		whole(t)
 	})
 
-	if err := m.Check(ctx); err != nil {
+	if err := finalCheck(ctx, m); err != nil {
 		t.Fatalf("final check: %v", err)
 	}
 }

@@ -42,6 +42,16 @@ func (e *DiffError) Error() string {
 	return b.String()
 }
 
+// Store is what Equal reads of an etcd: a *kvstore.Client, or a scenario
+// target's reads of a cluster's mesh-apiserver. List reads a directory: every
+// key under prefix followed by "/" (see kvstore.Client.List).
+type Store interface {
+	Get(ctx context.Context, key string) (value []byte, found bool, err error)
+	List(ctx context.Context, prefix string) (kvs map[string][]byte, revision int64, err error)
+}
+
+var _ Store = (*kvstore.Client)(nil)
+
 // Equal checks that the cache of cluster in the etcd of cache (a
 // kvstoremesh's local etcd) is what kvstoremesh must make of the cluster's
 // own etcd, source:
@@ -60,7 +70,7 @@ func (e *DiffError) Error() string {
 // final check that no kvstoremesh cache is stale or incomplete. It
 // returns a *DiffError for a difference, another error if a store cannot
 // be read.
-func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) error {
+func Equal(ctx context.Context, source, cache Store, cluster string) error {
 	ccKey := wire.ClusterConfigKey(cluster)
 	raw, found, err := source.Get(ctx, ccKey)
 	if err != nil {
