@@ -24,7 +24,7 @@ import (
 // configuration (the agent's), for a crashed server and for a black-holed
 // one, and that recovery is reported.
 func TestHealthDetectsLoss(t *testing.T) {
-	bound := kvstore.DefaultHealthInterval + kvstore.DefaultHealthTimeout
+	bound := kvstore.HealthConfig{}.Bound()
 	tests := []struct {
 		name    string
 		lose    func(*etcdtest.Server)
@@ -226,7 +226,7 @@ func slowKey(key string, held *atomic.Int64) grpc.UnaryClientInterceptor {
 
 // TestHealthCountsActivity: a probe that never answers in time is no loss
 // while watch events keep arriving on the connection, and a black-holed
-// connection is still declared lost within Interval+Timeout even though
+// connection is still declared lost within the bound even though
 // events were flowing until the cut. Without events, the same slow probe
 // is a loss (which is what makes the first case meaningful).
 func TestHealthCountsActivity(t *testing.T) {
@@ -238,7 +238,7 @@ func TestHealthCountsActivity(t *testing.T) {
 		// gaps (and all time out), and well within Timeout.
 		eventEvery = 250 * time.Millisecond
 	)
-	bound := interval + timeout
+	bound := kvstore.HealthConfig{Interval: interval, Timeout: timeout}.Bound()
 	tests := []struct {
 		name   string
 		events bool
