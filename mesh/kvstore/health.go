@@ -93,6 +93,7 @@ type Health struct {
 	cfg HealthConfig
 
 	mu      sync.Mutex
+	wd      *Watchdog // while Run runs
 	status  Status
 	changed chan struct{}
 }
@@ -154,11 +155,15 @@ func (cfg HealthConfig) unreachable(now, last time.Time, stalled time.Duration) 
 // other answers keep arriving (activity within the last Interval): they
 // prove as much, and a loaded server is spared the extra reads.
 func (h *Health) Run(ctx context.Context) error {
-	if h.cfg.Watchdog == nil {
-		release := processWatchdog.Acquire()
+	wd := h.cfg.Watchdog
+	if wd == nil {
+		wd = processWatchdog
+		release := wd.Acquire()
 		defer release()
-		h.cfg.Watchdog = processWatchdog
 	}
+	h.mu.Lock()
+	h.wd = wd
+	h.mu.Unlock()
 	start := time.Now()
 	ticker := time.NewTicker(h.cfg.evalPeriod())
 	defer ticker.Stop()
@@ -224,7 +229,7 @@ func (h *Health) evaluateLocked(now, start time.Time) {
 	}
 	var stalled time.Duration
 	if !last.IsZero() {
-		stalled = h.cfg.Watchdog.Stalled(last, now)
+		stalled = h.wd.Stalled(last, now)
 	}
 	reachable := !h.cfg.unreachable(now, last, stalled)
 	known := reachable || now.Sub(start) >= h.cfg.Timeout
