@@ -399,8 +399,8 @@ func (c *Client) Reconnects(ctx context.Context) <-chan struct{} {
 	conn := c.etcd.ActiveConnection()
 	go func() {
 		seenReady, lost := false, false
+		s := conn.GetState()
 		for {
-			s := conn.GetState()
 			switch s {
 			case connectivity.Ready:
 				if lost {
@@ -420,6 +420,14 @@ func (c *Client) Reconnects(ctx context.Context) <-chan struct{} {
 			if !conn.WaitForStateChange(ctx, s) {
 				return
 			}
+			// The state left s. When s was Ready the connection was
+			// lost, however briefly: on a busy machine this goroutine may
+			// run only after the channel is Ready again, and reading the
+			// state alone would miss the reconnect.
+			if s == connectivity.Ready {
+				lost = true
+			}
+			s = conn.GetState()
 		}
 	}()
 	return ch

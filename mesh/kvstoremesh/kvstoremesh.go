@@ -25,8 +25,9 @@
 //     it, and after leftovers under the resource's cache prefix are pruned).
 //
 // Loss and recovery follow the contract of package remote: when the
-// Manager reports a remote unreachable (its health probe fails for
-// HealthInterval+HealthTimeout, 2.5 s by default), the services canary is
+// Manager reports a remote unreachable (its connection silent for
+// HealthTimeout, 2 s by default, not counting time this process itself
+// could not run: kvstore.HealthConfig.Bound), the services canary is
 // withdrawn at once and only it; the cache and the other canaries stay, so
 // agents withdraw the remote's backends and keep its identities, ipcache
 // entries and nodes. When the remote is back, the Manager relists it, the
@@ -262,14 +263,7 @@ func newCluster(name string, wr *writer) *cluster {
 // lossBound is how long a remote may be unreachable before its services
 // canary must be gone: the loss detection of package remote.
 func (m *Mesh) lossBound() time.Duration {
-	interval, timeout := m.cfg.HealthInterval, m.cfg.HealthTimeout
-	if interval <= 0 {
-		interval = kvstore.DefaultHealthInterval
-	}
-	if timeout <= 0 {
-		timeout = kvstore.DefaultHealthTimeout
-	}
-	return interval + timeout
+	return kvstore.HealthConfig{Interval: m.cfg.HealthInterval, Timeout: m.cfg.HealthTimeout}.Bound()
 }
 
 // New validates cfg and returns a Mesh; nothing happens until Run.
