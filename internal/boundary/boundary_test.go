@@ -1,8 +1,9 @@
 // Package boundary holds the test that keeps the architecture's import rules:
 // the control plane never reaches BPF or netlink, the datapath never reaches
-// Kubernetes or etcd, and the Kind manifests renderer never drags in the etcd
-// server. The rules are checked on the real import graph (go list -deps), so
-// an indirect import through a third package breaks them too.
+// Kubernetes or etcd, the Kind manifests renderer never drags in the etcd
+// server, and the scenario engine never reaches the simulator. The rules are
+// checked on the real import graph (go list -deps), so an indirect import
+// through a third package breaks them too.
 package boundary
 
 import (
@@ -30,6 +31,8 @@ var rules = []struct {
 		"the datapath knows nothing of Kubernetes or the kvstore"},
 	{"./kind/...", []string{"go.etcd.io/etcd/server/"}, nil,
 		"rendering manifests must not link an etcd server"},
+	{"./scenarios/...", []string{module + "sim"}, nil,
+		"the engine drives a Target; cmd/meshbed wires the simulator in"},
 }
 
 func TestImportBoundaries(t *testing.T) {
