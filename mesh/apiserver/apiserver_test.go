@@ -48,7 +48,7 @@ func newMesh(t *testing.T) *mesh {
 		t.Fatal(err)
 	}
 	dir := pki.Dir(t.TempDir())
-	if err := IssueServerTLS(dir, ca, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
+	if err := IssueServerTLS(dir, ca, "cluster1", []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	return &mesh{ca: ca, dir: dir}
@@ -555,7 +555,7 @@ func TestAccess(t *testing.T) {
 			{true, wire.StateRoot + "x", false, false},
 			{true, cache2, false, false},
 		}},
-		{"local-agent", m.pair(t, "local-agent"), []op{
+		{"local-cluster1", m.pair(t, "local-cluster1"), []op{
 			{false, ownNode, true, false},
 			{false, cfg2, true, false},
 			{false, cache2, true, false},
@@ -565,7 +565,7 @@ func TestAccess(t *testing.T) {
 			{true, cache2, false, false},
 			{true, ownNode, false, false},
 		}},
-		{"kvstoremesh", m.pair(t, "kvstoremesh"), []op{
+		{"kvstoremesh-cluster1", m.pair(t, "kvstoremesh-cluster1"), []op{
 			{false, ownNode, true, false},
 			{true, cache2, true, false},
 			{true, cfg2, true, false},
@@ -577,6 +577,18 @@ func TestAccess(t *testing.T) {
 		{"unknown remote", m.pair(t, "remote-cluster9"), []op{
 			{false, ownNode, false, false},
 		}},
+		// Another cluster's admin and agents: same CA, no such users here.
+		{"admin-cluster2", m.pair(t, "admin-cluster2"), []op{
+			{false, ownNode, false, false},
+			{true, ownNode, false, false},
+		}},
+		{"local-cluster2", m.pair(t, "local-cluster2"), []op{
+			{false, ownNode, false, false},
+			{false, cache2, false, false},
+		}},
+		// The names an older meshbed issued in every cluster.
+		{"local-agent", m.pair(t, "local-agent"), []op{{false, ownNode, false, false}}},
+		{"kvstoremesh", m.pair(t, "kvstoremesh"), []op{{false, ownNode, false, false}}},
 		{"no certificate", nil, []op{{false, ownNode, false, false}}},
 		{"certificate of another CA", stranger, []op{{false, ownNode, false, false}}},
 	}
@@ -746,7 +758,7 @@ func BenchmarkStartAndSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := pki.Dir(b.TempDir())
-	if err := IssueServerTLS(dir, ca, nil, time.Hour); err != nil {
+	if err := IssueServerTLS(dir, ca, "cluster1", nil, time.Hour); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
