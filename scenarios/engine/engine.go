@@ -18,6 +18,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/sim"
+	"github.com/meshbed/meshbed/sim/kube"
 )
 
 // Options of a run.
@@ -272,10 +273,14 @@ func (r *runner) act(ctx context.Context, st *scenarios.Step) (outcome, error) {
 		err = r.applyManifest(ctx, st.Apply.Manifest)
 	case st.Delete != nil:
 		d := st.Delete
-		err = r.cluster(d.Cluster, func(c *sim.Cluster) error { return c.API.Delete(ctx, d.Kind, d.Namespace, d.Name) })
+		err = r.cluster(d.Cluster, func(c *sim.Cluster) error {
+			return c.API.Delete(ctx, d.Kind, d.Namespace, d.Name, grace(d.GracePeriod)...)
+		})
 	case st.Scale != nil:
 		s := st.Scale
-		err = r.cluster(s.Cluster, func(c *sim.Cluster) error { return c.API.Scale(ctx, s.Namespace, s.Deployment, int32(s.Replicas)) })
+		err = r.cluster(s.Cluster, func(c *sim.Cluster) error {
+			return c.API.Scale(ctx, s.Namespace, s.Deployment, int32(s.Replicas), grace(s.GracePeriod)...)
+		})
 	case st.Annotate != nil:
 		a := st.Annotate
 		err = r.cluster(a.Cluster, func(c *sim.Cluster) error { return c.API.Annotate(ctx, a.Namespace, a.Service, a.Annotations) })
@@ -554,4 +559,12 @@ func (r *runner) collectWarnings() {
 	}
 	sort.Strings(out)
 	r.report.Warnings = out
+}
+
+// grace is a step's gracePeriodSeconds as the simulated API takes it.
+func grace(g *scenarios.GracePeriod) []kube.Grace {
+	if g == nil {
+		return nil
+	}
+	return []kube.Grace{{Seconds: g.Seconds}}
 }
