@@ -299,4 +299,3 @@ func TestCollectorConfig(t *testing.T) {
 		t.Errorf("defaults = %v/%v, want %v/%v", g.cfg.Interval, g.cfg.HeartbeatTimeout, DefaultGCInterval, DefaultHeartbeatTimeout)
 	}
 }
-
