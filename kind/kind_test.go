@@ -479,8 +479,8 @@ func TestKindConfigs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var c kindv1alpha4.Cluster
-			if err := yaml.UnmarshalStrict(data, &c); err != nil {
+			c, err := DecodeClusterConfig(data)
+			if err != nil {
 				t.Fatalf("%s: %v", w.file, err)
 			}
 			if c.APIVersion != "kind.x-k8s.io/v1alpha4" || c.Kind != "Cluster" {

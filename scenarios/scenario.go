@@ -72,6 +72,14 @@
 //     spec.seed defaults to 0.
 //   - connections absent means a full mesh; an explicit empty list means
 //     no cluster is connected to another.
+//   - scale and delete (of a Deployment) take gracePeriodSeconds (0..3600):
+//     the grace period of the pods the step removes, in place of their own
+//     terminationGracePeriodSeconds (default 30, as Kubernetes). Pods are
+//     deleted gracefully: marked terminating (the endpoint goes
+//     ready=false, serving=true, terminating=true, so load balancers stop
+//     sending new connections), and gone once their workload has drained
+//     or the grace period ends; an idle pod goes at once. 0 kills them at
+//     once (kubectl delete --grace-period=0 --force), the abrupt case.
 package scenarios
 
 import (
@@ -320,6 +328,8 @@ type Delete struct {
 	// Namespace is empty for a Namespace and defaults to "default".
 	Namespace string
 	Name      string
+	// GracePeriod (Deployment only) overrides its pods' grace period.
+	GracePeriod *GracePeriod
 }
 
 // Scale sets a deployment's replicas, like kubectl scale.
@@ -328,6 +338,23 @@ type Scale struct {
 	Namespace  string
 	Deployment string
 	Replicas   int
+	// GracePeriod overrides the grace period of the pods a scale-down
+	// removes.
+	GracePeriod *GracePeriod
+}
+
+// GracePeriod is a step's gracePeriodSeconds: how long the pods that the
+// step removes get to finish (0: killed at once, as kubectl delete
+// --grace-period=0 --force). A nil *GracePeriod leaves each pod its own
+// terminationGracePeriodSeconds (default 30 s); an idle pod goes at once
+// either way.
+type GracePeriod struct{ Seconds int64 }
+
+func (g *GracePeriod) String() string {
+	if g == nil {
+		return "default"
+	}
+	return fmt.Sprintf("%ds", g.Seconds)
 }
 
 // Annotate sets or removes annotations of a service, like kubectl annotate.

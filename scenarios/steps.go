@@ -135,7 +135,7 @@ func (d *decoder) namespace(field string, m map[string]any) (string, bool) {
 }
 
 func (d *decoder) delete(field string, v any, st *state) *Delete {
-	m := d.object(field, v, "cluster", "kind", "name", "namespace")
+	m := d.object(field, v, "cluster", "kind", "name", "namespace", "gracePeriodSeconds")
 	if m == nil {
 		return nil
 	}
@@ -178,6 +178,15 @@ func (d *decoder) delete(field string, v any, st *state) *Delete {
 		del.Namespace = ns
 		good = good && ok
 	}
+	if v, ok := get(m, "gracePeriodSeconds"); ok {
+		if del.Kind != "" && del.Kind != "Deployment" {
+			d.errorf(join(field, "gracePeriodSeconds"), "applies to the pods of a Deployment; a %s has none", del.Kind)
+			good = false
+		} else {
+			del.GracePeriod, ok = d.gracePeriod(join(field, "gracePeriodSeconds"), v)
+			good = good && ok
+		}
+	}
 	if !good {
 		return nil
 	}
@@ -190,7 +199,7 @@ func (d *decoder) delete(field string, v any, st *state) *Delete {
 }
 
 func (d *decoder) scale(field string, v any, st *state) *Scale {
-	m := d.object(field, v, "cluster", "deployment", "replicas", "namespace")
+	m := d.object(field, v, "cluster", "deployment", "replicas", "namespace", "gracePeriodSeconds")
 	if m == nil {
 		return nil
 	}
@@ -216,10 +225,24 @@ func (d *decoder) scale(field string, v any, st *state) *Scale {
 	} else {
 		good = false
 	}
+	if v, ok := get(m, "gracePeriodSeconds"); ok {
+		s.GracePeriod, ok = d.gracePeriod(join(field, "gracePeriodSeconds"), v)
+		good = good && ok
+	}
 	if !good || !d.haveObject(join(field, "deployment"), s.Cluster, objectKey{"Deployment", s.Namespace, s.Deployment}, st) {
 		return nil
 	}
 	return &s
+}
+
+// gracePeriod decodes gracePeriodSeconds: whole seconds, at most an hour
+// (Kubernetes' own limit is far above any test's patience).
+func (d *decoder) gracePeriod(field string, v any) (*GracePeriod, bool) {
+	n, ok := d.integer(field, v, 0, 3600)
+	if !ok {
+		return nil, false
+	}
+	return &GracePeriod{Seconds: n}, true
 }
 
 func (d *decoder) annotate(field string, v any, st *state) *Annotate {

@@ -84,9 +84,12 @@ func (r *kubelet) StopPod(ctx context.Context, pod *corev1.Pod) error {
 		// A kubelet retries CNI DEL until the agent is back.
 		return fmt.Errorf("agent on %s is not running", n.name)
 	}
-	if p.echo != nil {
-		_ = p.echo.Close()
-		p.echo = nil
+	n.mu.Lock()
+	echo := p.echo
+	p.echo = nil
+	n.mu.Unlock()
+	if echo != nil {
+		_ = echo.Close()
 	}
 	if err := a.DeleteEndpoint(ctx, pod.Namespace, pod.Name); err != nil {
 		return err
@@ -95,6 +98,32 @@ func (r *kubelet) StopPod(ctx context.Context, pod *corev1.Pod) error {
 	delete(n.pods, key)
 	n.mu.Unlock()
 	return p.ns.Close()
+}
+
+// drainQuiet is how long a terminating echo server must have seen no
+// connection before it counts as drained: long enough for every node's
+// load balancer, local and remote (EndpointSlice, export, kvstoremesh,
+// agent, BPF maps), to have stopped choosing the pod under load.
+const drainQuiet = 2 * time.Second
+
+// TerminatePod drains the pod's echo server (an idle pod has nothing to
+// finish) until it has had no connection for drainQuiet, or ctx ends.
+func (r *kubelet) TerminatePod(ctx context.Context, pod *corev1.Pod) error {
+	c := (*Cluster)(r)
+	n, ok := c.node(pod.Spec.NodeName)
+	if !ok {
+		return nil
+	}
+	n.mu.Lock()
+	var echo *workload.Echo
+	if p, ok := n.pods[pod.Namespace+"/"+pod.Name]; ok {
+		echo = p.echo
+	}
+	n.mu.Unlock()
+	if echo == nil {
+		return nil
+	}
+	return echo.Drain(ctx, drainQuiet)
 }
 
 func ownerDeployment(pod *corev1.Pod) string {

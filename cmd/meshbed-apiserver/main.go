@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -38,6 +39,7 @@ type options struct {
 	kvstoremesh                                                 bool
 	remoteClusters                                              []string
 	heartbeat, configPoll                                       time.Duration
+	identityGCInterval, identityHeartbeatTimeout                time.Duration
 	logLevel                                                    string
 }
 
@@ -73,6 +75,8 @@ func newCommand() *cobra.Command {
 	f.StringSliceVar(&o.remoteClusters, "remote-clusters", nil, "further clusters allowed to read this one (users remote-<name>), besides those of --clustermesh-config")
 	f.DurationVar(&o.heartbeat, "heartbeat-interval", apiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is rewritten")
 	f.DurationVar(&o.configPoll, "config-poll-interval", 10*time.Second, "how often --clustermesh-config is rescanned for the remote readers' users")
+	f.DurationVar(&o.identityGCInterval, "identity-gc-interval", identity.DefaultGCInterval, "how often identities that no pod uses are looked for (as Cilium's operator flag)")
+	f.DurationVar(&o.identityHeartbeatTimeout, "identity-heartbeat-timeout", identity.DefaultHeartbeatTimeout, "how long an identity must stay unused before it is deleted and withdrawn from the mesh")
 	f.StringVar(&o.dataDir, "data-dir", "", "etcd data directory, wiped on start (default: a temporary directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -99,6 +103,12 @@ func (o options) validate() error {
 	}
 	if o.heartbeat <= 0 {
 		errs = append(errs, fmt.Errorf("--heartbeat-interval %v: must be positive", o.heartbeat))
+	}
+	if o.identityGCInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--identity-gc-interval %v: must be positive", o.identityGCInterval))
+	}
+	if o.identityHeartbeatTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--identity-heartbeat-timeout %v: must be positive", o.identityHeartbeatTimeout))
 	}
 	if o.configPoll <= 0 {
 		errs = append(errs, fmt.Errorf("--config-poll-interval %v: must be positive", o.configPoll))
@@ -152,17 +162,19 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	srv, err := apiserver.New(apiserver.Config{
-		ClusterName:          o.clusterName,
-		ClusterID:            o.clusterID,
-		MaxConnectedClusters: o.maxConnected,
-		Kube:                 kube,
-		Dynamic:              dyn,
-		ListenAddress:        o.listen,
-		TLSDir:               pki.Dir(o.tlsDir),
-		DataDir:              o.dataDir,
-		RemoteClusters:       readers,
-		HeartbeatInterval:    o.heartbeat,
-		Logger:               log.With("component", "apiserver"),
+		ClusterName:              o.clusterName,
+		ClusterID:                o.clusterID,
+		MaxConnectedClusters:     o.maxConnected,
+		Kube:                     kube,
+		Dynamic:                  dyn,
+		ListenAddress:            o.listen,
+		TLSDir:                   pki.Dir(o.tlsDir),
+		DataDir:                  o.dataDir,
+		RemoteClusters:           readers,
+		HeartbeatInterval:        o.heartbeat,
+		IdentityGCInterval:       o.identityGCInterval,
+		IdentityHeartbeatTimeout: o.identityHeartbeatTimeout,
+		Logger:                   log.With("component", "apiserver"),
 	})
 	if err != nil {
 		return err

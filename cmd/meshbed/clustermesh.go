@@ -174,12 +174,7 @@ func loadCluster(ctx context.Context, clients clientFactory, kubeconfig, kctx st
 	if err != nil {
 		return nil, fmt.Errorf("context %q: %w", kctx, err)
 	}
-	c.name = cm.Data[kind.KeyClusterName]
-	id, err1 := strconv.ParseUint(cm.Data[kind.KeyClusterID], 10, 32)
-	maxConn, err2 := strconv.ParseUint(cm.Data[kind.KeyMaxConnectedClusters], 10, 32)
-	c.id, c.maxConn = uint32(id), uint32(maxConn)
-	if err := errors.Join(err1, err2, wire.ValidateClusterName(c.name), wire.ValidateMaxConnectedClusters(c.maxConn),
-		wire.ValidateClusterID(c.id, c.maxConn)); err != nil {
+	if c.name, c.id, c.maxConn, err = parseClusterConfigMap(cm.Data); err != nil {
 		return nil, fmt.Errorf("context %q: ConfigMap %s/%s: %w", kctx, kind.Namespace, kind.ConfigMapName, err)
 	}
 	nodes, err := cl.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -211,6 +206,30 @@ func loadCluster(ctx context.Context, clients clientFactory, kubeconfig, kctx st
 		return nil, fmt.Errorf("context %q: %w", kctx, err)
 	}
 	return c, nil
+}
+
+// parseClusterConfigMap reads the cluster's name, ID and maximum of
+// connected clusters from meshbed's ConfigMap (written by meshbed install,
+// but read from a cluster that may be anyone's).
+func parseClusterConfigMap(data map[string]string) (name string, id, maxConn uint32, err error) {
+	name = data[kind.KeyClusterName]
+	id64, err1 := strconv.ParseUint(data[kind.KeyClusterID], 10, 32)
+	max64, err2 := strconv.ParseUint(data[kind.KeyMaxConnectedClusters], 10, 32)
+	if err1 != nil {
+		err1 = fmt.Errorf("%s: %w", kind.KeyClusterID, err1)
+	}
+	if err2 != nil {
+		err2 = fmt.Errorf("%s: %w", kind.KeyMaxConnectedClusters, err2)
+	}
+	if err := errors.Join(err1, err2); err != nil {
+		return "", 0, 0, err
+	}
+	id, maxConn = uint32(id64), uint32(max64)
+	if err := errors.Join(wire.ValidateClusterName(name), wire.ValidateMaxConnectedClusters(maxConn),
+		wire.ValidateClusterID(id, maxConn)); err != nil {
+		return "", 0, 0, err
+	}
+	return name, id, maxConn, nil
 }
 
 func (c *clusterInfo) String() string {

@@ -255,12 +255,46 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // step parses one step in the context of the mesh's scenario file (so that
 // references are checked exactly as in a file) and runs it.
 func (c *control) step(r *http.Request) (any, error) {
-	var st map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxStepRequest+1))
+	if err != nil {
 		return nil, err
 	}
+	st, err := parseStepRequest(c.file, c.raw, body)
+	if err != nil {
+		return nil, err
+	}
+	return c.s.Step(r.Context(), st), nil
+}
+
+// maxStepRequest bounds a /step request body: a step is a few hundred
+// bytes, an inline manifest a few kilobytes.
+const maxStepRequest = 1 << 20
+
+// parseStepRequest decodes a /step request body, one step as a JSON object
+// the way it would stand in the scenario file's spec.steps, in the context
+// of that file (file, raw): the step becomes the file's only step and the
+// whole file is parsed, so references are checked as in a file.
+func parseStepRequest(file string, raw, body []byte) (*scenarios.Step, error) {
+	if len(body) > maxStepRequest {
+		return nil, fmt.Errorf("step request larger than %d bytes", maxStepRequest)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var st map[string]any
+	if err := dec.Decode(&st); err != nil {
+		return nil, fmt.Errorf("step request: %w", err)
+	}
+	if st == nil {
+		return nil, errors.New("step request: want a JSON object, got null")
+	}
+	if dec.More() {
+		return nil, errors.New("step request: more than one JSON value")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("step request: data after the step")
+	}
 	var doc map[string]any
-	if err := yaml.Unmarshal(c.raw, &doc); err != nil {
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		return nil, err
 	}
 	spec, _ := doc["spec"].(map[string]any)
@@ -272,11 +306,14 @@ func (c *control) step(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, err := scenarios.Parse(c.file, data)
+	sc, err := scenarios.Parse(file, data)
 	if err != nil {
 		return nil, err
 	}
-	return c.s.Step(r.Context(), &sc.Steps[0]), nil
+	if len(sc.Steps) != 1 {
+		return nil, fmt.Errorf("step request: parsed into %d steps", len(sc.Steps))
+	}
+	return &sc.Steps[0], nil
 }
 
 type nodeStatus struct {

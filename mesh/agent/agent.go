@@ -266,12 +266,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Unlock()
 		return fmt.Errorf("agent: node %s: %w", a.cfg.NodeName, err)
 	}
-	restored, err := a.restoreEndpointsLocked()
+	restored, rebuild, err := a.restoreEndpointsLocked()
 	a.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("agent: restore endpoints: %w", err)
 	}
-	if restored > 0 {
+	if rebuild {
+		if restored, err = a.rebuildEndpoints(ctx); err != nil {
+			return fmt.Errorf("agent: rebuild endpoints: %w", err)
+		}
+		a.log.Info("Rebuilt endpoints from Kubernetes and the datapath", "count", restored)
+	} else if restored > 0 {
 		a.log.Info("Restored endpoints", "count", restored)
 	}
 	a.log.Info("Agent started", "podCIDR", a.ipam.cidr)

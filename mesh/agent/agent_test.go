@@ -117,7 +117,14 @@ func setup(t *testing.T, mode service.Mode) (*Agent, *recorder, RemoteSink, *fak
 
 func setupRestored(t *testing.T, mode service.Mode, restored *state.State) (*Agent, *recorder, RemoteSink, *fake.Clientset) {
 	t.Helper()
-	kube := fake.NewClientset(
+	return setupState(t, mode, restored, t.TempDir())
+}
+
+// setupState is setupRestored with a given state directory and further
+// Kubernetes objects.
+func setupState(t *testing.T, mode service.Mode, restored *state.State, stateDir string, objs ...runtime.Object) (*Agent, *recorder, RemoteSink, *fake.Clientset) {
+	t.Helper()
+	kube := fake.NewClientset(append([]runtime.Object{
 		&corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: "node-1"},
 			Spec:       corev1.NodeSpec{PodCIDR: "10.1.1.0/24"},
@@ -137,7 +144,7 @@ func setupRestored(t *testing.T, mode service.Mode, restored *state.State) (*Age
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true), Serving: ptr(true)}}},
 		},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x-wing", Namespace: "default", Labels: map[string]string{"name": "x-wing"}}},
-	)
+	}, objs...)...)
 	kinds := identity.ListKinds()
 	kinds[CiliumNetworkPolicies] = "CiliumNetworkPolicyList"
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string(kinds))
@@ -146,7 +153,7 @@ func setupRestored(t *testing.T, mode service.Mode, restored *state.State) (*Age
 	a, err := New(Config{
 		ClusterName: "cluster1", ClusterID: 1, NodeName: "node-1",
 		Kube: kube, Dynamic: dyn, Datapath: dp, Plumber: plumber{}, Remote: rem,
-		Mode: mode, SyncTimeout: time.Minute, StateDir: t.TempDir(), Restored: restored,
+		Mode: mode, SyncTimeout: time.Minute, StateDir: stateDir, Restored: restored,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
@@ -292,8 +299,8 @@ func TestAgentEndpointsSurviveRestart(t *testing.T) {
 	// A second agent with the same state directory restores the endpoint.
 	restored := &Agent{cfg: a.cfg, endpoints: map[string]*endpoint{}, policies: a.policies, log: a.log}
 	restored.ipam = &ipam{cidr: a.ipam.cidr, used: map[netip.Addr]bool{}, ids: map[uint16]bool{}, next: a.ipam.cidr.Addr().Next(), nextI: 1}
-	n, err := restored.restoreEndpointsLocked()
-	if err != nil || n != 1 || restored.endpoints["default/x-wing"].IP != ep.IP {
+	n, rebuild, err := restored.restoreEndpointsLocked()
+	if err != nil || rebuild || n != 1 || restored.endpoints["default/x-wing"].IP != ep.IP {
 		t.Fatalf("restore = %d, %v", n, err)
 	}
 	if ip, _ := restored.ipam.allocate(); ip == ep.IP {

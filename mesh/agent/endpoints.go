@@ -268,36 +268,138 @@ func (a *Agent) saveEndpointsLocked() error {
 	return os.Rename(tmp, filepath.Join(a.cfg.StateDir, endpointsFile))
 }
 
+// errCorruptState marks an endpoints file that cannot be used.
+var errCorruptState = errors.New("corrupt endpoint state")
+
+// decodeEndpoints parses a saved endpoints file and checks it against the
+// node's pod CIDR: every endpoint has a pod name, an address in the CIDR,
+// a non-zero ID and an interface, and no address or ID is used twice. The
+// file is the agent's own, but a crash, a full disk or a hand edit can
+// leave anything in it.
+func decodeEndpoints(data []byte, cidr netip.Prefix) ([]Endpoint, error) {
+	var eps []Endpoint
+	if err := json.Unmarshal(data, &eps); err != nil {
+		return nil, fmt.Errorf("%w: %w", errCorruptState, err)
+	}
+	ips := map[netip.Addr]bool{}
+	ids := map[uint16]bool{}
+	keys := map[string]bool{}
+	for i, ep := range eps {
+		key := ep.Namespace + "/" + ep.Pod
+		switch {
+		case ep.Namespace == "" || ep.Pod == "":
+			return nil, fmt.Errorf("%w: endpoint %d has no pod name", errCorruptState, i)
+		case !ep.IP.IsValid() || !cidr.Contains(ep.IP):
+			return nil, fmt.Errorf("%w: endpoint %s: address %s is not in pod CIDR %s", errCorruptState, key, ep.IP, cidr)
+		case ep.ID == 0 || ep.Interface == "":
+			return nil, fmt.Errorf("%w: endpoint %s has no ID or interface", errCorruptState, key)
+		case ips[ep.IP] || ids[ep.ID] || keys[key]:
+			return nil, fmt.Errorf("%w: endpoint %s (%s, ID %d) is duplicated", errCorruptState, key, ep.IP, ep.ID)
+		}
+		ips[ep.IP], ids[ep.ID], keys[key] = true, true, true
+	}
+	return eps, nil
+}
+
 // restoreEndpointsLocked reads the endpoints a previous run saved and takes
 // them over: their addresses and IDs are reserved, their policy tracked.
-func (a *Agent) restoreEndpointsLocked() (int, error) {
+// A file it cannot use is moved aside (endpoints.json.corrupt) and
+// reported; it returns rebuild = true, and the caller rebuilds the
+// endpoints from Kubernetes and the datapath (rebuildEndpoints).
+func (a *Agent) restoreEndpointsLocked() (n int, rebuild bool, err error) {
 	if a.cfg.StateDir == "" {
-		return 0, nil
+		return 0, false, nil
 	}
 	path := filepath.Join(a.cfg.StateDir, endpointsFile)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	var eps []Endpoint
-	if err := json.Unmarshal(data, &eps); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+	eps, err := decodeEndpoints(data, a.ipam.cidr)
+	if err != nil {
+		aside := path + ".corrupt"
+		a.log.Error("Endpoint state is unusable; rebuilding the endpoints from Kubernetes and the datapath",
+			"file", path, "movedTo", aside, "err", err)
+		if rerr := os.Rename(path, aside); rerr != nil {
+			a.log.Warn("Corrupt endpoint state not moved aside", "err", rerr)
+		}
+		return 0, true, nil
 	}
 	for _, ep := range eps {
-		if !a.ipam.cidr.Contains(ep.IP) || ep.ID == 0 || a.ipam.used[ep.IP] || a.ipam.ids[ep.ID] {
-			return 0, fmt.Errorf("%s: endpoint %s/%s (%s, ID %d) does not fit pod CIDR %s or is duplicated",
-				path, ep.Namespace, ep.Pod, ep.IP, ep.ID, a.ipam.cidr)
-		}
-		a.ipam.used[ep.IP], a.ipam.ids[ep.ID] = true, true
-		if _, err := a.policies.Track(ep.Identity); err != nil {
-			a.log.Warn("Policy for restored endpoint", "endpoint", ep.Namespace+"/"+ep.Pod, "err", err)
-		}
-		a.endpoints[ep.Namespace+"/"+ep.Pod] = &endpoint{Endpoint: ep}
+		a.adoptLocked(ep)
 	}
-	return len(eps), nil
+	return len(eps), false, nil
+}
+
+func (a *Agent) adoptLocked(ep Endpoint) {
+	a.ipam.used[ep.IP], a.ipam.ids[ep.ID] = true, true
+	if _, err := a.policies.Track(ep.Identity); err != nil {
+		a.log.Warn("Policy for restored endpoint", "endpoint", ep.Namespace+"/"+ep.Pod, "err", err)
+	}
+	a.endpoints[ep.Namespace+"/"+ep.Pod] = &endpoint{Endpoint: ep}
+}
+
+// rebuildEndpoints recovers the endpoints of this node when their saved
+// state is lost: every pod of the node whose address (status.podIP) the
+// datapath still holds as an endpoint gets that endpoint back, with its
+// ID and interface, and the identity of its current labels. A pod the
+// datapath does not know was never plumbed (or its interface is gone):
+// there is nothing to take over, and it is reported.
+func (a *Agent) rebuildEndpoints(ctx context.Context) (int, error) {
+	byIP := map[netip.Addr]state.Endpoint{}
+	if a.cfg.Restored != nil {
+		for _, ep := range a.cfg.Restored.Endpoints {
+			byIP[ep.IP] = ep
+		}
+	}
+	pods, err := a.cfg.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + a.cfg.NodeName})
+	if err != nil {
+		return 0, fmt.Errorf("list pods of node %s: %w", a.cfg.NodeName, err)
+	}
+	n := 0
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.Spec.NodeName != a.cfg.NodeName || pod.Spec.HostNetwork {
+			continue
+		}
+		key := pod.Namespace + "/" + pod.Name
+		ip, err := netip.ParseAddr(pod.Status.PodIP)
+		if err != nil {
+			continue // not started yet: its CNI ADD is still to come
+		}
+		dp, ok := byIP[ip]
+		if !ok {
+			a.log.Warn("Pod not in the datapath; its endpoint cannot be rebuilt", "endpoint", key, "ip", ip)
+			continue
+		}
+		id, err := a.alloc.Allocate(ctx, identity.PodLabels(a.cfg.ClusterName, pod.Namespace, pod.Labels))
+		if err != nil {
+			a.log.Warn("Endpoint not rebuilt: no identity", "endpoint", key, "err", err)
+			continue
+		}
+		ep := Endpoint{ID: dp.ID, Namespace: pod.Namespace, Pod: pod.Name, IP: ip, Identity: id, Interface: dp.Interface}
+		a.mu.Lock()
+		_, have := a.endpoints[key]
+		fits := a.ipam.cidr.Contains(ip) && ep.ID != 0 && !a.ipam.used[ip] && !a.ipam.ids[ep.ID]
+		if !have && fits {
+			a.adoptLocked(ep)
+			n++
+		}
+		a.mu.Unlock()
+		if !have && !fits {
+			a.log.Warn("Endpoint not rebuilt: its address or ID is taken", "endpoint", key, "ip", ip, "id", ep.ID)
+		}
+	}
+	a.mu.Lock()
+	err = a.saveEndpointsLocked()
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Warn("Rebuilt endpoint state not saved", "err", err)
+	}
+	return n, nil
 }
 
 // podUpdated follows label changes of this node's pods: a pod whose

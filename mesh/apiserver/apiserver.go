@@ -126,6 +126,13 @@ type Config struct {
 	// StartTimeout bounds the start of etcd; zero means 30 s.
 	StartTimeout time.Duration
 
+	// IdentityGCInterval is how often identities no pod uses are looked
+	// for, IdentityHeartbeatTimeout how long one must stay unused before
+	// it is deleted (and so withdrawn from the export and every remote
+	// cache); zero means identity.DefaultGCInterval and
+	// identity.DefaultHeartbeatTimeout (15 and 30 minutes, as Cilium's).
+	IdentityGCInterval, IdentityHeartbeatTimeout time.Duration
+
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 }

@@ -150,6 +150,9 @@ func (e *exporter) run(ctx context.Context) error {
 		key := wire.IdentityKey(ev.ID)
 		if ev.Deleted {
 			e.w.Delete(key)
+			// A pod that still has these labels (an identity deleted
+			// by hand, or collected as a pod appeared) gets one again.
+			e.requeuePodsWith(ev.Labels)
 			return
 		}
 		e.w.Upsert(key, []byte(ev.Labels.String()))
@@ -175,6 +178,21 @@ func (e *exporter) run(ctx context.Context) error {
 		return err
 	}
 	close(e.s.synced)
+	gc, err := identity.NewCollector(e.s.cfg.Dynamic, e.s.ids, identity.GCConfig{
+		Interval:         e.s.cfg.IdentityGCInterval,
+		HeartbeatTimeout: e.s.cfg.IdentityHeartbeatTimeout,
+		InUse:            e.identitiesInUse,
+		Logger:           e.s.logger,
+	})
+	if err != nil {
+		return fmt.Errorf("mesh-apiserver: %w", err)
+	}
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		gc.Run(ctx)
+	}()
+	defer func() { <-gcDone }()
 	go func() {
 		<-ctx.Done()
 		e.queue.ShutDown()
@@ -300,6 +318,28 @@ func (e *exporter) reconcileService(nsName string) error {
 	e.services[nsName] = true
 	e.w.Upsert(key, mustJSON(v))
 	return nil
+}
+
+// identitiesInUse is the label set of every pod of the cluster, scheduled
+// or not, running or terminating: the identities the garbage collector
+// must keep.
+func (e *exporter) identitiesInUse() map[string]bool {
+	pods, _ := e.pods.List(labels.Everything())
+	out := make(map[string]bool, len(pods))
+	for _, p := range pods {
+		out[identity.PodLabels(e.cluster, p.Namespace, p.Labels).String()] = true
+	}
+	return out
+}
+
+func (e *exporter) requeuePodsWith(l wire.Labels) {
+	want := l.String()
+	pods, _ := e.pods.List(labels.Everything())
+	for _, p := range pods {
+		if identity.PodLabels(e.cluster, p.Namespace, p.Labels).String() == want {
+			e.queue.Add(item{kind: kindPod, key: p.Namespace + "/" + p.Name})
+		}
+	}
 }
 
 func (e *exporter) reconcilePod(ctx context.Context, nsName string) error {

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -36,8 +38,13 @@ var ErrForeignLabels = errors.New("labels do not belong to this cluster")
 // adopts the identity (same labels) or moves on. Since the allocator never
 // deletes identities, the slots before a label set's identity stay claimed
 // by other labels, and two allocators cannot end up with two identities for
-// one label set. (A garbage collector of unused identities, if added, must
-// keep this in mind.)
+// one label set. The garbage collector (Collector) deletes identities only
+// after no pod used them for its heartbeat timeout; a hole it leaves in a
+// probe sequence can at worst let a racing allocator with a stale cache
+// create a second identity for a label set, which the cache tolerates
+// (LookupLabels answers the lowest) and the collector removes once unused.
+// Reusing an identity the collector has marked removes the mark first
+// (see Collector), so that a reused identity is never deleted under a pod.
 type Allocator struct {
 	res   dynamic.ResourceInterface
 	cache *Cache
@@ -53,6 +60,59 @@ func NewAllocator(client dynamic.Interface, cache *Cache) *Allocator {
 // The labels must name the cluster (io.cilium.k8s.policy.cluster), as
 // PodLabels does.
 func (a *Allocator) Allocate(ctx context.Context, labels wire.Labels) (uint32, error) {
+	// An identity the collector deletes while we reuse it is allocated
+	// again; more than a few rounds means something keeps deleting.
+	for attempt := 0; ; attempt++ {
+		id, err := a.allocate(ctx, labels)
+		if err != nil {
+			return 0, err
+		}
+		err = a.keep(ctx, id, labels)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, errCollected) || attempt == 2 {
+			return 0, fmt.Errorf("allocate identity for %q in cluster %q: %w", labels.String(), a.cache.Cluster(), err)
+		}
+	}
+}
+
+// errCollected means the identity was deleted while being reused.
+var errCollected = errors.New("identity deleted by the garbage collector while reused")
+
+// keep removes the collector's mark from id, which is being handed out for
+// labels, so that the collector does not delete it. Without a mark (the
+// common case) it costs nothing.
+func (a *Allocator) keep(ctx context.Context, id uint32, labels wire.Labels) error {
+	if _, marked := a.cache.unusedSince(id); !marked {
+		return nil
+	}
+	name := strconv.FormatUint(uint64(id), 10)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u, err := a.res.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur, err := FromObject(u); err != nil || cur.Labels.String() != labels.String() {
+			return apierrors.NewNotFound(GVR.GroupResource(), name)
+		}
+		if !setUnusedSince(u, time.Time{}) {
+			return nil
+		}
+		_, err = a.res.Update(ctx, u, metav1.UpdateOptions{})
+		return err
+	})
+	if apierrors.IsNotFound(err) {
+		a.cache.forget(id)
+		return fmt.Errorf("%s %s: %w", Kind, name, errCollected)
+	}
+	if err != nil {
+		return fmt.Errorf("unmark %s %s: %w", Kind, name, err)
+	}
+	return nil
+}
+
+func (a *Allocator) allocate(ctx context.Context, labels wire.Labels) (uint32, error) {
 	cluster := a.cache.Cluster()
 	if err := labels.Validate(); err != nil {
 		return 0, fmt.Errorf("allocate identity in cluster %q: %w", cluster, err)
@@ -121,6 +181,7 @@ func (a *Allocator) claim(ctx context.Context, id uint32, labels wire.Labels) (b
 			return false, nil
 		}
 		a.cache.observe(other)
+		a.cache.recordMark(id, u)
 		return other.Labels.String() == labels.String(), nil
 	}
 	return false, fmt.Errorf("%s %s vanished %d times while claiming it", Kind, name, 3)

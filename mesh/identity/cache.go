@@ -58,7 +58,10 @@ type Cache struct {
 	byLabels map[string]map[uint32]struct{}
 	// taken holds numbers in the range whose resource exists but is not
 	// served; the allocator skips them.
-	taken    map[uint32]bool
+	taken map[uint32]bool
+	// unused holds the garbage collector's marks (AnnotationUnusedSince)
+	// of served identities.
+	unused   map[uint32]time.Time
 	handlers []func(Event)
 	started  bool
 }
@@ -87,6 +90,7 @@ func NewCache(client dynamic.Interface, cfg Config) (*Cache, error) {
 		byID:     make(map[uint32]wire.Labels),
 		byLabels: make(map[string]map[uint32]struct{}),
 		taken:    make(map[uint32]bool),
+		unused:   make(map[uint32]time.Time),
 	}
 	// No resync: identities change only when someone writes them.
 	c.informer = dynamicinformer.NewFilteredDynamicInformer(client, GVR, "", 0, cache.Indexers{}, nil).Informer()
@@ -232,6 +236,7 @@ func (c *Cache) onUpsert(obj any) {
 	ident, err := c.check(u)
 	if err == nil {
 		c.observe(ident)
+		c.recordMark(ident.ID, u)
 		return
 	}
 	c.logger.Warn("ignoring identity resource", "name", u.GetName(), "error", err)
@@ -310,7 +315,48 @@ func (c *Cache) onDelete(obj any) {
 	}
 }
 
+// recordMark remembers the garbage collector's mark of served identity id
+// as its resource u carries it.
+func (c *Cache) recordMark(id uint32, u *unstructured.Unstructured) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, served := c.byID[id]; !served {
+		return
+	}
+	if t, ok := unusedSinceOf(u); ok {
+		c.unused[id] = t
+	} else {
+		delete(c.unused, id)
+	}
+}
+
+// unusedSince returns the garbage collector's mark of id, if any.
+func (c *Cache) unusedSince(id uint32) (time.Time, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	t, ok := c.unused[id]
+	return t, ok
+}
+
+// forget drops id as if its resource had been deleted (an allocator found
+// it gone before the informer did) and notifies handlers.
+func (c *Cache) forget(id uint32) {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	c.mu.Lock()
+	old, had := c.byID[id]
+	if had {
+		c.removeLocked(id, old)
+	}
+	handlers := c.handlers
+	c.mu.Unlock()
+	if had {
+		notify(handlers, Event{Identity: Identity{ID: id, Labels: old}, Deleted: true})
+	}
+}
+
 func (c *Cache) removeLocked(id uint32, labels wire.Labels) {
+	delete(c.unused, id)
 	delete(c.byID, id)
 	key := labels.String()
 	delete(c.byLabels[key], id)

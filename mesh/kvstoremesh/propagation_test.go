@@ -36,6 +36,13 @@ type meshCluster struct {
 // agent has merged every cluster's backend.
 func testMesh(tb testing.TB, n int, logger *slog.Logger) []*meshCluster {
 	tb.Helper()
+	return testMeshWith(tb, n, logger, nil)
+}
+
+// testMeshWith is testMesh with each mesh-apiserver's Config passed
+// through tweak (if not nil) before it starts.
+func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserver.Config)) []*meshCluster {
+	tb.Helper()
 	ca, err := pki.NewCA("test-mesh", time.Hour)
 	if err != nil {
 		tb.Fatal(err)
@@ -82,14 +89,18 @@ func testMesh(tb testing.TB, n int, logger *slog.Logger) []*meshCluster {
 		c.kube = fake.NewClientset(kubeObjects(c.id, fmt.Sprintf("10.%d.1.5", c.id))...)
 		dyn := dynamicClient()
 		others := slices.DeleteFunc(slices.Clone(names), func(s string) bool { return s == c.name })
-		api, err := apiserver.New(apiserver.Config{
+		cfg := apiserver.Config{
 			ClusterName: c.name, ClusterID: c.id,
 			Kube: c.kube, Dynamic: dyn,
 			ListenAddress: "127.0.0.1:0", TLSDir: dirOf(c.name),
 			RemoteClusters: others,
 			TickMs:         10, ElectionMs: 50,
 			Logger: logger,
-		})
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		api, err := apiserver.New(cfg)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -71,14 +71,14 @@ func applyManifest(ctx context.Context, t Target, mf scenarios.Manifest) error {
 type deleteAction struct{ *scenarios.Delete }
 
 func (a deleteAction) Run(ctx context.Context, t Target) (outcome, error) {
-	return outcome{}, t.Delete(ctx, a.Cluster, a.Kind, a.Namespace, a.Name)
+	return outcome{}, t.Delete(ctx, a.Cluster, a.Kind, a.Namespace, a.Name, a.GracePeriod)
 }
 func (deleteAction) needs() []Capability { return nil }
 
 type scaleAction struct{ *scenarios.Scale }
 
 func (a scaleAction) Run(ctx context.Context, t Target) (outcome, error) {
-	return outcome{}, t.Scale(ctx, a.Cluster, a.Namespace, a.Deployment, a.Replicas)
+	return outcome{}, t.Scale(ctx, a.Cluster, a.Namespace, a.Deployment, a.Replicas, a.GracePeriod)
 }
 func (scaleAction) needs() []Capability { return nil }
 

@@ -59,9 +59,12 @@ type Target interface {
 	// Apply creates or updates objects in a cluster, like kubectl apply.
 	Apply(ctx context.Context, cluster string, objs []scenarios.Object) error
 	// Delete deletes one object (namespace empty for cluster-scoped kinds).
-	Delete(ctx context.Context, cluster, kind, namespace, name string) error
-	// Scale sets a Deployment's replicas.
-	Scale(ctx context.Context, cluster, namespace, deployment string, replicas int) error
+	// grace, for a Deployment, overrides its pods' grace period (nil: their
+	// own terminationGracePeriodSeconds; 0: killed at once).
+	Delete(ctx context.Context, cluster, kind, namespace, name string, grace *scenarios.GracePeriod) error
+	// Scale sets a Deployment's replicas; grace overrides the grace period
+	// of the pods a scale-down removes, as for Delete.
+	Scale(ctx context.Context, cluster, namespace, deployment string, replicas int, grace *scenarios.GracePeriod) error
 	// Annotate sets (or, for a nil value, removes) annotations of a Service.
 	Annotate(ctx context.Context, cluster, namespace, service string, annotations map[string]*string) error
 

@@ -12,8 +12,11 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
@@ -52,7 +55,82 @@ func NewAPI(serviceCIDR netip.Prefix) (*API, error) {
 	}
 	a.Client.PrependReactor("create", "services", a.allocateClusterIP)
 	a.Client.PrependReactor("delete", "services", a.releaseClusterIP)
+	a.Client.PrependReactor("delete", "pods", a.deletePodGracefully)
+	a.Client.PrependReactor("update", "deployments", a.updateDeploymentStatus)
 	return a, nil
+}
+
+// updateDeploymentStatus makes an update of a Deployment's status
+// subresource change the status only, as the real API server does; the
+// fake stores the whole object, so a controller's status update from a
+// stale copy would undo a concurrent kubectl scale.
+func (a *API) updateDeploymentStatus(action k8stesting.Action) (bool, runtime.Object, error) {
+	u, ok := action.(k8stesting.UpdateAction)
+	if !ok || u.GetSubresource() != "status" {
+		return false, nil, nil
+	}
+	d, ok := u.GetObject().(*appsv1.Deployment)
+	if !ok {
+		return false, nil, nil
+	}
+	gvr := appsv1.SchemeGroupVersion.WithResource("deployments")
+	obj, err := a.Client.Tracker().Get(gvr, d.Namespace, d.Name)
+	if err != nil {
+		return true, nil, err
+	}
+	cur := obj.(*appsv1.Deployment).DeepCopy()
+	cur.Status = *d.Status.DeepCopy()
+	if err := a.Client.Tracker().Update(gvr, cur, cur.Namespace); err != nil {
+		return true, nil, err
+	}
+	return true, cur, nil
+}
+
+// DefaultTerminationGracePeriodSeconds is what the API server fills in for a
+// pod that does not set spec.terminationGracePeriodSeconds.
+const DefaultTerminationGracePeriodSeconds = 30
+
+// deletePodGracefully turns a pod deletion into what the real API server
+// makes of it: a pod that runs on a node is only marked for deletion
+// (deletionTimestamp = now + grace period) and stays until its kubelet has
+// stopped it and deletes it for good with a grace period of 0. An
+// unscheduled pod, or a deletion with grace period 0 (kubectl delete
+// --grace-period=0 --force), removes the object at once. A second
+// deletion may shorten the grace period, never lengthen it.
+func (a *API) deletePodGracefully(action k8stesting.Action) (bool, runtime.Object, error) {
+	d, ok := action.(k8stesting.DeleteAction)
+	if !ok {
+		return false, nil, nil
+	}
+	obj, err := a.Client.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), d.GetNamespace(), d.GetName())
+	if err != nil {
+		return false, nil, nil // the default reactor answers NotFound
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return false, nil, nil
+	}
+	grace := int64(DefaultTerminationGracePeriodSeconds)
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = *g
+	}
+	if g := d.GetDeleteOptions().GracePeriodSeconds; g != nil {
+		grace = *g
+	}
+	if grace <= 0 || pod.Spec.NodeName == "" {
+		return false, nil, nil
+	}
+	deadline := metav1.NewTime(time.Now().Add(time.Duration(grace) * time.Second))
+	if cur := pod.DeletionTimestamp; cur != nil && !deadline.Before(cur) {
+		return true, pod, nil
+	}
+	pod = pod.DeepCopy()
+	pod.DeletionTimestamp = &deadline
+	pod.DeletionGracePeriodSeconds = &grace
+	if err := a.Client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, pod.Namespace); err != nil {
+		return true, nil, fmt.Errorf("mark pod %s/%s terminating: %w", pod.Namespace, pod.Name, err)
+	}
+	return true, pod, nil
 }
 
 // allocateClusterIP gives a new Service a ClusterIP the way the real API

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -39,6 +40,25 @@ type Runtime interface {
 	StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, error)
 	// StopPod stops the pod's workload and removes its network.
 	StopPod(ctx context.Context, pod *corev1.Pod) error
+	// TerminatePod tells a pod that is being deleted to finish, as SIGTERM
+	// does: its workload stops taking work once it has none in flight and
+	// returns then, or when ctx ends (the grace period is over). StopPod
+	// follows either way.
+	TerminatePod(ctx context.Context, pod *corev1.Pod) error
+}
+
+// AnnotationScaleDownGracePeriod on a Deployment overrides its pods' grace
+// period when the Deployment controller deletes them on a scale-down ("0":
+// they are killed at once). API.Scale sets it for one scale step.
+const AnnotationScaleDownGracePeriod = "sim.meshbed.io/scale-down-grace-period-seconds"
+
+// termination is a running pod that is being deleted: its workload drains
+// until done, or until the grace period (deadline) ends.
+type termination struct {
+	deadline time.Time
+	timer    *time.Timer // ends the drain at the deadline
+	cancel   context.CancelFunc
+	done     bool
 }
 
 // podRetry is how long a kubelet waits before retrying a pod whose start
@@ -71,6 +91,10 @@ type Controllers struct {
 	// shown yet. They count as existing, or a reconcile in between (its
 	// own status update triggers one) would create them again.
 	expected map[string]*corev1.Pod
+	// terminating holds the running pods being deleted, by namespace/name.
+	terminating map[string]*termination
+	runCtx      context.Context
+	drains      sync.WaitGroup // the goroutines of terminating
 
 	trigger chan struct{}
 	synced  chan struct{}
@@ -98,6 +122,7 @@ func NewControllers(api *API, nodes []Node, rt Runtime, seed uint64, log *slog.L
 		svcs:    f.Core().V1().Services().Informer(),
 		slices:  f.Discovery().V1().EndpointSlices().Informer(),
 	}
+	c.terminating = map[string]*termination{}
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.kick() },
 		UpdateFunc: func(any, any) { c.kick() },
@@ -133,6 +158,9 @@ func (c *Controllers) Run(ctx context.Context) error {
 			return fmt.Errorf("informer for %v did not sync", typ)
 		}
 	}
+	c.mu.Lock()
+	c.runCtx = ctx
+	c.mu.Unlock()
 	close(c.synced)
 	c.kick()
 	retry := time.NewTimer(time.Hour)
@@ -141,6 +169,7 @@ func (c *Controllers) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			c.factory.Shutdown()
+			c.drains.Wait()
 			return nil
 		case <-c.trigger:
 		case <-retry.C:
@@ -183,6 +212,7 @@ func (c *Controllers) reconcile(ctx context.Context) error {
 	var errs []error
 	errs = append(errs, c.reconcileDeployments(ctx))
 	errs = append(errs, c.reconcileKubelet(ctx))
+	errs = append(errs, c.reconcileTerminating(ctx))
 	errs = append(errs, c.reconcileEndpointSlices(ctx))
 	return errors.Join(errs...)
 }
@@ -246,9 +276,11 @@ func (c *Controllers) reconcileDeployments(ctx context.Context) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		d := deploys[k]
+		// Pods being deleted no longer count, as for the ReplicaSet
+		// controller: a scale-up does not wait for them to go.
 		var owned []*corev1.Pod
 		for _, p := range pods {
-			if p.Namespace == d.Namespace && ownedBy(p, d) {
+			if p.Namespace == d.Namespace && ownedBy(p, d) && p.DeletionTimestamp == nil {
 				owned = append(owned, p)
 			}
 		}
@@ -273,7 +305,7 @@ func (c *Controllers) reconcileDeployments(ctx context.Context) error {
 			victim := owned[len(owned)-1]
 			owned = owned[:len(owned)-1]
 			perNode[victim.Spec.NodeName]--
-			if err := c.deletePod(ctx, victim); err != nil {
+			if err := c.deletePod(ctx, victim, scaleDownGrace(d)); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -281,12 +313,15 @@ func (c *Controllers) reconcileDeployments(ctx context.Context) error {
 	}
 	// Garbage-collect pods whose Deployment is gone.
 	for _, p := range pods {
+		if p.DeletionTimestamp != nil {
+			continue // already going
+		}
 		for _, ref := range p.OwnerReferences {
 			if ref.Kind != "Deployment" {
 				continue
 			}
 			if d, ok := deploys[p.Namespace+"/"+ref.Name]; !ok || d.UID != ref.UID {
-				errs = append(errs, c.deletePod(ctx, p))
+				errs = append(errs, c.deletePod(ctx, p, nil))
 			}
 		}
 	}
@@ -349,19 +384,28 @@ func maps(m map[string]string) map[string]string {
 	return out
 }
 
-func (c *Controllers) deletePod(ctx context.Context, p *corev1.Pod) error {
-	key := p.Namespace + "/" + p.Name
-	if started, ok := c.running[key]; ok {
-		if err := c.rt.StopPod(ctx, started); err != nil {
-			return fmt.Errorf("stop pod %s: %w", key, err)
-		}
-		delete(c.running, key)
+// scaleDownGrace is the grace period the Deployment's annotation asks for,
+// or nil (the pods' own).
+func scaleDownGrace(d *appsv1.Deployment) *int64 {
+	v, ok := d.Annotations[AnnotationScaleDownGracePeriod]
+	if !ok {
+		return nil
 	}
-	delete(c.failed, key)
-	delete(c.expected, key)
-	err := c.api.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{})
+	g, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || g < 0 {
+		return nil
+	}
+	return &g
+}
+
+// deletePod deletes a pod through the API, as the controllers of a real
+// cluster do: the API marks it terminating and the kubelet takes it from
+// there (reconcileTerminating). grace nil means the pod's own period.
+func (c *Controllers) deletePod(ctx context.Context, p *corev1.Pod, grace *int64) error {
+	delete(c.expected, p.Namespace+"/"+p.Name)
+	err := c.api.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: grace})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete pod %s: %w", key, err)
+		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return nil
 }
@@ -446,6 +490,9 @@ func (c *Controllers) reconcileKubelet(ctx context.Context) error {
 	}
 	for key, p := range c.running {
 		if !present[key] {
+			// Deleted with grace period 0, or by force while terminating:
+			// the pod is killed at once.
+			c.endTermination(key)
 			if err := c.rt.StopPod(ctx, p); err != nil {
 				errs = append(errs, fmt.Errorf("stop pod %s: %w", key, err))
 				continue
@@ -454,6 +501,77 @@ func (c *Controllers) reconcileKubelet(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// reconcileTerminating runs the kubelet's side of a graceful deletion: a
+// running pod marked for deletion is told to terminate (its EndpointSlice
+// endpoint is already not ready and terminating, so new connections go
+// elsewhere) and gets until its deletionTimestamp to finish; then, or as
+// soon as it has finished, it is stopped (CNI DEL, namespace removed) and
+// its object deleted for good. A pod that never ran goes at once.
+func (c *Controllers) reconcileTerminating(ctx context.Context) error {
+	var errs []error
+	for _, p := range podsOf(c.pods.GetStore()) {
+		if p.DeletionTimestamp == nil {
+			continue
+		}
+		key := p.Namespace + "/" + p.Name
+		started, running := c.running[key]
+		t := c.terminating[key]
+		switch {
+		case running && t == nil:
+			c.beginTermination(key, started, p.DeletionTimestamp.Time)
+			continue
+		case running && !t.done:
+			if p.DeletionTimestamp.Time.Before(t.deadline) {
+				// A second deletion shortened the grace period.
+				t.deadline = p.DeletionTimestamp.Time
+				t.timer.Reset(time.Until(t.deadline))
+			}
+			continue
+		case running:
+			if err := c.rt.StopPod(ctx, started); err != nil {
+				errs = append(errs, fmt.Errorf("stop pod %s: %w", key, err))
+				continue
+			}
+			delete(c.running, key)
+		}
+		c.endTermination(key)
+		delete(c.failed, key)
+		zero := int64(0)
+		err := c.api.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete pod %s: %w", key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// beginTermination lets the runtime drain pod in the background until
+// deadline; when it is done the controllers reconcile again.
+func (c *Controllers) beginTermination(key string, pod *corev1.Pod, deadline time.Time) {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	t := &termination{deadline: deadline, cancel: cancel, timer: time.AfterFunc(time.Until(deadline), cancel)}
+	c.terminating[key] = t
+	c.log.Debug("Terminating pod", "pod", key, "grace", time.Until(deadline).Round(time.Millisecond))
+	runCtx := c.runCtx
+	c.drains.Go(func() {
+		if err := c.rt.TerminatePod(ctx, pod); err != nil && runCtx.Err() == nil {
+			c.log.Info("Pod did not finish within its grace period", "pod", key, "err", err)
+		}
+		c.mu.Lock()
+		t.done = true
+		c.mu.Unlock()
+		c.kick()
+	})
+}
+
+func (c *Controllers) endTermination(key string) {
+	if t, ok := c.terminating[key]; ok {
+		t.timer.Stop()
+		t.cancel()
+		delete(c.terminating, key)
+	}
 }
 
 func (c *Controllers) nodeIP(name string) string {

@@ -48,6 +48,9 @@ func (r *fakeRuntime) StopPod(_ context.Context, p *corev1.Pod) error {
 	return nil
 }
 
+// TerminatePod has nothing to drain: the pod goes at once.
+func (r *fakeRuntime) TerminatePod(context.Context, *corev1.Pod) error { return nil }
+
 func (r *fakeRuntime) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

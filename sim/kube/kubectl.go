@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
@@ -207,12 +210,28 @@ func upsert[T interface {
 	return err
 }
 
-// Scale sets a Deployment's replicas, as kubectl scale does.
-func (a *API) Scale(ctx context.Context, namespace, name string, replicas int32) error {
+// Grace overrides the grace period of the pods that a Scale or Delete
+// removes: Seconds 0 kills them at once, as kubectl delete --grace-period=0
+// --force does. Without it the pods' own terminationGracePeriodSeconds
+// (default 30) applies.
+type Grace struct{ Seconds int64 }
+
+// Scale sets a Deployment's replicas, as kubectl scale does. With a Grace,
+// the pods the scale-down removes get that grace period instead of their
+// own (the Deployment carries it in AnnotationScaleDownGracePeriod until
+// the next Scale).
+func (a *API) Scale(ctx context.Context, namespace, name string, replicas int32, grace ...Grace) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		d, err := a.Client.AppsV1().Deployments(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
+		}
+		delete(d.Annotations, AnnotationScaleDownGracePeriod)
+		if len(grace) > 0 {
+			if d.Annotations == nil {
+				d.Annotations = map[string]string{}
+			}
+			d.Annotations[AnnotationScaleDownGracePeriod] = strconv.FormatInt(grace[0].Seconds, 10)
 		}
 		d.Spec.Replicas = &replicas
 		d.Generation++
@@ -252,13 +271,18 @@ func (a *API) Annotate(ctx context.Context, namespace, service string, annotatio
 }
 
 // Delete deletes an object by kind (as in a manifest: Deployment, Service,
-// ConfigMap, Namespace, NetworkPolicy, CiliumNetworkPolicy).
-func (a *API) Delete(ctx context.Context, kind, namespace, name string) error {
+// ConfigMap, Namespace, NetworkPolicy, CiliumNetworkPolicy). A Deployment's
+// pods go with it, each with its grace period unless a Grace is given
+// (only a Deployment takes one).
+func (a *API) Delete(ctx context.Context, kind, namespace, name string, grace ...Grace) error {
 	opts := metav1.DeleteOptions{}
 	var err error
+	if len(grace) > 0 && !strings.EqualFold(kind, "deployment") {
+		return fmt.Errorf("delete %s %s/%s: a grace period applies to a Deployment's pods only", kind, namespace, name)
+	}
 	switch strings.ToLower(kind) {
 	case "deployment":
-		err = a.Client.AppsV1().Deployments(namespace).Delete(ctx, name, opts)
+		err = a.deleteDeployment(ctx, namespace, name, grace)
 	case "service":
 		err = a.Client.CoreV1().Services(namespace).Delete(ctx, name, opts)
 	case "configmap":
@@ -276,4 +300,50 @@ func (a *API) Delete(ctx context.Context, kind, namespace, name string) error {
 		return fmt.Errorf("delete %s %s/%s: %w", kind, namespace, name, err)
 	}
 	return nil
+}
+
+// deleteDeployment deletes a Deployment; its pods are then garbage-collected
+// by the Deployment controller with their own grace period. With a Grace it
+// first scales the Deployment to zero with that grace period and waits for
+// the controller to act on it (as kubectl's reapers did), so that no pod is
+// replaced meanwhile, then deletes it and, with the grace period, every pod
+// it still owns (those that were terminating already).
+func (a *API) deleteDeployment(ctx context.Context, namespace, name string, grace []Grace) error {
+	if len(grace) == 0 {
+		return a.Client.AppsV1().Deployments(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	}
+	if err := a.Scale(ctx, namespace, name, 0, grace...); err != nil {
+		return err
+	}
+	var d *appsv1.Deployment
+	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		var err error
+		d, err = a.Client.AppsV1().Deployments(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return d.Status.ObservedGeneration >= d.Generation && d.Status.Replicas == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("scale to zero before deleting: %w", err)
+	}
+	if err := a.Client.AppsV1().Deployments(namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		return err
+	}
+	pods, err := a.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list its pods: %w", err)
+	}
+	var errs []error
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if !ownedBy(p, d) {
+			continue
+		}
+		err := a.Client.CoreV1().Pods(namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace[0].Seconds})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete pod %s: %w", p.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
+	"github.com/meshbed/meshbed/sim/kube"
 	"github.com/meshbed/meshbed/sim/workload"
 )
 
@@ -183,21 +184,21 @@ func (t *Target) Apply(ctx context.Context, cluster string, objs []scenarios.Obj
 }
 
 // Delete implements engine.Target.
-func (t *Target) Delete(ctx context.Context, cluster, kind, namespace, name string) error {
+func (t *Target) Delete(ctx context.Context, cluster, kind, namespace, name string, grace *scenarios.GracePeriod) error {
 	c, err := t.cluster(cluster)
 	if err != nil {
 		return err
 	}
-	return c.API.Delete(ctx, kind, namespace, name)
+	return c.API.Delete(ctx, kind, namespace, name, kubeGrace(grace)...)
 }
 
 // Scale implements engine.Target.
-func (t *Target) Scale(ctx context.Context, cluster, namespace, deployment string, replicas int) error {
+func (t *Target) Scale(ctx context.Context, cluster, namespace, deployment string, replicas int, grace *scenarios.GracePeriod) error {
 	c, err := t.cluster(cluster)
 	if err != nil {
 		return err
 	}
-	return c.API.Scale(ctx, namespace, deployment, int32(replicas))
+	return c.API.Scale(ctx, namespace, deployment, int32(replicas), kubeGrace(grace)...)
 }
 
 // Annotate implements engine.Target.
@@ -348,4 +349,12 @@ next:
 		dst = append(dst, v)
 	}
 	return dst
+}
+
+// kubeGrace is a step's gracePeriodSeconds as the simulated API takes it.
+func kubeGrace(g *scenarios.GracePeriod) []kube.Grace {
+	if g == nil {
+		return nil
+	}
+	return []kube.Grace{{Seconds: g.Seconds}}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,15 +40,30 @@ type Answer struct {
 	Port    int    `json:"Port"`
 }
 
-// Echo serves Answer on every listener until Close.
+// Echo serves Answer on every listener until Close. Drain is its graceful
+// end (SIGTERM): it keeps answering until nothing is in flight.
 type Echo struct {
 	servers []*http.Server
 	done    chan error
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+
+	mu      sync.Mutex
+	open    int           // accepted connections not yet closed
+	last    time.Time     // when a connection last opened or closed
+	changed chan struct{} // a token after every change of open
 }
 
 // ServeEcho answers on each listener (one per declared container port).
 func ServeEcho(cluster, node, pod string, listeners []net.Listener) *Echo {
-	e := &Echo{done: make(chan error, len(listeners))}
+	e := &Echo{
+		done:    make(chan error, len(listeners)),
+		closed:  make(chan struct{}),
+		last:    time.Now(),
+		changed: make(chan struct{}, 1),
+	}
 	for _, ln := range listeners {
 		port := 0
 		if a, ok := ln.Addr().(*net.TCPAddr); ok {
@@ -60,6 +76,7 @@ func ServeEcho(cluster, node, pod string, listeners []net.Listener) *Echo {
 				_, _ = w.Write(body)
 			}),
 			ReadHeaderTimeout: 5 * time.Second,
+			ConnState:         e.track,
 		}
 		e.servers = append(e.servers, srv)
 		go func() {
@@ -73,16 +90,75 @@ func ServeEcho(cluster, node, pod string, listeners []net.Listener) *Echo {
 	return e
 }
 
-// Close stops the servers and drops their connections.
-func (e *Echo) Close() error {
-	var errs []error
+func (e *Echo) track(_ net.Conn, st http.ConnState) {
+	e.mu.Lock()
+	switch st {
+	case http.StateNew:
+		e.open++
+	case http.StateClosed, http.StateHijacked:
+		e.open--
+	default:
+		e.mu.Unlock()
+		return
+	}
+	e.last = time.Now()
+	e.mu.Unlock()
+	select {
+	case e.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Drain is the server's answer to SIGTERM: it stops keeping connections
+// alive (idle ones are closed) but keeps accepting and answering, because
+// clients whose load balancer has not yet seen the pod go still send new
+// connections to it. It returns nil once no connection is open and none
+// has opened or closed for quiet — the load balancers have moved on — or
+// ctx's error when ctx ends first (the grace period is over). A server
+// idle for quiet already returns at once. Close follows either way.
+func (e *Echo) Drain(ctx context.Context, quiet time.Duration) error {
 	for _, s := range e.servers {
-		errs = append(errs, s.Close())
+		s.SetKeepAlivesEnabled(false)
 	}
-	for range e.servers {
-		errs = append(errs, <-e.done)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		open, idle := e.open, time.Since(e.last)
+		e.mu.Unlock()
+		if open == 0 && idle >= quiet {
+			return nil
+		}
+		timer.Stop()
+		if open == 0 {
+			timer.Reset(quiet - idle)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d connections still open: %w", open, ctx.Err())
+		case <-e.closed:
+			return nil
+		case <-e.changed:
+		case <-timer.C:
+		}
 	}
-	return errors.Join(errs...)
+}
+
+// Close stops the servers and drops their connections. It may be called
+// more than once, also while Drain runs (Drain then returns).
+func (e *Echo) Close() error {
+	e.closeOnce.Do(func() {
+		var errs []error
+		for _, s := range e.servers {
+			errs = append(errs, s.Close())
+		}
+		for range e.servers {
+			errs = append(errs, <-e.done)
+		}
+		e.closeErr = errors.Join(errs...)
+		close(e.closed)
+	})
+	return e.closeErr
 }
 
 // DialFunc dials from inside a pod.

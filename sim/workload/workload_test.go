@@ -72,3 +72,82 @@ func TestClientBoundsDials(t *testing.T) {
 		t.Fatal("the dial was still running 2s after the request's 50ms timeout")
 	}
 }
+
+// Drain keeps answering, new connections included, until nothing has been
+// open for the quiet time; an idle server drains at once; a connection
+// left open holds it until ctx ends.
+func TestEchoDrain(t *testing.T) {
+	const quiet = 300 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ServeEcho("cluster1", "node-1", "p", []net.Listener{ln})
+	defer e.Close()
+	url := "http://" + ln.Addr().String() + "/"
+	var d net.Dialer
+	c := NewClient(d.DialContext, time.Second)
+	if r := c.Get(t.Context(), url); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+
+	drained := make(chan error, 1)
+	start := time.Now()
+	go func() { drained <- e.Drain(t.Context(), quiet) }()
+	// Requests keep coming for a while; every one is answered.
+	var last time.Time
+	for i := range 10 {
+		if r := c.Get(t.Context(), url); r.Err != nil {
+			t.Fatalf("request %d during drain: %v", i, r.Err)
+		}
+		last = time.Now()
+		select {
+		case err := <-drained:
+			t.Fatalf("drained while requests kept coming: %v", err)
+		case <-time.After(quiet / 4):
+		}
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if since := time.Since(last); since < quiet-50*time.Millisecond {
+		t.Errorf("drained %v after the last request, want about %v of quiet", since, quiet)
+	}
+	t.Logf("drained %v after it began", time.Since(start))
+
+	// Idle for the quiet time already: at once.
+	time.Sleep(quiet)
+	t0 := time.Now()
+	if err := e.Drain(t.Context(), quiet); err != nil || time.Since(t0) > quiet/2 {
+		t.Errorf("drain of an idle server: %v after %v", err, time.Since(t0))
+	}
+
+	// An open connection holds it until ctx ends.
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		e.mu.Lock()
+		open := e.open
+		e.mu.Unlock()
+		if open == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not accept the connection: %d open", open)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*quiet)
+	defer cancel()
+	if err := e.Drain(ctx, quiet); err == nil {
+		t.Error("drain returned nil with a connection open")
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Drain(t.Context(), time.Hour); err != nil {
+		t.Errorf("drain after Close: %v", err)
+	}
+}
