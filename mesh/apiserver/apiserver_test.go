@@ -387,10 +387,13 @@ func TestServiceUpdates(t *testing.T) {
 		setSlice(slice("default", "rebel-base", "rebel-base-1", 80, ep{addr: "10.10.1.7"}, ep{addr: "10.10.2.9", ready: yes}))
 		expect("10.10.1.7,10.10.2.9", true)
 	})
-	t.Run("terminating but serving kept, not serving dropped", func(t *testing.T) {
+	t.Run("terminating dropped even while serving, not ready dropped", func(t *testing.T) {
 		setSlice(slice("default", "rebel-base", "rebel-base-1", 80,
 			ep{addr: "10.10.1.7", ready: no, serving: yes, terminating: yes},
-			ep{addr: "10.10.2.9", ready: no, serving: no}))
+			ep{addr: "10.10.2.9", ready: no, serving: no},
+			ep{addr: "10.10.2.10", ready: yes}))
+		expect("10.10.2.10", true)
+		setSlice(slice("default", "rebel-base", "rebel-base-1", 80, ep{addr: "10.10.1.7"}))
 		expect("10.10.1.7", true)
 	})
 	t.Run("second slice", func(t *testing.T) {

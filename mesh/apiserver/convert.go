@@ -99,8 +99,13 @@ func ServiceValue(cluster string, clusterID uint32, svc *corev1.Service, slices 
 	}
 	for _, b := range ls.Backends {
 		// A zoned (link-local) address means nothing in another
-		// cluster; readers reject it.
-		if !b.Ready && !b.Serving || b.IP.Zone() != "" {
+		// cluster; readers reject it. A terminating endpoint is not
+		// exported even while it still serves: the wire format cannot say
+		// "terminating", and a remote cluster that saw it as a plain
+		// backend would keep opening new connections to it (and keep a
+		// draining pod alive) for its whole grace period. Established
+		// connections from other clusters keep their conntrack entries.
+		if !b.Ready || b.Terminating || b.IP.Zone() != "" {
 			continue
 		}
 		addr := b.IP.String()

@@ -169,7 +169,7 @@ func TestServiceBackends(t *testing.T) {
 		frontends []string
 		backends  []string
 	}{
-		{"ready, unknown and serving-terminating kept; not serving dropped",
+		{"ready and unknown kept; terminating (serving or not) and not ready dropped",
 			svc("ns", "s", global, "10.96.0.10"),
 			[]*discoveryv1.EndpointSlice{slice("ns", "s", "s-1", 8080,
 				ep{addr: "10.0.0.1", ready: yes},
@@ -178,7 +178,7 @@ func TestServiceBackends(t *testing.T) {
 				ep{addr: "10.0.0.4", ready: no, serving: no, terminating: yes},
 				ep{addr: "10.0.0.5", ready: no},
 			)},
-			[]string{"10.96.0.10"}, []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}},
+			[]string{"10.96.0.10"}, []string{"10.0.0.1", "10.0.0.2"}},
 		{"headless: backends only", svc("ns", "s", global, "None"),
 			[]*discoveryv1.EndpointSlice{slice("ns", "s", "s-1", 8080, ep{addr: "10.0.0.1"})},
 			nil, []string{"10.0.0.1"}},

@@ -123,10 +123,11 @@ func referenceBackends(local refCluster, remotes []refCluster, failStatic bool, 
 			add(e, local.ID, true, e.Ready && !e.Terminating)
 		}
 	}
-	// A global service also takes the endpoints that can serve (ready, or
-	// serving while terminating) of the same namespace/name wherever it is
-	// global and shared; a lost cluster's backends only drain, unless
-	// fail-static.
+	// A global service also takes the ready endpoints (not terminating:
+	// the wire format cannot carry that state, so clusters export only
+	// endpoints that take new connections) of the same namespace/name
+	// wherever it is global and shared; a lost cluster's backends only
+	// drain, unless fail-static.
 	if isGlobal(s.Annotations) {
 		for _, rc := range remotes {
 			for _, rs := range rc.Services {
@@ -134,7 +135,7 @@ func referenceBackends(local refCluster, remotes []refCluster, failStatic bool, 
 					continue
 				}
 				for _, e := range rs.Endpoints {
-					if e.Ready && !e.Terminating || e.Serving {
+					if e.Ready && !e.Terminating {
 						add(e, rc.ID, false, rc.Reachable || failStatic)
 					}
 				}
