@@ -61,8 +61,9 @@ func BenchmarkBringUp16x3(b *testing.B) {
 		sched0 := readSchedLatencies()
 		b.Cleanup(func() {
 			end := time.Now()
-			b.Logf("process stalled %v of %v (watchdog); goroutine scheduling latency %s",
-				wd.Stalled(t0, end).Round(time.Millisecond), end.Sub(t0).Round(time.Millisecond), schedLatencySince(sched0))
+			b.Logf("process stalled %v of %v (watchdog); goroutine scheduling latency %s; %d remote-cluster losses %v",
+				wd.Stalled(t0, end).Round(time.Millisecond), end.Sub(t0).Round(time.Millisecond), schedLatencySince(sched0),
+				lost.n.Load(), lost.reasons)
 			releaseWD()
 		})
 		m, closeMesh := startMesh(b, spec)
