@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/metrics"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/internal/testenv"
+	"github.com/meshbed/meshbed/mesh/kvstore"
 )
 
 // BenchmarkBringUp16x3 builds 16 clusters of 3 nodes, each running the
@@ -51,6 +53,19 @@ func BenchmarkBringUp16x3(b *testing.B) {
 		lost := &countingHandler{Handler: testLogger(b).Handler(), msg: "Remote cluster lost", n: new(atomic.Int64), reasons: &reasonCounts{}}
 		spec.Logger = slog.New(lost)
 		t0 := time.Now()
+		// How much of the run this process itself spent unable to run, as
+		// the loss detector's watchdog sees it, and its goroutines'
+		// scheduling latencies: what a starved bring-up looks like.
+		wd := kvstore.NewWatchdog(kvstore.WatchdogConfig{Horizon: time.Hour})
+		releaseWD := wd.Acquire()
+		sched0 := readSchedLatencies()
+		b.Cleanup(func() {
+			end := time.Now()
+			b.Logf("process stalled %v of %v (watchdog); goroutine scheduling latency %s; %d remote-cluster losses %v",
+				wd.Stalled(t0, end).Round(time.Millisecond), end.Sub(t0).Round(time.Millisecond), schedLatencySince(sched0),
+				lost.n.Load(), lost.reasons)
+			releaseWD()
+		})
 		m, closeMesh := startMesh(b, spec)
 		built := time.Since(t0)
 		deploy(b, m, echoManifest)
@@ -130,6 +145,42 @@ func BenchmarkBringUp16x3(b *testing.B) {
 	}
 	b.ReportMetric(slab/n, "slab-MB")
 	b.ReportMetric(kernel/n, "kernel-MB")
+}
+
+func readSchedLatencies() *metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return nil
+	}
+	return s[0].Value.Float64Histogram()
+}
+
+// schedLatencySince summarizes the scheduling latencies recorded since
+// before (p50, p90, p99: the upper bounds of their buckets).
+func schedLatencySince(before *metrics.Float64Histogram) string {
+	now := readSchedLatencies()
+	if before == nil || now == nil {
+		return "unknown"
+	}
+	var total uint64
+	delta := make([]uint64, len(now.Counts))
+	for i := range now.Counts {
+		delta[i] = now.Counts[i] - before.Counts[i]
+		total += delta[i]
+	}
+	q := func(p float64) time.Duration {
+		rank := uint64(p * float64(total))
+		var seen uint64
+		for i, c := range delta {
+			seen += c
+			if seen > rank {
+				return time.Duration(now.Buckets[i+1] * float64(time.Second))
+			}
+		}
+		return 0
+	}
+	return fmt.Sprintf("p50 %v, p90 %v, p99 %v over %d", q(0.5), q(0.9), q(0.99), total)
 }
 
 // countingHandler counts log records with one message: how often
