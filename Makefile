@@ -1,16 +1,23 @@
 # The Makefile only delegates to hack/ scripts.
-.PHONY: all build test generate generate-check bench scenario deps clean
+.PHONY: all build test check generate generate-check bench scenario deps clean
 
 all: build
 
+# System packages (clang, libbpf-dev, ...) for generate and the privileged
+# tests; build needs none of them (the generated code is committed).
 deps:
 	hack/deps.sh
 
-build: deps
+build:
 	go build -o bin/ ./cmd/...
 
+# Installs missing system packages (hack/deps.sh), then runs every test.
 test:
 	hack/test.sh
+
+# gofmt, go mod tidy, vet, staticcheck, no large tracked files.
+check:
+	hack/check.sh
 
 generate:
 	hack/generate.sh

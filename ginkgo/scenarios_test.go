@@ -16,6 +16,7 @@ import (
 	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
+	simtarget "github.com/meshbed/meshbed/sim/target"
 )
 
 func TestScenarios(t *testing.T) {
@@ -43,10 +44,8 @@ var _ = Describe("Scenario files", func() {
 			var progress, logs bytes.Buffer
 			runCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 			defer cancel()
-			rep, err := engine.Run(runCtx, sc, engine.Options{
-				Progress: &progress,
-				Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
-			})
+			tgt := simtarget.New(simtarget.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			rep, err := engine.Run(runCtx, sc, tgt, engine.Options{Progress: &progress})
 			AddReportEntry("progress", progress.String())
 			if err != nil || !rep.Passed {
 				if os.Getenv("MESHBED_SCENARIO_LOGS") != "" {

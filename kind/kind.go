@@ -9,8 +9,8 @@
 // `meshbed clustermesh` commands, which fill the Secrets the pods mount:
 //
 //	Secret                  filled by  mounted by   holds
-//	meshbed-apiserver-tls   enable     apiserver    ca.crt, server.*, root.*
-//	meshbed-agent-tls       enable     agents       ca.crt, local-agent.*
+//	meshbed-apiserver-tls   enable     apiserver    ca.crt, server.*, admin.* (user admin-<cluster>)
+//	meshbed-agent-tls       enable     agents       ca.crt, local-agent.* (user local-<cluster>)
 //	meshbed-kvstoremesh-tls enable     apiserver    ca.crt, remote.* (reader of other clusters)
 //	meshbed-kvstoremesh     connect    apiserver    one EtcdConfig per remote cluster (its node port)
 //	meshbed-clustermesh     connect    agents       one EtcdConfig per remote cluster (local kvstoremesh)
@@ -30,7 +30,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/meshbed/meshbed/kind/cni"
-	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -66,14 +66,14 @@ const (
 	KVStoreMeshTLSDir   = "/var/lib/meshbed/kvstoremesh-tls"
 )
 
-// Pair names in the Secrets besides apiserver's server and root (pki.Dir
-// layout: <name>.crt, <name>.key).
+// Pair names in the Secrets besides the apiserver's server and admin pairs
+// (pki.Dir layout: <name>.crt, <name>.key).
 const (
 	// AgentPair is the agents' client pair for the local mesh-apiserver,
-	// user apiserver.UserLocalAgent.
-	AgentPair = apiserver.UserLocalAgent
+	// user pki.LocalUser(<this cluster>).
+	AgentPair = pki.LocalAgentPair
 	// RemotePair is the client pair with which this cluster's kvstoremesh
-	// reads the other clusters, user apiserver.RemoteUser(<this cluster>).
+	// reads the other clusters, user pki.RemoteUser(<this cluster>).
 	RemotePair = "remote"
 )
 

@@ -3,7 +3,6 @@ package kind
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,11 +17,10 @@ import (
 	kindv1alpha4 "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/agent"
 	"github.com/meshbed/meshbed/mesh/identity"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 var cluster1 = Values{ClusterName: "cluster1", ClusterID: 1}
 
@@ -67,19 +65,7 @@ func TestRenderGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			path := filepath.Join("testdata", v.ClusterName+".golden.yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("rendered manifests differ from %s (run go test ./kind -update and review the diff)", path)
-			}
+			testenv.Golden(t, filepath.Join("testdata", v.ClusterName+".golden.yaml"), got)
 		})
 	}
 }

@@ -195,11 +195,6 @@ func (d *decoder) topology(field string, v any, st *state) {
 		d.errorf(join(field, "clusters"), "at least one cluster is required")
 		return
 	}
-	// Fields of accepted clusters, for messages about clashes.
-	type placed struct {
-		cluster string
-		field   string
-	}
 	byName := map[string]string{}
 	byID := map[int]string{}
 	type cidr struct {

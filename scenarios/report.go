@@ -10,7 +10,7 @@ import (
 )
 
 // Report is the result of a scenario run, written as report.json. The field
-// names are those of SCENARIOS.md; fields beyond it are marked below.
+// names are those of docs/scenarios.md; fields beyond it are marked below.
 //
 // Times: BringUpSeconds and DurationSeconds are wall-clock lengths.
 // StepReport.StartSeconds and the Stream times are on the run clock, which
@@ -23,10 +23,10 @@ type Report struct {
 	DurationSeconds float64      `json:"durationSeconds"`
 	Steps           []StepReport `json:"steps"`
 	Final           FinalReport  `json:"final"`
-	// Streams is not in SCENARIOS.md: the bucketed record of every traffic
+	// Streams is not in docs/scenarios.md: the bucketed record of every traffic
 	// stream, which report.html draws. Omitted when there are none.
 	Streams []Stream `json:"streams,omitempty"`
-	// Warnings is not in SCENARIOS.md: limitations the mesh reported while
+	// Warnings is not in docs/scenarios.md: limitations the mesh reported while
 	// the scenario ran, such as a policy enforced with less than it says
 	// (DNS rules enforced at L4 only). Omitted when there are none.
 	Warnings []string `json:"warnings,omitempty"`
@@ -53,7 +53,7 @@ type StepReport struct {
 	// Message says why the step failed, with the measured figures; empty
 	// when it passed.
 	Message string `json:"message"`
-	// StartSeconds is not in SCENARIOS.md: when the step started, on the
+	// StartSeconds is not in docs/scenarios.md: when the step started, on the
 	// run clock, for the step markers of report.html's timelines.
 	StartSeconds float64 `json:"startSeconds"`
 }
@@ -62,7 +62,7 @@ type StepReport struct {
 type FinalReport struct {
 	Passed  bool    `json:"passed"`
 	Seconds float64 `json:"seconds"`
-	// Message is not in SCENARIOS.md: what was lost or stale when the check
+	// Message is not in docs/scenarios.md: what was lost or stale when the check
 	// failed. Omitted when empty.
 	Message string `json:"message,omitempty"`
 }

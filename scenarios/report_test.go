@@ -89,7 +89,7 @@ func TestProgressBringUpFailure(t *testing.T) {
 	}
 }
 
-// TestReportJSONFields pins report.json's field names to SCENARIOS.md's,
+// TestReportJSONFields pins report.json's field names to docs/scenarios.md's,
 // plus the documented additions.
 func TestReportJSONFields(t *testing.T) {
 	var b bytes.Buffer
@@ -136,7 +136,7 @@ func TestReportJSONFields(t *testing.T) {
 	}
 }
 
-// TestReportReadsDocumentedExample decodes SCENARIOS.md's report.json
+// TestReportReadsDocumentedExample decodes docs/scenarios.md's report.json
 // example strictly into Report.
 func TestReportReadsDocumentedExample(t *testing.T) {
 	const example = `{"scenario":"failover","passed":true,"seed":1,"bringUpSeconds":3.2,"durationSeconds":11.8,

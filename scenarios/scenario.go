@@ -1,5 +1,5 @@
 // Package scenarios is the scenario file format meshbed.io/v1alpha1 (see
-// shared/SCENARIOS.md): the typed form of a scenario, its strict decoder and
+// docs/scenarios.md): the typed form of a scenario, its strict decoder and
 // validator, and the results of a run (report.json, report.html and the
 // terminal progress lines).
 //
@@ -54,7 +54,7 @@
 // manifest of a cluster fails to parse, references into that cluster are
 // not checked, so that one broken file does not cause a cascade of errors.
 //
-// # Choices beyond SCENARIOS.md
+// # Choices beyond docs/scenarios.md
 //
 // Each is a strict superset of the written format, or a rule the format
 // leaves open:
@@ -100,7 +100,7 @@ const (
 // Limits of the format.
 const (
 	// MaxClusterID is the largest cluster ID: the mesh splits identities
-	// for 255 clusters (DESIGN.md §3).
+	// for 255 clusters (docs/wire.md).
 	MaxClusterID = 255
 	// MaxClusterNameLen is the longest cluster name.
 	MaxClusterNameLen = 32
@@ -142,7 +142,7 @@ const (
 )
 
 // RemoteLoss is what an agent does with a remote cluster's backends once it
-// has lost its connection to that cluster (DESIGN.md §4).
+// has lost its connection to that cluster (docs/architecture.md, "Semantics").
 type RemoteLoss string
 
 const (

@@ -13,7 +13,7 @@ import (
 )
 
 // actionKeys are the step keys that are actions, in the order of
-// SCENARIOS.md.
+// docs/scenarios.md.
 var actionKeys = []string{"apply", "delete", "scale", "annotate", "curl", "traffic", "stopTraffic",
 	"partition", "heal", "stop", "start", "restart", "wait"}
 

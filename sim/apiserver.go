@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -27,23 +26,28 @@ func (c *Cluster) tlsDir() pki.Dir {
 }
 
 // prepareTLS issues the cluster's certificates from the mesh CA: the etcd
-// server pair and root client of its apiserver, the local agents' client,
-// and this cluster's client for reading remote clusters.
+// server pair and admin client of its apiserver, the local agents' client,
+// and this cluster's client for reading remote clusters, each user named
+// after the cluster (mesh/pki).
 func (c *Cluster) prepareTLS() error {
 	dir := c.tlsDir()
 	if err := os.MkdirAll(string(dir), 0o700); err != nil {
 		return err
 	}
 	const validity = 24 * time.Hour
-	if err := apiserver.IssueServerTLS(dir, c.mesh.ca, []net.IP{c.apiIP.AsSlice()}, validity); err != nil {
+	if err := apiserver.IssueServerTLS(dir, c.mesh.ca, c.spec.Name, []net.IP{c.apiIP.AsSlice()}, validity); err != nil {
 		return fmt.Errorf("apiserver certificates: %w", err)
 	}
-	for _, user := range []string{apiserver.UserLocalAgent, apiserver.RemoteUser(c.spec.Name)} {
-		cert, err := c.mesh.ca.IssueClient(user, validity)
+	reader := pki.RemoteUser(c.spec.Name)
+	for _, p := range []struct{ pair, user string }{
+		{pki.LocalAgentPair, pki.LocalUser(c.spec.Name)},
+		{reader, reader},
+	} {
+		cert, err := c.mesh.ca.IssueClient(p.user, validity)
 		if err != nil {
 			return err
 		}
-		if err := dir.WriteCert(user, cert); err != nil {
+		if err := dir.WriteCert(p.pair, cert); err != nil {
 			return err
 		}
 	}
@@ -56,7 +60,7 @@ func (c *Cluster) prepareTLS() error {
 // the local apiserver's cache when kvstoremesh runs, directly otherwise.
 func (c *Cluster) writeRemoteConfigs() error {
 	dir := c.tlsDir()
-	reader := apiserver.RemoteUser(c.spec.Name)
+	reader := pki.RemoteUser(c.spec.Name)
 	for _, p := range c.mesh.peersOf(c) {
 		direct := remote.EtcdConfig{
 			Endpoints:     []string{fmt.Sprintf("https://%s", net.JoinHostPort(p.apiIP.String(), fmt.Sprint(apiserverPort)))},
@@ -66,7 +70,7 @@ func (c *Cluster) writeRemoteConfigs() error {
 		if c.mesh.spec.KVStoreMesh {
 			agentCfg = remote.EtcdConfig{
 				Endpoints:     []string{fmt.Sprintf("https://%s", net.JoinHostPort(c.apiIP.String(), fmt.Sprint(apiserverPort)))},
-				TrustedCAFile: dir.CAFile(), CertFile: dir.CertFile(apiserver.UserLocalAgent), KeyFile: dir.KeyFile(apiserver.UserLocalAgent),
+				TrustedCAFile: dir.CAFile(), CertFile: dir.CertFile(pki.LocalAgentPair), KeyFile: dir.KeyFile(pki.LocalAgentPair),
 			}
 		}
 		for _, f := range []struct {
@@ -249,33 +253,18 @@ func (c *Cluster) KVStoreList(ctx context.Context, prefix string) (map[string]st
 	return out, nil
 }
 
+// KVStoreScan reads every key that begins with prefix, a plain key prefix
+// (KVStoreList reads a directory: it appends a "/").
+func (c *Cluster) KVStoreScan(ctx context.Context, prefix string) (map[string][]byte, error) {
+	kv, err := c.kv()
+	if err != nil {
+		return nil, err
+	}
+	return kv.ListKeyPrefix(ctx, prefix)
+}
+
 // KVStoreCount counts the keys under prefix.
 func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) {
 	kvs, err := c.KVStoreList(ctx, prefix)
 	return len(kvs), err
-}
-
-// checkCaches compares every kvstoremesh cache with its source.
-func (m *Mesh) checkCaches(ctx context.Context) error {
-	var errs []error
-	for _, c := range m.clusters {
-		cache, err := c.kv()
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		peers := m.peersOf(c)
-		sort.Slice(peers, func(i, j int) bool { return peers[i].spec.Name < peers[j].spec.Name })
-		for _, p := range peers {
-			source, err := p.kv()
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := kvstoremesh.Equal(ctx, source, cache, p.spec.Name); err != nil {
-				errs = append(errs, fmt.Errorf("kvstoremesh cache of %s in %s: %w", p.spec.Name, c.spec.Name, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -46,7 +48,7 @@ func BenchmarkBringUp16x3(b *testing.B) {
 			b.Fatal(err)
 		}
 		spec := meshSpec(clusters, nodes)
-		lost := &countingHandler{Handler: testLogger(b).Handler(), msg: "Remote cluster lost", n: new(atomic.Int64)}
+		lost := &countingHandler{Handler: testLogger(b).Handler(), msg: "Remote cluster lost", n: new(atomic.Int64), reasons: &reasonCounts{}}
 		spec.Logger = slog.New(lost)
 		t0 := time.Now()
 		m, closeMesh := startMesh(b, spec)
@@ -110,8 +112,8 @@ func BenchmarkBringUp16x3(b *testing.B) {
 			b.Fatalf("64 requests from cluster1 were answered by %d clusters only: %v", len(got), got)
 		}
 		cancel()
-		b.Logf("built %v, settled %v, converged %v, %d remote-cluster losses; VmRSS %.0f MB, slab +%.0f MB, kernel +%.0f MB; answers %v",
-			built.Round(time.Millisecond), took.Round(time.Millisecond), conv.Round(time.Millisecond), lost.n.Load(),
+		b.Logf("built %v, settled %v, converged %v, %d remote-cluster losses %v; VmRSS %.0f MB, slab +%.0f MB, kernel +%.0f MB; answers %v",
+			built.Round(time.Millisecond), took.Round(time.Millisecond), conv.Round(time.Millisecond), lost.n.Load(), lost.reasons,
 			status["VmRSS"], after["Slab"]-before["Slab"], kernelMemory(after)-kernelMemory(before), got)
 		if err := closeMesh(); err != nil {
 			b.Fatal(err)
@@ -136,21 +138,60 @@ type countingHandler struct {
 	slog.Handler
 	msg string
 	n   *atomic.Int64
+	// reasons, when set, counts the records by their "reason" attribute
+	// (up to its first colon): which detector reported the losses.
+	reasons *reasonCounts
+}
+
+type reasonCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (rc *reasonCounts) String() string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	keys := make([]string, 0, len(rc.m))
+	for k := range rc.m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%q: %d", k, rc.m[k]))
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
 }
 
 func (h *countingHandler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Message == h.msg {
 		h.n.Add(1)
+		if h.reasons != nil {
+			reason := "(none)"
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "reason" {
+					reason, _, _ = strings.Cut(a.Value.String(), ":")
+					return false
+				}
+				return true
+			})
+			h.reasons.mu.Lock()
+			if h.reasons.m == nil {
+				h.reasons.m = map[string]int{}
+			}
+			h.reasons.m[reason]++
+			h.reasons.mu.Unlock()
+		}
 	}
 	return h.Handler.Handle(ctx, r)
 }
 
 func (h *countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &countingHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, n: h.n}
+	return &countingHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, n: h.n, reasons: h.reasons}
 }
 
 func (h *countingHandler) WithGroup(name string) slog.Handler {
-	return &countingHandler{Handler: h.Handler.WithGroup(name), msg: h.msg, n: h.n}
+	return &countingHandler{Handler: h.Handler.WithGroup(name), msg: h.msg, n: h.n, reasons: h.reasons}
 }
 
 // kernelMemory is the kernel's own memory in /proc/meminfo that a mesh

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -144,125 +143,56 @@ func (n *Node) ServiceBackendClusters(ctx context.Context, namespace, name strin
 	return ids, nil
 }
 
-// Check is the final, Jepsen-style check of a converged mesh: every
-// kvstoremesh cache equals its source; every node's service and ipcache
-// maps equal the agent's desired state; no programmed backend is stale
-// (each is a ready or serving endpoint of the same service in its own
-// cluster right now); and nothing is lost (the desired services equal the
-// merge of every connected cluster's Kubernetes state read directly, and
-// every pod of those clusters is in the ipcache).
-func (m *Mesh) Check(ctx context.Context) error {
-	var errs []error
-	if m.spec.KVStoreMesh {
-		errs = append(errs, m.checkCaches(ctx))
+// Objects lists the cluster's Services, EndpointSlices and Pods in every
+// namespace, as the final check reads them.
+func (c *Cluster) Objects(ctx context.Context) ([]corev1.Service, []discoveryv1.EndpointSlice, []corev1.Pod, error) {
+	svcs, err := c.API.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	live := map[string]bool{} // "<clusterID>/<ns>/<name>/<ip>"
-	for _, c := range m.clusters {
-		slices, err := c.API.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		for _, s := range slices.Items {
-			svc := s.Labels[discoveryv1.LabelServiceName]
-			for _, ep := range s.Endpoints {
-				if (ep.Conditions.Ready != nil && *ep.Conditions.Ready) || (ep.Conditions.Serving != nil && *ep.Conditions.Serving) {
-					for _, a := range ep.Addresses {
-						live[fmt.Sprintf("%d/%s/%s/%s", c.spec.ID, s.Namespace, svc, a)] = true
-					}
-				}
-			}
-		}
+	slices, err := c.API.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	for _, c := range m.clusters {
-		for _, n := range c.nodes {
-			errs = append(errs, n.checkDatapath(live))
-		}
+	pods, err := c.API.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	errs = append(errs, m.checkNothingLost(ctx))
-	return errors.Join(errs...)
+	return svcs.Items, slices.Items, pods.Items, nil
 }
 
-// backendKey names a backend with its cluster (Backend.String has it).
-func backendKey(b state.Backend) string { return b.String() }
+// NodeState is what a node's agent wants and what its datapath holds.
+type NodeState struct {
+	// Running is false while the agent is stopped; Desired is then nil.
+	Running bool
+	// Desired is the agent's last desired state, nil before its first.
+	Desired *state.State
+	// Services (active backends in slot order) and IPCache are read back
+	// from the BPF maps.
+	Services []state.Service
+	IPCache  []state.IPCacheEntry
+}
 
-// checkDatapath compares the node's maps with its agent's desired state.
-func (n *Node) checkDatapath(live map[string]bool) error {
-	where := n.cluster.spec.Name + "/" + n.name
-	a := n.Agent()
-	if a == nil {
-		return fmt.Errorf("%s: agent is not running", where)
-	}
-	desired, _, _ := a.State()
-	if desired == nil {
-		return fmt.Errorf("%s: agent has programmed nothing", where)
-	}
-	var errs []error
-	want := map[state.Frontend][]string{}
-	for _, s := range desired.Services {
-		var bs []string
-		for _, b := range s.Backends {
-			if b.State != state.BackendActive {
-				continue
-			}
-			bs = append(bs, backendKey(b))
-			if !live[fmt.Sprintf("%d/%s/%s", b.ClusterID, s.Name, b.IP)] {
-				errs = append(errs, fmt.Errorf("%s: service %s has stale backend %s: no such ready endpoint in cluster %d", where, s.Name, b, b.ClusterID))
-			}
-		}
-		sort.Strings(bs)
-		want[s.Frontend] = bs
+// ReadState reads the node's agent state and BPF maps.
+func (n *Node) ReadState() (NodeState, error) {
+	var ns NodeState
+	if a := n.Agent(); a != nil {
+		ns.Running = true
+		ns.Desired, _, _ = a.State()
 	}
 	entries, err := n.dp.Datapath().DumpServices()
 	if err != nil {
-		return fmt.Errorf("%s: dump services: %w", where, err)
+		return ns, fmt.Errorf("dump services: %w", err)
 	}
-	got := map[state.Frontend][]string{}
 	for _, e := range entries {
-		var bs []string
+		svc := state.Service{Name: e.Name, Frontend: e.Frontend}
 		for _, b := range e.Backends {
-			bs = append(bs, backendKey(b.Backend))
+			svc.Backends = append(svc.Backends, b.Backend)
 		}
-		sort.Strings(bs)
-		got[e.Frontend] = bs
+		ns.Services = append(ns.Services, svc)
 	}
-	for fe, w := range want {
-		g, ok := got[fe]
-		if !ok && len(w) > 0 {
-			errs = append(errs, fmt.Errorf("%s: frontend %s is missing from the service map", where, fe))
-		} else if strings.Join(g, " ") != strings.Join(w, " ") {
-			errs = append(errs, fmt.Errorf("%s: frontend %s has backends [%s] in the map, the agent wants [%s]", where, fe, strings.Join(g, " "), strings.Join(w, " ")))
-		}
+	if ns.IPCache, err = n.dp.Datapath().DumpIPCache(); err != nil {
+		return ns, fmt.Errorf("dump ipcache: %w", err)
 	}
-	for fe := range got {
-		if _, ok := want[fe]; !ok {
-			errs = append(errs, fmt.Errorf("%s: frontend %s is in the service map but not wanted", where, fe))
-		}
-	}
-	ipc, err := n.dp.Datapath().DumpIPCache()
-	if err != nil {
-		return fmt.Errorf("%s: dump ipcache: %w", where, err)
-	}
-	wantIP := map[netip.Prefix]state.IPCacheEntry{}
-	for _, e := range desired.IPCache {
-		wantIP[e.Prefix] = e
-	}
-	gotIP := map[netip.Prefix]state.IPCacheEntry{}
-	for _, e := range ipc {
-		gotIP[e.Prefix] = e
-	}
-	for p, w := range wantIP {
-		g, ok := gotIP[p]
-		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("%s: ipcache lacks %s (identity %d)", where, p, w.Identity))
-		case g.Identity != w.Identity || g.TunnelEndpoint != w.TunnelEndpoint:
-			errs = append(errs, fmt.Errorf("%s: ipcache %s is identity %d via %v, the agent wants %d via %v", where, p, g.Identity, g.TunnelEndpoint, w.Identity, w.TunnelEndpoint))
-		}
-	}
-	for p := range gotIP {
-		if _, ok := wantIP[p]; !ok {
-			errs = append(errs, fmt.Errorf("%s: ipcache holds %s, which the agent does not want", where, p))
-		}
-	}
-	return errors.Join(errs...)
+	return ns, nil
 }

@@ -14,15 +14,17 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/netns/netnstest"
 	"github.com/meshbed/meshbed/internal/testenv"
+	"github.com/meshbed/meshbed/mesh/kvstore"
 )
 
 // Loss detection in TestIntegrationPartitionPlanes: a lost remote cluster
-// is noticed within planesHealthInterval+planesHealthTimeout.
+// is noticed within planesLossBound.
 const (
 	planesHealthInterval = 250 * time.Millisecond
 	planesHealthTimeout  = 500 * time.Millisecond
-	planesLossBound      = planesHealthInterval + planesHealthTimeout
 )
+
+var planesLossBound = kvstore.HealthConfig{Interval: planesHealthInterval, Timeout: planesHealthTimeout}.Bound()
 
 // TestIntegrationPartitionPlanes cuts the network between two clusters one
 // plane at a time and checks that exactly that plane breaks:
@@ -146,7 +148,7 @@ func TestIntegrationPartitionPlanes(t *testing.T) {
 		whole(t)
 	})
 
-	if err := m.Check(ctx); err != nil {
+	if err := finalCheck(ctx, m); err != nil {
 		t.Fatalf("final check: %v", err)
 	}
 }

@@ -415,7 +415,7 @@ func TestIntegrationRemotePodAllowedByPolicy(t *testing.T) {
 				}
 				return nil
 			})
-			if err := pm.m.Check(ctx); err != nil {
+			if err := finalCheck(ctx, pm.m); err != nil {
 				t.Fatalf("final check: %v", err)
 			}
 		})

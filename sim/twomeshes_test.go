@@ -119,7 +119,7 @@ func TestIntegrationTwoMeshesAtOnce(t *testing.T) {
 		}
 	}
 	for i, m := range meshes {
-		if err := m.Check(ctx); err != nil {
+		if err := finalCheck(ctx, m); err != nil {
 			t.Errorf("mesh %d: final check: %v", i, err)
 		}
 	}

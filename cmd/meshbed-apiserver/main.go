@@ -69,7 +69,7 @@ func newCommand() *cobra.Command {
 	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	f.StringVar(&o.listen, "listen", "0.0.0.0:2379", "host:port of the etcd client listener (mTLS)")
-	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/apiserver-tls", "directory with ca.crt, server.crt/.key and root.crt/.key")
+	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/apiserver-tls", "directory with ca.crt, server.crt/.key and admin.crt/.key (user admin-<cluster>)")
 	f.StringVar(&o.configDir, "clustermesh-config", "", "directory of remote cluster configs, one file per cluster (kvstoremesh; the file names are also the clusters allowed to read this one)")
 	f.BoolVar(&o.kvstoremesh, "kvstoremesh", true, "mirror the remote clusters of --clustermesh-config into this etcd for the local agents")
 	f.StringSliceVar(&o.remoteClusters, "remote-clusters", nil, "further clusters allowed to read this one (users remote-<name>), besides those of --clustermesh-config")
@@ -128,7 +128,7 @@ func (o options) validate() error {
 			if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
 				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
 			}
-			if err := d.Verify(apiserver.UserRoot, x509.ExtKeyUsageClientAuth); err != nil {
+			if err := verifyAdmin(d, o.clusterName); err != nil {
 				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
 			}
 		}
@@ -287,4 +287,24 @@ func watchReaders(ctx context.Context, o options, srv *apiserver.Server, current
 		log.Info("remote readers changed", "clusters", next)
 		current = next
 	}
+}
+
+// verifyAdmin checks the apiserver's own client pair: issued by the CA, for
+// this cluster's admin user. A directory written by an older meshbed holds
+// a "root" pair instead; `meshbed clustermesh enable` reissues it.
+func verifyAdmin(d pki.Dir, cluster string) error {
+	if err := d.Verify(pki.AdminPair, x509.ExtKeyUsageClientAuth); err != nil {
+		if _, old := d.LoadCert("root"); old == nil {
+			return fmt.Errorf("%w (a certificate directory from an older meshbed: run `meshbed clustermesh enable` to reissue it)", err)
+		}
+		return err
+	}
+	c, err := d.LoadCert(pki.AdminPair)
+	if err != nil {
+		return err
+	}
+	if cn, want := c.Leaf.Subject.CommonName, pki.AdminUser(cluster); cn != want {
+		return fmt.Errorf("%s is for user %q, want %q (run `meshbed clustermesh enable` to reissue it)", d.CertFile(pki.AdminPair), cn, want)
+	}
+	return nil
 }

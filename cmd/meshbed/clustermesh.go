@@ -310,12 +310,14 @@ func enableSecrets(c *clusterInfo, ca *pki.CA, current map[string]map[string][]b
 
 	// The mesh-apiserver: server pair for every address it is dialled at
 	// (node addresses from other clusters, cluster IPs from its agents),
-	// and its own root client pair. apiserver.IssueServerTLS is what the
-	// mesh-apiserver's own tests use; it writes a pki.Dir.
+	// and its own admin client pair. apiserver.IssueServerTLS is what the
+	// mesh-apiserver's own tests use; it writes a pki.Dir. A Secret written
+	// by an older meshbed (a "root" pair, users not named per cluster) fails
+	// these checks and is reissued.
 	ips := append(slices.Clone(c.nodeIPs), c.clusterIPs...)
 	srv := current[kind.SecretAPIServerTLS]
 	if !pairGood(srv, pki.ServerName, ca, x509.ExtKeyUsageServerAuth, "", append(ips, "127.0.0.1")) ||
-		!pairGood(srv, apiserver.UserRoot, ca, x509.ExtKeyUsageClientAuth, apiserver.UserRoot, nil) {
+		!pairGood(srv, pki.AdminPair, ca, x509.ExtKeyUsageClientAuth, pki.AdminUser(c.name), nil) {
 		tmp, err := os.MkdirTemp("", "meshbed-enable-")
 		if err != nil {
 			return nil, err
@@ -325,11 +327,11 @@ func enableSecrets(c *clusterInfo, ca *pki.CA, current map[string]map[string][]b
 		for _, ip := range ips {
 			netIPs = append(netIPs, net.ParseIP(ip))
 		}
-		if err := apiserver.IssueServerTLS(pki.Dir(tmp), ca, netIPs, pki.DefaultValidity); err != nil {
+		if err := apiserver.IssueServerTLS(pki.Dir(tmp), ca, c.name, netIPs, pki.DefaultValidity); err != nil {
 			return nil, fmt.Errorf("issue mesh-apiserver certificates: %w", err)
 		}
 		srv = map[string][]byte{"ca.crt": caPEM}
-		for _, name := range []string{pki.ServerName, apiserver.UserRoot} {
+		for _, name := range []string{pki.ServerName, pki.AdminPair} {
 			for _, f := range []string{pki.Dir(tmp).CertFile(name), pki.Dir(tmp).KeyFile(name)} {
 				b, err := os.ReadFile(f)
 				if err != nil {
@@ -344,8 +346,8 @@ func enableSecrets(c *clusterInfo, ca *pki.CA, current map[string]map[string][]b
 	for _, cl := range []struct {
 		secret, pair, user string
 	}{
-		{kind.SecretAgentTLS, kind.AgentPair, apiserver.UserLocalAgent},
-		{kind.SecretKVStoreMeshTLS, kind.RemotePair, apiserver.RemoteUser(c.name)},
+		{kind.SecretAgentTLS, kind.AgentPair, pki.LocalUser(c.name)},
+		{kind.SecretKVStoreMeshTLS, kind.RemotePair, pki.RemoteUser(c.name)},
 	} {
 		data := current[cl.secret]
 		if !pairGood(data, cl.pair, ca, x509.ExtKeyUsageClientAuth, cl.user, nil) {
@@ -588,7 +590,7 @@ func kvstoreProbe(caDir string) meshProbe {
 		if err != nil {
 			return nil, err
 		}
-		cert, err := ca.IssueClient(apiserver.UserLocalAgent, time.Hour)
+		cert, err := ca.IssueClient(pki.LocalUser(c.name), time.Hour)
 		if err != nil {
 			return nil, err
 		}

@@ -140,7 +140,7 @@ func TestEnable(t *testing.T) {
 	// The mesh-apiserver's Secret passes the mesh-apiserver's own checks
 	// (cmd/meshbed-apiserver validates --tls-dir the same way).
 	srv := c1.secret(t, kind.SecretAPIServerTLS)
-	if got := slices.Sorted(maps.Keys(srv)); !slices.Equal(got, []string{"ca.crt", "root.crt", "root.key", "server.crt", "server.key"}) {
+	if got := slices.Sorted(maps.Keys(srv)); !slices.Equal(got, []string{"admin.crt", "admin.key", "ca.crt", "server.crt", "server.key"}) {
 		t.Errorf("%s holds %v", kind.SecretAPIServerTLS, got)
 	}
 	d := writeDir(t, srv)
@@ -150,8 +150,11 @@ func TestEnable(t *testing.T) {
 	if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
 		t.Error(err)
 	}
-	if err := d.Verify(apiserver.UserRoot, x509.ExtKeyUsageClientAuth); err != nil {
+	if err := d.Verify(pki.AdminPair, x509.ExtKeyUsageClientAuth); err != nil {
 		t.Error(err)
+	}
+	if admin, err := d.LoadCert(pki.AdminPair); err != nil || admin.Leaf.Subject.CommonName != "admin-cluster1" {
+		t.Errorf("admin pair: %v, want user admin-cluster1", err)
 	}
 	server, err := d.LoadCert(pki.ServerName)
 	if err != nil {
@@ -165,7 +168,7 @@ func TestEnable(t *testing.T) {
 	}
 
 	for _, w := range []struct{ secret, pair, cn string }{
-		{kind.SecretAgentTLS, kind.AgentPair, apiserver.UserLocalAgent},
+		{kind.SecretAgentTLS, kind.AgentPair, "local-cluster1"},
 		{kind.SecretKVStoreMeshTLS, kind.RemotePair, "remote-cluster1"},
 	} {
 		data := c1.secret(t, w.secret)

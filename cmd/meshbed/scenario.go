@@ -15,7 +15,7 @@ import (
 
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
-	"github.com/meshbed/meshbed/sim"
+	simtarget "github.com/meshbed/meshbed/sim/target"
 )
 
 func scenarioCmd() *cobra.Command {
@@ -54,14 +54,14 @@ func scenarioCmd() *cobra.Command {
 				return &exitError{2, err}
 			}
 			defer closeLog()
-			opts := engine.Options{Progress: cmd.OutOrStdout(), Logger: logger}
+			opts := engine.Options{Progress: cmd.OutOrStdout()}
 			if keep {
-				opts.Keep = func(m *sim.Mesh) {
+				opts.Keep = func() {
 					fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
 					<-ctx.Done()
 				}
 			}
-			rep, err := engine.Run(ctx, sc, opts)
+			rep, err := engine.Run(ctx, sc, simtarget.New(simtarget.Options{Logger: logger}), opts)
 			if err != nil {
 				return &exitError{2, err}
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
+	simtarget "github.com/meshbed/meshbed/sim/target"
 )
 
 // socketDir holds the control sockets of running simulated meshes.
@@ -71,7 +72,7 @@ func simCmd() *cobra.Command {
 	}
 	var count int
 	var timeout time.Duration
-	curl := step("curl CLUSTER/DEPLOYMENT URL", "Send requests from a pod, as kubectl exec ... -- curl", cobra.ExactArgs(2),
+	curl := step("curl CLUSTER/[NAMESPACE/]DEPLOYMENT URL", "Send requests from a pod (namespace default unless given), as kubectl exec ... -- curl", cobra.ExactArgs(2),
 		func(_ *cobra.Command, a []string) (map[string]any, error) {
 			return map[string]any{"curl": map[string]any{"from": a[0], "url": a[1], "count": count, "timeout": timeout.String()}}, nil
 		})
@@ -205,13 +206,14 @@ func simUp(cmd *cobra.Command, name, file, logFile string, verbose bool) error {
 		return &exitError{2, err}
 	}
 	defer os.Remove(sock)
-	s, err := engine.Start(ctx, sc, engine.Options{Progress: cmd.OutOrStdout(), Logger: logger})
+	tgt := simtarget.New(simtarget.Options{Logger: logger})
+	s, err := engine.Start(ctx, sc, tgt, engine.Options{Progress: cmd.OutOrStdout()})
 	if err != nil {
 		ln.Close()
 		return &exitError{2, err}
 	}
 	defer s.Close()
-	srv := &http.Server{Handler: &control{file: file, raw: raw, s: s}, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: &control{file: file, raw: raw, s: s, mesh: tgt.Mesh()}, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	fmt.Fprintf(cmd.OutOrStdout(), "mesh %q is up; drive it with `meshbed sim --name %s ...`; Ctrl-C tears it down\n", name, name)
 	<-ctx.Done()
@@ -224,6 +226,7 @@ type control struct {
 	file string
 	raw  []byte
 	s    *engine.Session
+	mesh *sim.Mesh
 }
 
 func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -331,7 +334,7 @@ type clusterStatus struct {
 }
 
 func (c *control) status() any {
-	m := c.s.Mesh()
+	m := c.mesh
 	var out struct {
 		Clusters   []clusterStatus `json:"clusters"`
 		Partitions []string        `json:"partitions"`
@@ -359,7 +362,7 @@ func (c *control) status() any {
 
 func (c *control) cluster(r *http.Request) (*sim.Cluster, error) {
 	name := r.URL.Query().Get("cluster")
-	cl, ok := c.s.Mesh().Cluster(name)
+	cl, ok := c.mesh.Cluster(name)
 	if !ok {
 		return nil, fmt.Errorf("no cluster %q", name)
 	}

@@ -3,7 +3,7 @@
 // cluster's Kubernetes API, and serves it to the other clusters of the mesh
 // over mTLS, read-only.
 //
-// What it writes (shared/WIRE.md), all on one lease through a
+// What it writes (docs/wire.md), all on one lease through a
 // kvstore.Writer, and all rewritten on every start:
 //
 //	cilium/cluster-config/<cluster>               {"id":N,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":M}}
@@ -26,10 +26,14 @@
 // # Access
 //
 // Clients authenticate with a client certificate issued by the mesh CA; its
-// common name is the etcd user (see UserRoot, UserLocalAgent,
-// UserKVStoreMesh, RemoteUser). Remote readers may read cilium/state/, this
-// cluster's config and canaries and the heartbeat, nothing else; a client
-// without a valid certificate fails the TLS handshake.
+// common name is the etcd user. Users are named per cluster (see mesh/pki:
+// admin-<cluster>, local-<cluster>, kvstoremesh-<cluster>,
+// remote-<reader>), and an apiserver knows only its own cluster's admin,
+// local and kvstoremesh users and the remote users of the clusters allowed
+// to read it, so a certificate of another cluster is refused. Remote readers
+// may read cilium/state/, this cluster's config and canaries and the
+// heartbeat, nothing else; a client without a valid certificate fails the
+// TLS handshake.
 //
 // # Network namespaces
 //
@@ -97,8 +101,9 @@ type Config struct {
 	// picks a free port (see Endpoints).
 	ListenAddress string
 	// TLSDir holds ca.crt, server.crt/.key (the etcd server certificate,
-	// valid for localhost and the listen address) and root.crt/.key (a
-	// client certificate with CN root). IssueServerTLS writes them.
+	// valid for localhost and the listen address) and admin.crt/.key (a
+	// client certificate for pki.AdminUser(ClusterName)). IssueServerTLS
+	// writes them.
 	TLSDir pki.Dir
 	// DataDir is where etcd keeps its data and socket; empty means a new
 	// temporary directory, removed by Close. A given directory is wiped on
@@ -238,7 +243,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 			s.endpoint = "https://" + l.Addr().String()
 		}
 	}
-	rootTLS, err := s.clientTLS(UserRoot)
+	rootTLS, err := s.clientTLS(pki.AdminPair)
 	if err != nil {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
@@ -428,8 +433,8 @@ func (s *Server) LocalConfig(tlsConfig *tls.Config) kvstore.Config {
 	}
 }
 
-// Client is the apiserver's own etcd client, authenticated as root over the
-// local socket. An in-process kvstoremesh uses it as its local etcd. It is
+// Client is the apiserver's own etcd client, authenticated as the
+// cluster's admin (etcd's root role) over the local socket. An in-process kvstoremesh uses it as its local etcd. It is
 // closed by Close.
 func (s *Server) Client() *kvstore.Client {
 	s.mu.Lock()

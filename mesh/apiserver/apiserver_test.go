@@ -3,11 +3,9 @@ package apiserver
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	goruntime "runtime"
 	"sort"
@@ -24,12 +22,11 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 type logWriter struct{ t testing.TB }
 
@@ -51,7 +48,7 @@ func newMesh(t *testing.T) *mesh {
 		t.Fatal(err)
 	}
 	dir := pki.Dir(t.TempDir())
-	if err := IssueServerTLS(dir, ca, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
+	if err := IssueServerTLS(dir, ca, "cluster1", []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	return &mesh{ca: ca, dir: dir}
@@ -217,22 +214,7 @@ type kv struct {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if got != string(want) {
-		t.Fatalf("export differs from %s (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testenv.Golden(t, filepath.Join("testdata", name+".golden"), []byte(got))
 }
 
 // cluster1 is a small cluster: two nodes, services of every kind, pods.
@@ -550,6 +532,8 @@ func TestAccess(t *testing.T) {
 		write bool
 		key   string
 		ok    bool
+		// prefix: a read of key as a prefix (writes are single keys).
+		prefix bool
 	}
 	tests := []struct {
 		user string
@@ -557,40 +541,56 @@ func TestAccess(t *testing.T) {
 		ops  []op
 	}{
 		{"remote-cluster2", m.pair(t, "remote-cluster2"), []op{
-			{false, ownNode, true},
-			{false, wire.ClusterConfigKey("cluster1"), true},
-			{false, ownCanary, true},
-			{false, wire.HeartbeatKey, true},
-			{false, cfg2, false},
-			{false, cache2, false},
-			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), false},
-			{true, ownNode, false},
-			{true, wire.StateRoot + "x", false},
-			{true, cache2, false},
+			{false, ownNode, true, false},
+			{false, wire.ClusterConfigKey("cluster1"), true, false},
+			{false, ownCanary, true, false},
+			{false, wire.HeartbeatKey, true, false},
+			// As Cilium's etcd client reads it, before anything else.
+			{false, wire.HeartbeatKey, true, true},
+			{false, wire.ClusterConfigRoot, false, true},
+			{false, cfg2, false, false},
+			{false, cache2, false, false},
+			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), false, false},
+			{true, ownNode, false, false},
+			{true, wire.StateRoot + "x", false, false},
+			{true, cache2, false, false},
 		}},
-		{"local-agent", m.pair(t, "local-agent"), []op{
-			{false, ownNode, true},
-			{false, cfg2, true},
-			{false, cache2, true},
-			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true},
-			{false, wire.HeartbeatKey, true},
-			{true, cache2, false},
-			{true, ownNode, false},
+		{"local-cluster1", m.pair(t, "local-cluster1"), []op{
+			{false, ownNode, true, false},
+			{false, cfg2, true, false},
+			{false, cache2, true, false},
+			{false, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true, false},
+			{false, wire.HeartbeatKey, true, false},
+			{false, wire.HeartbeatKey, true, true},
+			{true, cache2, false, false},
+			{true, ownNode, false, false},
 		}},
-		{"kvstoremesh", m.pair(t, "kvstoremesh"), []op{
-			{false, ownNode, true},
-			{true, cache2, true},
-			{true, cfg2, true},
-			{true, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true},
-			{true, ownNode, false},
-			{true, wire.HeartbeatKey, false},
+		{"kvstoremesh-cluster1", m.pair(t, "kvstoremesh-cluster1"), []op{
+			{false, ownNode, true, false},
+			{true, cache2, true, false},
+			{true, cfg2, true, false},
+			{true, wire.SyncedKey("cluster2", wire.CacheNodesPrefix), true, false},
+			{true, ownNode, false, false},
+			{true, wire.HeartbeatKey, false, false},
 		}},
 		// A certificate of the mesh CA for a user that does not exist.
 		{"unknown remote", m.pair(t, "remote-cluster9"), []op{
-			{false, ownNode, false},
+			{false, ownNode, false, false},
 		}},
-		{"no certificate", nil, []op{{false, ownNode, false}}},
-		{"certificate of another CA", stranger, []op{{false, ownNode, false}}},
+		// Another cluster's admin and agents: same CA, no such users here.
+		{"admin-cluster2", m.pair(t, "admin-cluster2"), []op{
+			{false, ownNode, false, false},
+			{true, ownNode, false, false},
+		}},
+		{"local-cluster2", m.pair(t, "local-cluster2"), []op{
+			{false, ownNode, false, false},
+			{false, cache2, false, false},
+		}},
+		// The names an older meshbed issued in every cluster.
+		{"local-agent", m.pair(t, "local-agent"), []op{{false, ownNode, false, false}}},
+		{"kvstoremesh", m.pair(t, "kvstoremesh"), []op{{false, ownNode, false, false}}},
+		{"no certificate", nil, []op{{false, ownNode, false, false}}},
+		{"certificate of another CA", stranger, []op{{false, ownNode, false, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.user, func(t *testing.T) {
@@ -602,7 +602,11 @@ func TestAccess(t *testing.T) {
 					_, err = c.Put(ctx, o.key, "{}")
 				} else {
 					var resp *clientv3.GetResponse
-					resp, err = c.Get(ctx, o.key)
+					var opts []clientv3.OpOption
+					if o.prefix {
+						opts = append(opts, clientv3.WithPrefix())
+					}
+					resp, err = c.Get(ctx, o.key, opts...)
 					if err == nil && len(resp.Kvs) == 0 {
 						err = fmt.Errorf("key %s: %w", o.key, errSetup)
 					}
@@ -754,7 +758,7 @@ func BenchmarkStartAndSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := pki.Dir(b.TempDir())
-	if err := IssueServerTLS(dir, ca, nil, time.Hour); err != nil {
+	if err := IssueServerTLS(dir, ca, "cluster1", nil, time.Hour); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {

@@ -89,7 +89,7 @@ func pod(ns, name, ip, hostIP string, labels map[string]string) *corev1.Pod {
 	return p
 }
 
-// The JSON of WIRE.md's examples, byte for byte (the exporter writes what
+// The JSON of docs/wire.md's examples, byte for byte (the exporter writes what
 // encoding/json makes of the wire types, so field order is theirs).
 func TestValuesMatchWireExamples(t *testing.T) {
 	n, ok := NodeValue("cluster1", 1, node("cluster1-worker", "172.18.0.3", "10.10.1.0/24"))

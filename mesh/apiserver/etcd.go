@@ -22,36 +22,17 @@ import (
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
-// etcd users. A client authenticates as the common name of its verified
-// client certificate (etcd's certificate auth); there are no passwords.
-const (
-	// UserRoot is the apiserver itself (and the in-process kvstoremesh).
-	UserRoot = "root"
-	// UserLocalAgent is the cluster's own agents: read-only on the local
-	// state, the kvstoremesh cache, every cluster-config, every canary and
-	// the heartbeat.
-	UserLocalAgent = "local-agent"
-	// UserKVStoreMesh is a kvstoremesh running outside the apiserver
-	// process: it reads like a local agent and writes the cache, the
-	// remote cluster-configs and their canaries.
-	UserKVStoreMesh = "kvstoremesh"
-	// RemoteUserPrefix starts the user name of a remote cluster's reader,
-	// see RemoteUser.
-	RemoteUserPrefix = "remote-"
-)
+// etcdRootUser must exist for etcd to enable auth (see mesh/pki's users).
+const etcdRootUser = "root"
 
-// RemoteUser is the etcd user of remote cluster cluster's reader,
-// "remote-<cluster>": read-only on this cluster's exported state, its
-// cluster-config, its sync canaries and the heartbeat, nothing else.
-func RemoteUser(cluster string) string { return RemoteUserPrefix + cluster }
-
-// roles of the etcd auth; users are granted the role of the same name,
-// remote users the shared remote role.
+// roles of the etcd auth: the admin user has root, the local and
+// kvstoremesh users their own role, every remote user the shared remote
+// role.
 const (
 	roleRoot        = "root"
 	roleRemote      = "remote"
-	roleLocal       = UserLocalAgent
-	roleKVStoreMesh = UserKVStoreMesh
+	roleLocal       = "local-agent"
+	roleKVStoreMesh = "kvstoremesh"
 )
 
 // grant is one permission: a single key, or a prefix when prefix is set.
@@ -75,26 +56,29 @@ func rolePermissions(cluster string) map[string][]grant {
 		// A remote reader needs exactly what mesh/remote reads of a cluster
 		// it connects to directly: the state, this cluster's config and
 		// canaries (not those of the clusters this one caches), and the
-		// heartbeat its health probe reads.
+		// heartbeat its health probe reads. The heartbeat is granted as a
+		// prefix because Cilium's etcd client lists and watches it as one
+		// before anything else: with the key alone a Cilium client never
+		// gets past its first request.
 		roleRemote: {
 			readPrefix(wire.StateRoot),
 			read(wire.ClusterConfigKey(cluster)),
 			readPrefix(wire.SyncedRoot + cluster + "/"),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 		roleLocal: {
 			readPrefix(wire.StateRoot),
 			readPrefix(wire.CacheRoot),
 			readPrefix(wire.ClusterConfigRoot),
 			readPrefix(wire.SyncedRoot),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 		roleKVStoreMesh: {
 			readPrefix(wire.StateRoot),
 			writePrefix(wire.CacheRoot),
 			writePrefix(wire.ClusterConfigRoot),
 			writePrefix(wire.SyncedRoot),
-			read(wire.HeartbeatKey),
+			readPrefix(wire.HeartbeatKey),
 		},
 	}
 }
@@ -184,13 +168,22 @@ func (s *Server) bootstrapAuth(ctx context.Context, c *clientv3.Client) error {
 	if _, err := c.RoleAdd(ctx, roleRoot); err != nil {
 		return fmt.Errorf("add role %q: %w", roleRoot, err)
 	}
-	for user, role := range map[string]string{UserRoot: roleRoot, UserLocalAgent: roleLocal, UserKVStoreMesh: roleKVStoreMesh} {
-		if err := addUser(ctx, c, user, role); err != nil {
+	// Only this cluster's own users, so that another cluster's admin or
+	// agent certificate is refused here. etcd insists on a user named root
+	// before it enables auth; no certificate is issued for it.
+	name := s.cfg.ClusterName
+	for _, u := range []struct{ user, role string }{
+		{etcdRootUser, roleRoot},
+		{pki.AdminUser(name), roleRoot},
+		{pki.LocalUser(name), roleLocal},
+		{pki.KVStoreMeshUser(name), roleKVStoreMesh},
+	} {
+		if err := addUser(ctx, c, u.user, u.role); err != nil {
 			return err
 		}
 	}
 	for _, r := range s.cfg.RemoteClusters {
-		if err := addUser(ctx, c, RemoteUser(r), roleRemote); err != nil {
+		if err := addUser(ctx, c, pki.RemoteUser(r), roleRemote); err != nil {
 			return err
 		}
 	}
@@ -229,11 +222,11 @@ func (s *Server) SetRemoteClusters(ctx context.Context, names []string) error {
 	}
 	want := make(map[string]bool, len(names))
 	for _, n := range names {
-		want[RemoteUser(n)] = true
+		want[pki.RemoteUser(n)] = true
 	}
 	var errs []error
 	for _, u := range resp.Users {
-		if strings.HasPrefix(u, RemoteUserPrefix) && !want[u] {
+		if strings.HasPrefix(u, pki.RemoteUserPrefix) && !want[u] {
 			if _, err := c.UserDelete(ctx, u); err != nil {
 				errs = append(errs, fmt.Errorf("delete etcd user %q: %w", u, err))
 			}
@@ -248,11 +241,12 @@ func (s *Server) SetRemoteClusters(ctx context.Context, names []string) error {
 	return errors.Join(errs...)
 }
 
-// IssueServerTLS writes into dir what an apiserver needs besides the CA
-// certificate: the etcd server pair ("server", valid for localhost,
-// loopback and ips) and the apiserver's own client pair ("root"). The CA
-// certificate is written too, without its key.
-func IssueServerTLS(dir pki.Dir, ca *pki.CA, ips []net.IP, validity time.Duration) error {
+// IssueServerTLS writes into dir what cluster's apiserver needs besides the
+// CA certificate: the etcd server pair ("server", valid for localhost,
+// loopback and ips) and the apiserver's own client pair (pki.AdminPair, user
+// pki.AdminUser(cluster)). The CA certificate is written too, without its
+// key.
+func IssueServerTLS(dir pki.Dir, ca *pki.CA, cluster string, ips []net.IP, validity time.Duration) error {
 	all := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	for _, ip := range ips {
 		if !slices.ContainsFunc(all, ip.Equal) {
@@ -271,9 +265,9 @@ func IssueServerTLS(dir pki.Dir, ca *pki.CA, ips []net.IP, validity time.Duratio
 	if err := dir.WriteCert(pki.ServerName, srv); err != nil {
 		return err
 	}
-	root, err := ca.IssueClient(UserRoot, validity)
+	admin, err := ca.IssueClient(pki.AdminUser(cluster), validity)
 	if err != nil {
 		return err
 	}
-	return dir.WriteCert(UserRoot, root)
+	return dir.WriteCert(pki.AdminPair, admin)
 }

@@ -165,7 +165,7 @@ func TestIntegrationServeInNetns(t *testing.T) {
 	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   s.Endpoints(),
-		TLS:         pki.ClientTLSConfig(m.ca.Pool(), m.pair(t, RemoteUser("cluster2")), ""),
+		TLS:         pki.ClientTLSConfig(m.ca.Pool(), m.pair(t, pki.RemoteUser("cluster2")), ""),
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
 		Logger:      zap.NewNop(),

@@ -280,6 +280,23 @@ func (c *Client) List(ctx context.Context, prefix string) (kvs map[string][]byte
 	return kvs, resp.Header.Revision, nil
 }
 
+// ListKeyPrefix reads every key that begins with prefix exactly as given,
+// as etcdctl get --prefix does: unlike List, no "/" is added, so
+// "cilium/state/ip/v1/default/10.20." matches the addresses it begins.
+func (c *Client) ListKeyPrefix(ctx context.Context, prefix string) (map[string][]byte, error) {
+	ctx, cancel := c.requestContext(ctx)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list keys beginning %q: %w", prefix, err)
+	}
+	kvs := make(map[string][]byte, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		kvs[string(kv.Key)] = kv.Value
+	}
+	return kvs, nil
+}
+
 // Put writes key without a lease: it stays until deleted. Owners of state
 // use a Writer instead; Put is for tools and tests.
 func (c *Client) Put(ctx context.Context, key string, value []byte) error {
@@ -382,8 +399,8 @@ func (c *Client) Reconnects(ctx context.Context) <-chan struct{} {
 	conn := c.etcd.ActiveConnection()
 	go func() {
 		seenReady, lost := false, false
+		s := conn.GetState()
 		for {
-			s := conn.GetState()
 			switch s {
 			case connectivity.Ready:
 				if lost {
@@ -403,6 +420,14 @@ func (c *Client) Reconnects(ctx context.Context) <-chan struct{} {
 			if !conn.WaitForStateChange(ctx, s) {
 				return
 			}
+			// The state left s. When s was Ready the connection was
+			// lost, however briefly: on a busy machine this goroutine may
+			// run only after the channel is Ready again, and reading the
+			// state alone would miss the reconnect.
+			if s == connectivity.Ready {
+				lost = true
+			}
+			s = conn.GetState()
 		}
 	}()
 	return ch

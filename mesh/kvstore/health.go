@@ -12,12 +12,18 @@ import (
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
-// Defaults of HealthConfig: a loss is reported within Interval+Timeout
-// (2.5 s), under the mesh's 3 s withdrawal bound.
+// Defaults of HealthConfig: a loss is reported within 2.1 s, or 2.85 s
+// when the process itself was starved meanwhile (HealthConfig.Bound), under
+// the mesh's 3 s withdrawal bound.
 const (
-	DefaultHealthInterval = 500 * time.Millisecond
-	DefaultHealthTimeout  = 2 * time.Second
+	DefaultHealthInterval    = 500 * time.Millisecond
+	DefaultHealthTimeout     = 2 * time.Second
+	DefaultHealthMaxDiscount = 750 * time.Millisecond
 )
+
+// healthEvalPeriod is how often the verdict is re-evaluated at most (it is
+// cheap: no request), so that detection does not wait for the next probe.
+const healthEvalPeriod = 100 * time.Millisecond
 
 // HealthConfig configures a Health.
 type HealthConfig struct {
@@ -27,8 +33,7 @@ type HealthConfig struct {
 	// for this long: no probe succeeded and no other successful response or
 	// stream message (watch event, write, lease keepalive) of any user of
 	// the Client was received (Client.LastActivity). A loss is reported at
-	// most Interval+Timeout after it happens. Zero means
-	// DefaultHealthTimeout.
+	// most Bound after it happens. Zero means DefaultHealthTimeout.
 	//
 	// Counting every answer, not only the probe's, is what keeps a busy
 	// machine from declaring losses: when CPUs are starved a probe can take
@@ -36,7 +41,18 @@ type HealthConfig struct {
 	// false loss costs a relist that makes the machine busier still. A lost
 	// connection (partition, crashed server) delivers nothing at all, so
 	// the bound for a real loss is the same.
+	//
+	// Time in which this process itself could not run (its Watchdog) is
+	// not silence of the connection: it is discounted, up to MaxDiscount.
 	Timeout time.Duration
+	// MaxDiscount caps the stalled time of the process discounted from a
+	// silence; zero means DefaultHealthMaxDiscount, negative none. It
+	// keeps a real loss detected within Bound even in a starved process.
+	MaxDiscount time.Duration
+	// Watchdog measures the process's own stalls; nil means the process's
+	// shared one, which Run starts and stops. A Watchdog given here is
+	// the caller's to run.
+	Watchdog *Watchdog
 	// Key is read by each probe (linearizable Get, so it needs a leader
 	// and a working transport); empty means wire.HeartbeatKey. It need not
 	// exist, and a permission-denied answer counts as reachable.
@@ -77,37 +93,86 @@ type Health struct {
 	cfg HealthConfig
 
 	mu      sync.Mutex
+	wd      *Watchdog // while Run runs
 	status  Status
 	changed chan struct{}
 }
 
 // NewHealth returns a Health for c; it probes only while Run runs.
 func NewHealth(c *Client, cfg HealthConfig) *Health {
+	if cfg.Key == "" {
+		cfg.Key = wire.HeartbeatKey
+	}
+	cfg = cfg.withDefaults()
+	return &Health{c: c, cfg: cfg, changed: make(chan struct{})}
+}
+
+func (cfg HealthConfig) withDefaults() HealthConfig {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultHealthInterval
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultHealthTimeout
 	}
-	if cfg.Key == "" {
-		cfg.Key = wire.HeartbeatKey
+	switch {
+	case cfg.MaxDiscount == 0:
+		cfg.MaxDiscount = DefaultHealthMaxDiscount
+	case cfg.MaxDiscount < 0:
+		cfg.MaxDiscount = 0
 	}
-	return &Health{c: c, cfg: cfg, changed: make(chan struct{})}
+	return cfg
+}
+
+// evalPeriod is how often Run re-evaluates the verdict.
+func (cfg HealthConfig) evalPeriod() time.Duration {
+	return min(cfg.withDefaults().Interval, healthEvalPeriod)
+}
+
+// Bound is the longest a loss can take to be reported: Timeout, plus at
+// most MaxDiscount of the process's own stalls, plus the evaluation
+// period. A process that was not starved reports within Timeout plus the
+// evaluation period.
+func (cfg HealthConfig) Bound() time.Duration {
+	d := cfg.withDefaults()
+	return d.Timeout + d.MaxDiscount + d.evalPeriod()
+}
+
+// unreachable is the verdict: whether a connection whose last answer
+// arrived at last is silent at now, with stalled of the time in between
+// spent by this process unable to run.
+func (cfg HealthConfig) unreachable(now, last time.Time, stalled time.Duration) bool {
+	if last.IsZero() {
+		return true
+	}
+	silence := now.Sub(last) - min(stalled, cfg.MaxDiscount)
+	return silence >= cfg.Timeout
 }
 
 // Run probes until ctx is done, then returns nil. At most one probe is in
-// flight; the verdict is re-evaluated every Interval even while a probe
-// hangs, which is what bounds the detection time. No probe is sent while
+// flight, one per Interval at most; the verdict is re-evaluated every
+// Interval (every 100 ms at most) even while a probe hangs, which is what
+// bounds the detection time. No probe is sent while
 // other answers keep arriving (activity within the last Interval): they
 // prove as much, and a loaded server is spared the extra reads.
 func (h *Health) Run(ctx context.Context) error {
+	wd := h.cfg.Watchdog
+	if wd == nil {
+		wd = processWatchdog
+		release := wd.Acquire()
+		defer release()
+	}
+	h.mu.Lock()
+	h.wd = wd
+	h.mu.Unlock()
 	start := time.Now()
-	ticker := time.NewTicker(h.cfg.Interval)
+	ticker := time.NewTicker(h.cfg.evalPeriod())
 	defer ticker.Stop()
+	var lastProbe time.Time
 	results := make(chan error, 1)
 	inFlight := false
 	probe := func() {
 		inFlight = true
+		lastProbe = time.Now()
 		go func() {
 			pctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 			defer cancel()
@@ -147,7 +212,7 @@ func (h *Health) Run(ctx context.Context) error {
 			h.evaluateLocked(now, start)
 			quiet := now.Sub(h.status.LastActivity) >= h.cfg.Interval
 			h.mu.Unlock()
-			if !inFlight && quiet {
+			if !inFlight && quiet && now.Sub(lastProbe) >= h.cfg.Interval {
 				probe()
 			}
 		}
@@ -162,7 +227,11 @@ func (h *Health) evaluateLocked(now, start time.Time) {
 	if h.status.LastActivity.After(last) {
 		last = h.status.LastActivity
 	}
-	reachable := !last.IsZero() && now.Sub(last) < h.cfg.Timeout
+	var stalled time.Duration
+	if !last.IsZero() {
+		stalled = h.wd.Stalled(last, now)
+	}
+	reachable := !h.cfg.unreachable(now, last, stalled)
 	known := reachable || now.Sub(start) >= h.cfg.Timeout
 	if !known {
 		return

@@ -24,7 +24,7 @@ import (
 // configuration (the agent's), for a crashed server and for a black-holed
 // one, and that recovery is reported.
 func TestHealthDetectsLoss(t *testing.T) {
-	bound := kvstore.DefaultHealthInterval + kvstore.DefaultHealthTimeout
+	bound := kvstore.HealthConfig{}.Bound()
 	tests := []struct {
 		name    string
 		lose    func(*etcdtest.Server)
@@ -226,7 +226,7 @@ func slowKey(key string, held *atomic.Int64) grpc.UnaryClientInterceptor {
 
 // TestHealthCountsActivity: a probe that never answers in time is no loss
 // while watch events keep arriving on the connection, and a black-holed
-// connection is still declared lost within Interval+Timeout even though
+// connection is still declared lost within the bound even though
 // events were flowing until the cut. Without events, the same slow probe
 // is a loss (which is what makes the first case meaningful).
 func TestHealthCountsActivity(t *testing.T) {
@@ -238,7 +238,7 @@ func TestHealthCountsActivity(t *testing.T) {
 		// gaps (and all time out), and well within Timeout.
 		eventEvery = 250 * time.Millisecond
 	)
-	bound := interval + timeout
+	bound := kvstore.HealthConfig{Interval: interval, Timeout: timeout}.Bound()
 	tests := []struct {
 		name   string
 		events bool
@@ -354,6 +354,88 @@ func TestHealthCountsActivity(t *testing.T) {
 				}
 				return nil
 			})
+		})
+	}
+}
+
+// TestHealthDiscountsOwnStalls cuts the connection off (a black hole)
+// while the process's watchdog reports it starved: the silence is not
+// taken for a loss while it is the process's own, up to MaxDiscount, so
+// the loss comes later but still within Bound; with a process that runs,
+// it comes after Timeout, as without a watchdog.
+func TestHealthDiscountsOwnStalls(t *testing.T) {
+	const (
+		interval    = 100 * time.Millisecond
+		timeout     = 500 * time.Millisecond
+		maxDiscount = 400 * time.Millisecond
+	)
+	cfg := kvstore.HealthConfig{Interval: interval, Timeout: timeout, MaxDiscount: maxDiscount}
+	bound := cfg.Bound()
+	for _, starved := range []bool{false, true} {
+		t.Run(fmt.Sprintf("starved=%v", starved), func(t *testing.T) {
+			s := etcdtest.Start(t)
+			c := connect(t, s)
+			// The test runs the watchdog: every 20 ms, with a scheduling
+			// latency above the threshold while the process is to look
+			// starved.
+			w := kvstore.NewWatchdog(kvstore.WatchdogConfig{Period: 20 * time.Millisecond, Tolerance: time.Hour, SchedThreshold: 10 * time.Millisecond})
+			var starve atomic.Bool
+			run(t, func(ctx context.Context) error {
+				tick := time.NewTicker(20 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return nil
+					case now := <-tick.C:
+						var sched time.Duration
+						if starve.Load() {
+							sched = time.Second
+						}
+						w.Tick(now, sched)
+					}
+				}
+			})
+			cfg := cfg
+			cfg.Watchdog = w
+			h := kvstore.NewHealth(c, cfg)
+			run(t, h.Run)
+			eventually(t, 5*time.Second, func() error {
+				if st := h.Status(); !st.Known || !st.Reachable {
+					return fmt.Errorf("status %+v", st)
+				}
+				return nil
+			})
+
+			changed := h.Changed()
+			starve.Store(starved)
+			lost := time.Now()
+			s.Partition()
+			t.Cleanup(s.Heal)
+			select {
+			case <-changed:
+			case <-time.After(bound + 2*time.Second):
+				t.Fatalf("loss not detected within %v", bound+2*time.Second)
+			}
+			detected := time.Since(lost)
+			if st := h.Status(); st.Reachable {
+				t.Fatalf("after change: %+v", st)
+			}
+			t.Logf("loss detected after %v (timeout %v, max discount %v, bound %v)", detected.Round(time.Millisecond), timeout, maxDiscount, bound)
+			// The last answer came at most one probe interval before the
+			// cut, so with a starved process the silence is discounted by
+			// all of MaxDiscount: never reported before timeout+maxDiscount
+			// less that interval.
+			if early := timeout + maxDiscount - interval; starved && detected < early {
+				t.Errorf("starved process reported the loss after %v, before %v: its own stall was taken for silence", detected, early)
+			}
+			if !starved && detected >= timeout+maxDiscount {
+				t.Errorf("a process that runs reported the loss after %v: a stall was discounted that did not happen", detected)
+			}
+			// Scheduling on a loaded machine earns a little slack.
+			if detected > bound+300*time.Millisecond {
+				t.Errorf("detected after %v, bound %v", detected, bound)
+			}
 		})
 	}
 }

@@ -212,6 +212,30 @@ func TestClientListIsDirectory(t *testing.T) {
 	}
 }
 
+func TestClientListKeyPrefixIsPlain(t *testing.T) {
+	s := etcdtest.Start(t)
+	c := connect(t, s)
+	ctx := ctxT(t)
+	for _, k := range []string{"ip/10.20.1.2", "ip/10.20.2.7", "ip/10.2.0.9", "ip/10.10.1.2"} {
+		if err := c.Put(ctx, k, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for prefix, want := range map[string][]string{
+		"ip/10.20.": {"ip/10.20.1.2", "ip/10.20.2.7"},
+		"ip/10.2":   {"ip/10.2.0.9", "ip/10.20.1.2", "ip/10.20.2.7"},
+		"ip/10.3":   {},
+	} {
+		kvs, err := c.ListKeyPrefix(ctx, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := slices.Sorted(maps.Keys(kvs)); !slices.Equal(got, want) {
+			t.Errorf("ListKeyPrefix(%q) = %v, want %v", prefix, got, want)
+		}
+	}
+}
+
 func TestWaitKey(t *testing.T) {
 	s := etcdtest.Start(t)
 	c := connect(t, s)

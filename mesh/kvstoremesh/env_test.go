@@ -26,7 +26,7 @@ const (
 	// wait bounds eventual assertions that are not about a stated bound.
 	wait = 15 * time.Second
 	// lossBound is the mesh's bound on withdrawing a lost cluster's
-	// backends with the default health timings (DESIGN.md §4).
+	// backends with the default health timings (docs/architecture.md, "Semantics").
 	lossBound = 3 * time.Second
 )
 

@@ -42,13 +42,25 @@ func (e *DiffError) Error() string {
 	return b.String()
 }
 
+// Store is what Equal reads of an etcd: a *kvstore.Client, or a scenario
+// target's reads of a cluster's mesh-apiserver. List reads a directory: every
+// key under prefix followed by "/" (see kvstore.Client.List).
+type Store interface {
+	Get(ctx context.Context, key string) (value []byte, found bool, err error)
+	List(ctx context.Context, prefix string) (kvs map[string][]byte, revision int64, err error)
+}
+
+var _ Store = (*kvstore.Client)(nil)
+
 // Equal checks that the cache of cluster in the etcd of cache (a
 // kvstoremesh's local etcd) is what kvstoremesh must make of the cluster's
 // own etcd, source:
 //
 //   - for each resource, the cache holds exactly the source's valid values
 //     (those the wire decoders accept for the cluster's ID), byte for
-//     byte, under their cache keys, and nothing else;
+//     byte, under their cache keys, and nothing else — except that under a
+//     key whose source value is invalid the cache may hold a valid value
+//     (the last good one, which a rejected update does not take away);
 //   - the cached cluster-config has the source's ID and
 //     maxConnectedClusters, and cached=true;
 //   - every cache canary exists whose source canary exists.
@@ -58,7 +70,7 @@ func (e *DiffError) Error() string {
 // final check that no kvstoremesh cache is stale or incomplete. It
 // returns a *DiffError for a difference, another error if a store cannot
 // be read.
-func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) error {
+func Equal(ctx context.Context, source, cache Store, cluster string) error {
 	ccKey := wire.ClusterConfigKey(cluster)
 	raw, found, err := source.Get(ctx, ccKey)
 	if err != nil {
@@ -91,12 +103,14 @@ func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) e
 			return fmt.Errorf("compare cache of cluster %q: %w", cluster, err)
 		}
 		want := make(map[string]string, len(src))
+		lastGood := map[string]bool{} // cache keys whose source value is invalid
 		for k, v := range src {
-			if !valid(r, k, v, cluster, cc) {
-				continue
-			}
 			ck, err := wire.CacheKey(cluster, k)
 			if err != nil {
+				continue
+			}
+			if !valid(r, k, v, cluster, cc) {
+				lastGood[ck] = true
 				continue
 			}
 			want[ck] = string(v)
@@ -115,7 +129,7 @@ func Equal(ctx context.Context, source, cache *kvstore.Client, cluster string) e
 			}
 		}
 		for k := range got {
-			if _, ok := want[k]; !ok {
+			if _, ok := want[k]; !ok && !lastGood[k] {
 				diff.Extra = append(diff.Extra, k)
 			}
 		}

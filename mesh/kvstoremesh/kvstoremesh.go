@@ -17,7 +17,7 @@
 //     tells agents to read the cache;
 //   - the cache: every accepted value of the remote's cilium/state/...,
 //     byte for byte, under the key wire.CacheKey maps it to
-//     (cilium/cache/<resource>/v1/<remote>/..., see WIRE.md); malformed
+//     (cilium/cache/<resource>/v1/<remote>/..., see docs/wire.md); malformed
 //     values are rejected by the Manager and never copied;
 //   - the sync canary cilium/synced/<remote>/cilium/cache/<resource>/v1 of
 //     each resource, once the initial copy of that resource is committed
@@ -25,8 +25,9 @@
 //     it, and after leftovers under the resource's cache prefix are pruned).
 //
 // Loss and recovery follow the contract of package remote: when the
-// Manager reports a remote unreachable (its health probe fails for
-// HealthInterval+HealthTimeout, 2.5 s by default), the services canary is
+// Manager reports a remote unreachable (its connection silent for
+// HealthTimeout, 2 s by default, not counting time this process itself
+// could not run: kvstore.HealthConfig.Bound), the services canary is
 // withdrawn at once and only it; the cache and the other canaries stay, so
 // agents withdraw the remote's backends and keep its identities, ipcache
 // entries and nodes. When the remote is back, the Manager relists it, the
@@ -262,14 +263,7 @@ func newCluster(name string, wr *writer) *cluster {
 // lossBound is how long a remote may be unreachable before its services
 // canary must be gone: the loss detection of package remote.
 func (m *Mesh) lossBound() time.Duration {
-	interval, timeout := m.cfg.HealthInterval, m.cfg.HealthTimeout
-	if interval <= 0 {
-		interval = kvstore.DefaultHealthInterval
-	}
-	if timeout <= 0 {
-		timeout = kvstore.DefaultHealthTimeout
-	}
-	return interval + timeout
+	return kvstore.HealthConfig{Interval: m.cfg.HealthInterval, Timeout: m.cfg.HealthTimeout}.Bound()
 }
 
 // New validates cfg and returns a Mesh; nothing happens until Run.

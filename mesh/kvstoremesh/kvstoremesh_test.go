@@ -165,15 +165,42 @@ func TestMalformedNotCopied(t *testing.T) {
 		t.Errorf("cache holds %d keys, want the 10 valid ones: %v", len(cache), slices.Sorted(maps.Keys(cache)))
 	}
 
-	// A valid entry that turns malformed leaves the cache.
+	// A valid entry that turns malformed keeps its last good value in the
+	// cache; a good value then replaces it, and a delete removes it.
 	key := wire.ServiceKey("cluster2", "default", "other")
+	ck, _ := wire.CacheKey("cluster2", key)
+	good := l.list(wire.CacheRoot)[ck]
+	if good == "" {
+		t.Fatalf("%s not cached before the test", ck)
+	}
 	if _, err := s.srv.Client().Put(ctxT(t), key, `{"cluster":"cluster2","namespace":"default","name":"other","clusterID":7}`); err != nil {
 		t.Fatal(err)
 	}
-	ck, _ := wire.CacheKey("cluster2", key)
+	// Evidence that kvstoremesh has seen the bad value: a later good write
+	// to another key arrives, and the bad one has not replaced the good.
+	s.service("marker", "10.2.0.4")
+	markerKey, _ := wire.CacheKey("cluster2", wire.ServiceKey("cluster2", "default", "marker"))
+	eventually(t, wait, func() error {
+		if !l.has(markerKey) {
+			return fmt.Errorf("%s not cached yet", markerKey)
+		}
+		return nil
+	})
+	if got := l.list(wire.CacheRoot)[ck]; got != good {
+		t.Errorf("after a malformed overwrite %s = %s, want the last good %s", ck, got, good)
+	}
+	l.equal(s, wait)
+	s.service("other", "10.2.0.2", "10.2.0.4")
+	eventually(t, wait, func() error {
+		if got := l.list(wire.CacheRoot)[ck]; got == good || got == "" {
+			return fmt.Errorf("%s = %s, want the new good value", ck, got)
+		}
+		return nil
+	})
+	s.deleteService("other")
 	eventually(t, wait, func() error {
 		if l.has(ck) {
-			return fmt.Errorf("%s still cached", ck)
+			return fmt.Errorf("%s still cached after its delete", ck)
 		}
 		return nil
 	})

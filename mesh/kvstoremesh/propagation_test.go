@@ -47,23 +47,34 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 	if err != nil {
 		tb.Fatal(err)
 	}
-	dir := pki.Dir(tb.TempDir())
-	if err := apiserver.IssueServerTLS(dir, ca, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
-		tb.Fatal(err)
-	}
-	issue := func(user string) {
-		pair, err := ca.IssueClient(user, time.Hour)
-		if err != nil {
+	// One certificate directory per cluster, as each cluster's users are
+	// its own: the apiserver's, its agents' and its remote reader's pairs,
+	// each file named after the user.
+	dirs := map[string]pki.Dir{}
+	dirOf := func(cluster string) pki.Dir {
+		if d, ok := dirs[cluster]; ok {
+			return d
+		}
+		d := pki.Dir(tb.TempDir())
+		if err := apiserver.IssueServerTLS(d, ca, cluster, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 			tb.Fatal(err)
 		}
-		if err := dir.WriteCert(user, pair); err != nil {
-			tb.Fatal(err)
+		for _, user := range []string{pki.LocalUser(cluster), pki.RemoteUser(cluster)} {
+			pair, err := ca.IssueClient(user, time.Hour)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if err := d.WriteCert(user, pair); err != nil {
+				tb.Fatal(err)
+			}
 		}
+		dirs[cluster] = d
+		return d
 	}
-	tlsFiles := func(user string) string {
+	tlsFiles := func(cluster, user string) string {
+		dir := dirOf(cluster)
 		return fmt.Sprintf("trusted-ca-file: %s\ncert-file: %s\nkey-file: %s", dir.CAFile(), dir.CertFile(user), dir.KeyFile(user))
 	}
-	issue(apiserver.UserLocalAgent)
 
 	clusters := make([]*meshCluster, n)
 	names := make([]string, n)
@@ -71,7 +82,6 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 		id := uint32(i + 1)
 		clusters[i] = &meshCluster{name: fmt.Sprintf("cluster%d", id), id: id}
 		names[i] = clusters[i].name
-		issue(apiserver.RemoteUser(clusters[i].name))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
@@ -82,7 +92,7 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 		cfg := apiserver.Config{
 			ClusterName: c.name, ClusterID: c.id,
 			Kube: c.kube, Dynamic: dyn,
-			ListenAddress: "127.0.0.1:0", TLSDir: dir,
+			ListenAddress: "127.0.0.1:0", TLSDir: dirOf(c.name),
 			RemoteClusters: others,
 			TickMs:         10, ElectionMs: 50,
 			Logger: logger,
@@ -114,7 +124,7 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 		meshDir := tb.TempDir()
 		for _, o := range clusters {
 			if o != c {
-				writeConfig(tb, meshDir, o.name, o.api.Endpoints(), tlsFiles(apiserver.RemoteUser(c.name)))
+				writeConfig(tb, meshDir, o.name, o.api.Endpoints(), tlsFiles(c.name, pki.RemoteUser(c.name)))
 			}
 		}
 		m, err := New(Config{
@@ -142,7 +152,7 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 		}
 		c.dp = startAgent(tb, agentConfig{
 			name: c.name, id: c.id, localEtcd: c.api.Endpoints(), remotes: remotes,
-			tls: tlsFiles(apiserver.UserLocalAgent), pollInterval: time.Second, kube: c.kube, logger: logger,
+			tls: tlsFiles(c.name, pki.LocalUser(c.name)), pollInterval: time.Second, kube: c.kube, logger: logger,
 		})
 	}
 	wctx, wcancel := context.WithTimeout(ctx, time.Minute)

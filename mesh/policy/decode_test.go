@@ -2,7 +2,6 @@ package policy
 
 import (
 	"errors"
-	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,9 +10,8 @@ import (
 	"testing"
 
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/internal/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden error files in testdata/invalid")
 
 // TestDecodeInvalid decodes every testdata/invalid/*.yaml and compares the
 // error, and whether it is ErrUnsupported, with the .err golden file next to
@@ -39,20 +37,7 @@ func TestDecodeInvalid(t *testing.T) {
 				t.Fatalf("error %v is not a *DecodeError", err)
 			}
 			got := err.Error() + "\nunsupported: " + boolString(errors.Is(err, ErrUnsupported)) + "\n"
-			golden := strings.TrimSuffix(f, ".yaml") + ".err"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Fatalf("error\n got %q\nwant %q", got, want)
-			}
+			testenv.Golden(t, strings.TrimSuffix(f, ".yaml")+".err", []byte(got))
 		})
 	}
 }

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -161,5 +160,3 @@ func formatKey(k state.PolicyKey) string {
 	}
 	return s
 }
-
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

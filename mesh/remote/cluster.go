@@ -59,6 +59,7 @@ type cluster struct {
 	canaryPresent bool
 	grace         *time.Timer
 	lastErr       error
+	rejected      int // remote values rejected by validation
 	stores        map[wire.Resource]*store
 }
 
@@ -131,6 +132,7 @@ func (c *cluster) status() ClusterStatus {
 		ServicesSynced: c.everSynced,
 		Sessions:       c.sessions,
 		LastErr:        c.lastErr,
+		Rejected:       c.rejected,
 		Since:          c.since,
 	}
 }
@@ -404,6 +406,17 @@ func (c *cluster) onHealth(s kvstore.Status) {
 // and a session that has started its readers is ended so that the next one
 // relists everything before the cluster is reachable again.
 func (c *cluster) loseLocked(reason string) {
+	if !c.current {
+		// Nothing to lose: no session has listed the cluster's services
+		// since the start or the last loss, so it is unreachable already,
+		// and the readers' first list comes after this. A cluster still
+		// being synced (a bring-up slower than the canary grace or the
+		// health timeout) is not reported lost, nor its session restarted
+		// for a relist that would only make a busy machine busier.
+		c.logger.Info("Remote cluster not reachable yet", "reason", reason)
+		c.recomputeLocked()
+		return
+	}
 	c.logger.Warn("Remote cluster lost", "reason", reason)
 	c.current = false
 	c.recomputeLocked()

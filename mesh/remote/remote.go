@@ -40,8 +40,9 @@
 // kvstoremesh writes into the local etcd, which is then what the config file
 // points at) they watch cilium/cache/<resource>/v1/<cluster>/. Every value
 // is decoded with package wire against its key, the cluster's name and ID;
-// an invalid value is logged and dropped (and removes the entry it
-// replaces), never applied.
+// an invalid value is logged, counted (ClusterStatus.Rejected) and never
+// applied, and a good value it would replace stays in force until a good
+// value or a delete replaces it.
 //
 // A session starts with every known entry marked stale; when a reader has
 // listed its prefix, what is still stale is deleted. So a session after a
@@ -67,8 +68,12 @@
 // The detector depends on where the cluster's data is read:
 //
 //   - Directly from the remote cluster's etcd: a kvstore.Health probe on the
-//     connection. A loss is reported at most HealthInterval+HealthTimeout
-//     after it happens (defaults 0.5 s + 2 s), below the mesh's 3 s bound.
+//     connection. A loss is reported once the connection was silent for
+//     HealthTimeout (2 s by default), at most kvstore.HealthConfig.Bound
+//     after it happens (2.85 s by default), below the mesh's 3 s bound.
+//     Time in which this process itself could not run (a CPU-starved
+//     machine, a stop-the-world pause; kvstore.Watchdog) is not silence of
+//     the connection, up to HealthConfig.MaxDiscount.
 //     Any answer on the connection (the readers' watch events included)
 //     counts as proof of life, not only the probe's: on a CPU-starved
 //     machine a probe may take longer than its timeout while the cluster's
@@ -226,8 +231,8 @@ type Config struct {
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	// HealthInterval and HealthTimeout bound loss detection on direct
-	// connections: a loss is reported within their sum. Zero means the
-	// kvstore defaults (0.5 s and 2 s).
+	// connections: a loss is reported within kvstore.HealthConfig.Bound.
+	// Zero means the kvstore defaults (0.5 s and 2 s).
 	HealthInterval, HealthTimeout time.Duration
 	// CanaryGrace is how long an absent services canary found on
 	// (re)connecting to a kvstoremesh cache is tolerated before the cluster
@@ -275,6 +280,9 @@ type ClusterStatus struct {
 	// LastErr is the last connection or validation error (nil once a
 	// session got its services synced).
 	LastErr error
+	// Rejected counts the remote values that failed validation (each is
+	// logged; none was applied).
+	Rejected int
 	// Since is when Reachable last changed.
 	Since time.Time
 }

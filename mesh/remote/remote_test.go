@@ -284,21 +284,44 @@ func TestUntrustedEntries(t *testing.T) {
 
 	dir := t.TempDir()
 	writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
-	_, rec := startManager(t, fastConfig(t, dir))
+	m, rec := startManager(t, fastConfig(t, dir))
 	rec.expect(wait, "cluster2", isReachable(true))
 	rec.expect(wait, "cluster2", complete)
-	// The bad entries sort around the good ones; give them time to be
-	// (wrongly) delivered before checking they were not.
-	time.Sleep(200 * time.Millisecond)
+	// The bad entries sort around the good ones: once all six have been
+	// read (and rejected), check that none was delivered.
+	eventually(t, wait, func() error {
+		if got := rejectedCount(m, "cluster2"); got < 6 {
+			return fmt.Errorf("%d entries rejected, want 6", got)
+		}
+		return nil
+	})
 	v := rec.get("cluster2")
 	if !maps.Equal(v.services, map[string]string{"default/rebel-base": "10.20.0.7"}) ||
 		len(v.identities) != 1 || len(v.ips) != 1 || len(v.nodes) != 1 {
 		t.Fatalf("view after sync: services %v identities %v ips %v nodes %v", v.services, v.identities, v.ips, v.nodes)
 	}
 
-	// A good entry turning bad is removed; the others are untouched.
+	// A good entry turning bad keeps its last good value (and the update
+	// after it, which proves the bad one was read, is applied); a later
+	// good value replaces it, a delete removes it.
+	before := maps.Clone(rec.get("cluster2").ips)
 	pub.ip("10.20.0.7", 0)
+	pub.put(wire.ServiceKey("cluster2", "default", "rebel-base"), `{"cluster":`)
+	pub.service("marker", "10.20.0.5")
+	rec.expect(wait, "cluster2", func(v *view) error {
+		if v.services["default/marker"] != "10.20.0.5" {
+			return fmt.Errorf("marker not applied yet: services %v", v.services)
+		}
+		if !maps.Equal(v.ips, before) || v.services["default/rebel-base"] != "10.20.0.7" || len(v.identities) != 1 {
+			return fmt.Errorf("last good values lost: ips %v (want %v) services %v identities %v", v.ips, before, v.services, v.identities)
+		}
+		return nil
+	})
+	if got := rejectedCount(m, "cluster2"); got < 2 {
+		t.Errorf("Rejected = %d, want at least the 2 bad overwrites", got)
+	}
 	pub.service("rebel-base", "10.20.0.7", "10.20.0.8")
+	pub.del(wire.IPKey("10.20.0.7"))
 	rec.expect(wait, "cluster2", func(v *view) error {
 		if len(v.ips) != 0 || v.services["default/rebel-base"] != "10.20.0.7,10.20.0.8" || len(v.identities) != 1 {
 			return fmt.Errorf("ips %v services %v identities %v", v.ips, v.services, v.identities)
@@ -369,4 +392,14 @@ func TestClusterIDChange(t *testing.T) {
 	if v := rec.get("cluster2"); v.identities[pub.localIdentity(1)] == "" {
 		t.Fatalf("identities %v", v.identities)
 	}
+}
+
+// rejectedCount is ClusterStatus.Rejected of cluster name.
+func rejectedCount(m *Manager, name string) int {
+	for _, st := range m.Status() {
+		if st.Name == name {
+			return st.Rejected
+		}
+	}
+	return -1
 }

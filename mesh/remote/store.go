@@ -21,6 +21,9 @@ type entry struct {
 	key     wire.Key
 	logical string
 	gen     uint64
+	// id is the cluster ID the value was validated against: a last good
+	// value is kept only while the cluster keeps that ID.
+	id uint32
 }
 
 func newStore() *store {
@@ -76,8 +79,10 @@ func (c *cluster) handle(sid uint64, r wire.Resource, ev kvstore.Event) {
 }
 
 // upsertLocked decodes a value and, if valid, hands it to the sink. An
-// invalid value is dropped and removes the entry it would have replaced:
-// what the remote holds under that key is no longer something we accept.
+// invalid value is rejected, logged and counted, and never applied; if the
+// key held a good value before, that value stays in force (and survives the
+// sweep after a relist) until a good value or a delete replaces it: remote
+// input that turns bad must not take away what was already applied.
 func (c *cluster) upsertLocked(r wire.Resource, key string, value []byte) {
 	st := c.stores[r]
 	k, err := wire.ParseKey(key)
@@ -86,8 +91,15 @@ func (c *cluster) upsertLocked(r wire.Resource, key string, value []byte) {
 		apply, err = c.decode(r, key, value)
 	}
 	if err != nil {
+		c.rejected++
+		if e, ok := st.entries[key]; ok && e.id == c.id {
+			e.gen = st.gen
+			st.entries[key] = e
+			c.logger.Warn("Rejected remote entry, keeping its last good value", "resource", r, "key", key, "error", err)
+			return
+		}
 		c.logger.Warn("Rejected remote entry", "resource", r, "key", key, "error", err)
-		c.deleteLocked(r, key)
+		c.deleteLocked(r, key) // accepted under another cluster ID, if at all
 		return
 	}
 	id := logicalID(k)
@@ -98,7 +110,7 @@ func (c *cluster) upsertLocked(r wire.Resource, key string, value []byte) {
 			c.raw.DeleteRaw(c.name, r, old)
 		}
 	}
-	st.entries[key] = entry{key: k, logical: id, gen: st.gen}
+	st.entries[key] = entry{key: k, logical: id, gen: st.gen, id: c.id}
 	st.logical[id] = key
 	if c.raw != nil {
 		c.raw.UpsertRaw(c.name, r, key, value)

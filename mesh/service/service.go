@@ -8,7 +8,7 @@
 // per local ClusterIP × port) plus decision records and warnings the agent can
 // log or turn into events.
 //
-// The rules (DESIGN.md §4):
+// The rules (docs/architecture.md, "Semantics"):
 //
 //   - Only local frontends exist. Remote frontends (ClusterIPs of other
 //     clusters) are ignored; a service that does not exist locally gets no
@@ -35,7 +35,7 @@
 //   - it belongs to an unreachable remote cluster and the mode is
 //     ModeWithdraw: it is withdrawn from load balancing but flows already
 //     going to it are not cut, in line with keeping that cluster's identities
-//     and ipcache entries (DESIGN.md §4, partition);
+//     and ipcache entries (docs/architecture.md, "Semantics", partition);
 //   - affinity excludes it (e.g. remote backends of an affinity-local service
 //     while local backends are active): connections opened during a fallback
 //     survive the return of the preferred side.

@@ -13,7 +13,7 @@ const (
 	testClusterID = 1
 )
 
-// Values as Cilium writes them (WIRE.md).
+// Values as Cilium writes them (docs/wire.md).
 const (
 	validConfig  = `{"id":1,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":255}}`
 	validService = `{"cluster":"cluster1","namespace":"default","name":"rebel-base",

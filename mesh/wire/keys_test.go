@@ -219,7 +219,7 @@ func TestCheckClusterIdentity(t *testing.T) {
 		id, cluster, max uint32
 		ok               bool
 	}{
-		{131073, 2, 255, true}, // the WIRE.md example
+		{131073, 2, 255, true}, // the docs/wire.md example
 		{131073, 1, 255, false},
 		{IdentityHost, 2, 255, true},
 		{IdentityKubeAPIServer, 9, 511, true},

@@ -1,5 +1,5 @@
 // Package wire defines the kvstore keys and values of the mesh, compatible
-// with Cilium ClusterMesh (see shared/WIRE.md): cluster-config, sync
+// with Cilium ClusterMesh (see docs/wire.md): cluster-config, sync
 // canaries, nodes, cluster services, ipcache pairs and identities.
 //
 // Everything read from a remote cluster is untrusted. The Decode* functions

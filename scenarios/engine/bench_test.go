@@ -11,6 +11,7 @@ import (
 	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
+	"github.com/meshbed/meshbed/sim/target"
 )
 
 func loadScenario(tb testing.TB, name string) *scenarios.Scenario {
@@ -34,7 +35,7 @@ func BenchmarkBringUpFailover(b *testing.B) {
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		t0 := time.Now()
-		s, err := engine.Start(ctx, sc, engine.Options{})
+		s, err := engine.Start(ctx, sc, target.New(target.Options{}), engine.Options{})
 		took := time.Since(t0)
 		cancel()
 		if err != nil {
@@ -66,7 +67,7 @@ func BenchmarkPartitionOutage(b *testing.B) {
 	var outage, withdraw float64
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		rep, err := engine.Run(ctx, sc, engine.Options{})
+		rep, err := engine.Run(ctx, sc, target.New(target.Options{}), engine.Options{})
 		cancel()
 		if err != nil {
 			b.Fatal(err)

@@ -1,7 +1,9 @@
-// Package engine runs scenario files (package scenarios) against the
-// simulator (package sim): it builds the topology, applies the manifests,
+// Package engine runs scenario files (package scenarios) against a Target
+// (the simulator, sim/target, or real clusters): it checks that the target
+// can perform every step, builds the topology, applies the manifests,
 // executes every step with its expectations, and ends with a Jepsen-style
-// check that nothing is lost or stale once every fault is healed.
+// check that nothing is lost or stale once every fault is healed. It
+// imports no target: cmd/meshbed wires one in.
 package engine
 
 import (
@@ -9,30 +11,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/scenarios"
-	"github.com/meshbed/meshbed/sim"
-	"github.com/meshbed/meshbed/sim/kube"
 )
 
 // Options of a run.
 type Options struct {
 	// Progress receives human-readable progress; nil discards it.
 	Progress io.Writer
-	// Logger receives the mesh components' logs; nil discards them.
-	Logger *slog.Logger
 	// SettleTimeout bounds every wait for the mesh to converge (after the
 	// manifests, and in the final check); zero means 60 s.
 	SettleTimeout time.Duration
-	// Keep, when set, is called with the running mesh after the final check
-	// and before teardown (the CLI's --keep waits there for Ctrl-C).
-	Keep func(*sim.Mesh)
+	// Keep, when set, is called after the final check and before teardown
+	// (the CLI's --keep waits there for Ctrl-C).
+	Keep func()
 }
 
 // ErrEnvironment wraps failures of the environment (not root, a kernel
@@ -44,12 +40,14 @@ var ErrEnvironment = errors.New("environment")
 // by one (the CLI's sim verbs do that by hand).
 type Session struct{ r *runner }
 
-// Start builds the mesh of sc, applies its manifests and waits for the mesh
-// to converge. The error wraps ErrEnvironment when the mesh could not come
-// up. Close the session when done.
-func Start(ctx context.Context, sc *scenarios.Scenario, opts Options) (*Session, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+// Start checks that t can perform every step of sc (an error wrapping
+// ErrUnsupported names each step it cannot), builds the mesh of sc on t,
+// applies its manifests and waits for the mesh to converge. The error wraps
+// ErrEnvironment when the mesh could not come up. Close the session when
+// done; it closes t.
+func Start(ctx context.Context, sc *scenarios.Scenario, t Target, opts Options) (*Session, error) {
+	if err := CheckSupported(sc, t); err != nil {
+		return nil, err
 	}
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
@@ -57,34 +55,28 @@ func Start(ctx context.Context, sc *scenarios.Scenario, opts Options) (*Session,
 	if opts.SettleTimeout == 0 {
 		opts.SettleTimeout = 60 * time.Second
 	}
-	r := &runner{sc: sc, opts: opts, progress: scenarios.NewProgress(opts.Progress),
+	r := &runner{sc: sc, t: t, opts: opts, progress: scenarios.NewProgress(opts.Progress),
 		traffic: map[string]*stream{}, start: time.Now()}
 	r.report = &scenarios.Report{Scenario: sc.Name, Seed: sc.Seed, Steps: []scenarios.StepReport{}}
 	r.progress.Begin(sc)
-	mesh, err := sim.New(ctx, specOf(sc, opts.Logger))
+	err := t.Up(ctx, sc)
 	if err == nil {
-		r.mesh = mesh
 		err = r.bringUp(ctx)
 	}
 	r.progress.BringUp(time.Since(r.start), err)
 	if err != nil {
-		if mesh != nil {
-			mesh.Close()
-		}
+		t.Close()
 		return nil, fmt.Errorf("%w: bring-up: %w", ErrEnvironment, err)
 	}
 	r.report.BringUpSeconds = seconds(time.Since(r.start))
 	return &Session{r: r}, nil
 }
 
-// Mesh returns the running mesh.
-func (s *Session) Mesh() *sim.Mesh { return s.r.mesh }
-
 // Step runs one step with its expectations and records it in the report.
 func (s *Session) Step(ctx context.Context, st *scenarios.Step) scenarios.StepReport {
 	s.r.progress.StepStarted(st)
 	rep := s.r.step(ctx, st)
-	s.r.collectWarnings()
+	s.r.collectWarnings(ctx)
 	s.r.report.Steps = append(s.r.report.Steps, rep)
 	s.r.progress.StepDone(rep)
 	return rep
@@ -101,7 +93,7 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 	for _, st := range streams {
 		st.stop()
 	}
-	r.collectWarnings()
+	r.collectWarnings(ctx)
 	fin := r.final(ctx)
 	r.report.Final = fin
 	r.progress.Final(fin)
@@ -116,13 +108,14 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 }
 
 // Close tears the mesh down.
-func (s *Session) Close() error { return s.r.mesh.Close() }
+func (s *Session) Close() error { return s.r.t.Close() }
 
-// Run runs sc from bring-up to the final check. The report says whether it
-// passed; an error means it could not be run (it wraps ErrEnvironment when
+// Run runs sc on t from bring-up to the final check, and closes t. The
+// report says whether it passed; an error means it could not be run (it
+// wraps ErrUnsupported when t cannot perform a step, ErrEnvironment when
 // the environment is at fault).
-func Run(ctx context.Context, sc *scenarios.Scenario, opts Options) (*scenarios.Report, error) {
-	s, err := Start(ctx, sc, opts)
+func Run(ctx context.Context, sc *scenarios.Scenario, t Target, opts Options) (*scenarios.Report, error) {
+	s, err := Start(ctx, sc, t, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -135,38 +128,15 @@ func Run(ctx context.Context, sc *scenarios.Scenario, opts Options) (*scenarios.
 	}
 	rep := s.Finish(ctx)
 	if opts.Keep != nil {
-		opts.Keep(s.Mesh())
+		opts.Keep()
 	}
 	return rep, nil
 }
 
-func specOf(sc *scenarios.Scenario, log *slog.Logger) sim.Spec {
-	t := sc.Topology
-	spec := sim.Spec{
-		KVStoreMesh: t.KVStoreMesh,
-		FailStatic:  t.RemoteLoss == scenarios.RemoteLossFailStatic,
-		Seed:        uint64(sc.Seed),
-		Logger:      log,
-		Connections: t.Connections,
-	}
-	if t.Routing == scenarios.RoutingNative {
-		spec.Routing = state.Native
-	}
-	if spec.Connections == nil {
-		spec.Connections = [][2]string{}
-	}
-	for _, c := range t.Clusters {
-		spec.Clusters = append(spec.Clusters, sim.ClusterSpec{
-			Name: c.Name, ID: uint32(c.ID), Nodes: c.Nodes, PodCIDR: c.PodCIDR, ServiceCIDR: c.ServiceCIDR,
-		})
-	}
-	return spec
-}
-
 type runner struct {
 	sc       *scenarios.Scenario
+	t        Target
 	opts     Options
-	mesh     *sim.Mesh
 	progress *scenarios.Progress
 	report   *scenarios.Report
 	start    time.Time
@@ -184,28 +154,13 @@ func seconds(d time.Duration) float64 {
 // bringUp applies the manifests and waits for the mesh to settle.
 func (r *runner) bringUp(ctx context.Context) error {
 	for _, mf := range r.sc.Manifests {
-		if err := r.applyManifest(ctx, mf); err != nil {
+		if err := applyManifest(ctx, r.t, mf); err != nil {
 			return err
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.SettleTimeout)
 	defer cancel()
-	return r.mesh.Settle(ctx)
-}
-
-func (r *runner) applyManifest(ctx context.Context, mf scenarios.Manifest) error {
-	for _, name := range mf.Clusters {
-		c, ok := r.mesh.Cluster(name)
-		if !ok {
-			return fmt.Errorf("no cluster %q", name)
-		}
-		for _, obj := range mf.Objects {
-			if err := c.API.Apply(ctx, obj.Object); err != nil {
-				return fmt.Errorf("cluster %s: %w", name, err)
-			}
-		}
-	}
-	return nil
+	return r.t.Settle(ctx)
 }
 
 // outcome is what one execution of a step's action produced.
@@ -225,12 +180,16 @@ func (r *runner) step(ctx context.Context, st *scenarios.Step) scenarios.StepRep
 		Responses: map[string]int{}, StartSeconds: seconds(time.Since(r.start))}
 	begin := time.Now()
 	deadline := begin.Add(st.Expect.Within)
-	retryAction := st.Curl != nil
+	_, retryAction := st.Action().(*scenarios.Curl)
+	act, err := actionOf(st, r)
 	var out outcome
-	var err error
 	for attempt := 0; ; attempt++ {
-		if attempt == 0 || retryAction {
-			out, err = r.act(ctx, st)
+		if act != nil && (attempt == 0 || retryAction) {
+			t0 := time.Now()
+			out, err = act.Run(ctx, r.t)
+			if out.took == 0 {
+				out.took = time.Since(t0)
+			}
 		}
 		var fails []string
 		if err != nil {
@@ -261,112 +220,6 @@ func (r *runner) step(ctx context.Context, st *scenarios.Step) scenarios.StepRep
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// act executes a step's action once.
-func (r *runner) act(ctx context.Context, st *scenarios.Step) (outcome, error) {
-	t0 := time.Now()
-	out := outcome{}
-	var err error
-	switch {
-	case st.Apply != nil:
-		err = r.applyManifest(ctx, st.Apply.Manifest)
-	case st.Delete != nil:
-		d := st.Delete
-		err = r.cluster(d.Cluster, func(c *sim.Cluster) error {
-			return c.API.Delete(ctx, d.Kind, d.Namespace, d.Name, grace(d.GracePeriod)...)
-		})
-	case st.Scale != nil:
-		s := st.Scale
-		err = r.cluster(s.Cluster, func(c *sim.Cluster) error {
-			return c.API.Scale(ctx, s.Namespace, s.Deployment, int32(s.Replicas), grace(s.GracePeriod)...)
-		})
-	case st.Annotate != nil:
-		a := st.Annotate
-		err = r.cluster(a.Cluster, func(c *sim.Cluster) error { return c.API.Annotate(ctx, a.Namespace, a.Service, a.Annotations) })
-	case st.Curl != nil:
-		out, err = r.curl(ctx, st.Curl)
-	case st.Traffic != nil:
-		err = r.startTraffic(ctx, st.Traffic)
-	case st.StopTraffic != nil:
-		out, err = r.stopTraffic(st.StopTraffic.Name)
-	case st.Partition != nil:
-		p := st.Partition
-		groups := make([][]sim.Member, len(p.Groups))
-		for i, g := range p.Groups {
-			for _, m := range g {
-				groups[i] = append(groups[i], sim.Member{Cluster: m.Cluster, Node: m.Node})
-			}
-		}
-		err = r.mesh.Partition(groups, sim.Plane(p.Plane), p.OneWay)
-	case st.Heal != nil:
-		err = r.mesh.Heal()
-	case st.Stop != nil:
-		err = r.process(st.Stop.Process, "stop")
-	case st.Start != nil:
-		err = r.process(st.Start.Process, "start")
-	case st.Restart != nil:
-		err = r.process(st.Restart.Process, "restart")
-	case st.Wait != nil:
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-time.After(st.Wait.Duration):
-		}
-	default:
-		err = errors.New("step has no action")
-	}
-	if out.took == 0 {
-		out.took = time.Since(t0)
-	}
-	return out, err
-}
-
-func (r *runner) cluster(name string, fn func(*sim.Cluster) error) error {
-	c, ok := r.mesh.Cluster(name)
-	if !ok {
-		return fmt.Errorf("no cluster %q", name)
-	}
-	return fn(c)
-}
-
-func (r *runner) process(p scenarios.Process, verb string) error {
-	return r.cluster(p.Cluster, func(c *sim.Cluster) error {
-		return c.Process(sim.Component(p.Component), p.Node, verb)
-	})
-}
-
-// curl makes count sequential requests from one pod of the source
-// deployment, each a new connection.
-func (r *runner) curl(ctx context.Context, cu *scenarios.Curl) (outcome, error) {
-	out := outcome{responses: map[string]int{}, hasTraffic: true}
-	c, ok := r.mesh.Cluster(cu.From.Cluster)
-	if !ok {
-		return out, fmt.Errorf("no cluster %q", cu.From.Cluster)
-	}
-	client, _, err := c.Client(cu.From.Namespace, cu.From.Deployment, cu.Timeout)
-	if err != nil {
-		return out, err
-	}
-	url, err := c.ResolveURL(ctx, cu.URL.String(), cu.From.Namespace)
-	if err != nil {
-		return out, err
-	}
-	t0 := time.Now()
-	var results []result
-	for range cu.Count {
-		res := client.Get(ctx, url)
-		results = append(results, result{at: res.Start, took: res.Duration, cluster: res.Cluster})
-		out.requests++
-		if res.Err != nil {
-			out.errors++
-		} else {
-			out.responses[res.Cluster]++
-		}
-	}
-	out.took = time.Since(t0)
-	out.maxOutage = maxOutage(results)
-	return out, nil
 }
 
 // check evaluates a step's expectations against the outcome and the mesh.
@@ -410,22 +263,18 @@ func (r *runner) check(ctx context.Context, st *scenarios.Step, out outcome) []s
 // checkBackends reads every node's BPF service map in the cluster: the
 // service's frontends must hold active backends from exactly b.From.
 func (r *runner) checkBackends(ctx context.Context, b scenarios.BackendsExpect) error {
-	c, ok := r.mesh.Cluster(b.Cluster)
-	if !ok {
-		return fmt.Errorf("backends: no cluster %q", b.Cluster)
-	}
 	names := map[uint32]string{}
-	for _, o := range r.mesh.Clusters() {
-		names[o.Spec().ID] = o.Name()
+	for _, c := range r.sc.Topology.Clusters {
+		names[uint32(c.ID)] = c.Name
+	}
+	nodes, err := r.t.Backends(ctx, b.Cluster, b.Namespace, b.Service)
+	if err != nil {
+		return fmt.Errorf("backends of %s/%s in %s: %w", b.Namespace, b.Service, b.Cluster, err)
 	}
 	want := strings.Join(b.From, ",")
-	for _, n := range c.Nodes() {
-		clusters, err := n.ServiceBackendClusters(ctx, b.Namespace, b.Service)
-		if err != nil {
-			return fmt.Errorf("backends of %s/%s on %s/%s: %w", b.Namespace, b.Service, b.Cluster, n.Name(), err)
-		}
+	for _, n := range nodes {
 		var got []string
-		for _, id := range clusters {
+		for _, id := range n.ClusterIDs {
 			name := names[id]
 			if name == "" {
 				name = fmt.Sprintf("cluster-id-%d", id)
@@ -435,30 +284,28 @@ func (r *runner) checkBackends(ctx context.Context, b scenarios.BackendsExpect) 
 		sort.Strings(got)
 		if strings.Join(got, ",") != want {
 			return fmt.Errorf("backends of %s/%s on %s/%s from [%s], want [%s]",
-				b.Namespace, b.Service, b.Cluster, n.Name(), strings.Join(got, ", "), strings.Join(b.From, ", "))
+				b.Namespace, b.Service, b.Cluster, n.Node, strings.Join(got, ", "), strings.Join(b.From, ", "))
 		}
 	}
 	return nil
 }
 
 func (r *runner) checkKVStore(ctx context.Context, k scenarios.KVStoreExpect) error {
-	c, ok := r.mesh.Cluster(k.Cluster)
-	if !ok {
-		return fmt.Errorf("kvstore: no cluster %q", k.Cluster)
-	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if k.Prefix != "" {
-		n, err := c.KVStoreCount(ctx, k.Prefix)
+		// A plain key prefix, as etcdctl get --prefix takes it.
+		kvs, err := r.t.KVList(ctx, k.Cluster, k.Prefix)
+		n := len(kvs)
 		if err != nil {
 			return fmt.Errorf("kvstore %s %s: %w", k.Cluster, k.Prefix, err)
 		}
 		if k.Count != nil && !k.Count.Match(n, n) {
-			return fmt.Errorf("kvstore %s: %d keys under %s, want %s", k.Cluster, n, k.Prefix, *k.Count)
+			return fmt.Errorf("kvstore %s: %d keys begin with %s, want %s", k.Cluster, n, k.Prefix, *k.Count)
 		}
 		return nil
 	}
-	val, found, err := c.KVStoreGet(ctx, k.Key)
+	val, found, err := r.t.KVGet(ctx, k.Cluster, k.Key)
 	if err != nil {
 		return fmt.Errorf("kvstore %s %s: %w", k.Cluster, k.Key, err)
 	}
@@ -527,33 +374,31 @@ func maxOutage(rs []result) time.Duration {
 // with a limitation (one line per cluster and policy) and the policies they
 // rejected. It runs after every step, so a policy deleted later is still
 // reported.
-func (r *runner) collectWarnings() {
+func (r *runner) collectWarnings(ctx context.Context) {
 	if r.warned == nil {
 		r.warned = map[string]bool{}
 	}
 	seen := r.warned
 	out := r.report.Warnings
-	for _, c := range r.mesh.Clusters() {
-		for _, n := range c.Nodes() {
-			a := n.Agent()
-			if a == nil {
-				continue
-			}
-			for ref, ws := range a.PolicyWarnings() {
-				for _, w := range ws {
-					line := fmt.Sprintf("cluster %s: policy %s: %s", c.Name(), ref, w)
-					if !seen[line] {
-						seen[line] = true
-						out = append(out, line)
-					}
-				}
-			}
-			for ref, err := range a.PolicyErrors() {
-				line := fmt.Sprintf("cluster %s: policy %s rejected, the last good version stays in force: %v", c.Name(), ref, err)
+	for _, c := range r.sc.Topology.Clusters {
+		warnings, rejected, err := r.t.Policies(ctx, c.Name)
+		if err != nil {
+			continue // a cluster that cannot answer now is asked again after the next step
+		}
+		for _, ref := range sortedKeys(warnings) {
+			for _, w := range warnings[ref] {
+				line := fmt.Sprintf("cluster %s: policy %s: %s", c.Name, ref, w)
 				if !seen[line] {
 					seen[line] = true
 					out = append(out, line)
 				}
+			}
+		}
+		for _, ref := range sortedKeys(rejected) {
+			line := fmt.Sprintf("cluster %s: policy %s rejected, the last good version stays in force: %s", c.Name, ref, rejected[ref])
+			if !seen[line] {
+				seen[line] = true
+				out = append(out, line)
 			}
 		}
 	}
@@ -561,10 +406,11 @@ func (r *runner) collectWarnings() {
 	r.report.Warnings = out
 }
 
-// grace is a step's gracePeriodSeconds as the simulated API takes it.
-func grace(g *scenarios.GracePeriod) []kube.Grace {
-	if g == nil {
-		return nil
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	return []kube.Grace{{Seconds: g.Seconds}}
+	sort.Strings(keys)
+	return keys
 }

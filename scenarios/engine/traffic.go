@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/scenarios"
-	"github.com/meshbed/meshbed/sim/workload"
 )
 
 // stream is a background traffic stream: one request per tick of its rate,
@@ -22,16 +21,8 @@ type stream struct {
 	results []result
 }
 
-func (r *runner) startTraffic(ctx context.Context, t *scenarios.Traffic) error {
-	c, ok := r.mesh.Cluster(t.From.Cluster)
-	if !ok {
-		return fmt.Errorf("no cluster %q", t.From.Cluster)
-	}
-	client, _, err := c.Client(t.From.Namespace, t.From.Deployment, t.Timeout)
-	if err != nil {
-		return err
-	}
-	url, err := c.ResolveURL(ctx, t.URL.String(), t.From.Namespace)
+func (r *runner) startTraffic(ctx context.Context, tgt Target, t *scenarios.Traffic) error {
+	client, err := tgt.Client(ctx, t.From, t.URL.String(), t.Timeout)
 	if err != nil {
 		return err
 	}
@@ -44,11 +35,11 @@ func (r *runner) startTraffic(ctx context.Context, t *scenarios.Traffic) error {
 	s := &stream{cancel: cancel, done: make(chan struct{}),
 		rec: scenarios.NewStream(t.Name, t.From, t.URL.String(), time.Since(r.start), 0)}
 	r.traffic[t.Name] = s
-	go s.run(sctx, client, url, t.Rate.Interval(), r.start)
+	go s.run(sctx, client, t.Rate.Interval(), r.start)
 	return nil
 }
 
-func (s *stream) run(ctx context.Context, client *workload.Client, url string, every time.Duration, runStart time.Time) {
+func (s *stream) run(ctx context.Context, client Client, every time.Duration, runStart time.Time) {
 	defer close(s.done)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -58,7 +49,7 @@ func (s *stream) run(ctx context.Context, client *workload.Client, url string, e
 		wg.Go(func() {
 			// In-flight requests finish even after stop: their outcome
 			// belongs to the record.
-			res := client.Get(context.WithoutCancel(ctx), url)
+			res := client.Get(context.WithoutCancel(ctx))
 			s.mu.Lock()
 			s.results = append(s.results, result{at: res.Start, took: res.Duration, cluster: res.Cluster})
 			cl := res.Cluster

@@ -87,6 +87,10 @@ type Controllers struct {
 	rnd     *rand.Rand
 	running map[string]*corev1.Pod // pod namespace/name → the pod as started
 	failed  map[string]failure     // pods whose start failed, retried after podRetry
+	// expected: pods this controller created that its informer has not
+	// shown yet. They count as existing, or a reconcile in between (its
+	// own status update triggers one) would create them again.
+	expected map[string]*corev1.Pod
 	// terminating holds the running pods being deleted, by namespace/name.
 	terminating map[string]*termination
 	runCtx      context.Context
@@ -233,8 +237,28 @@ func ownedBy(pod *corev1.Pod, d *appsv1.Deployment) bool {
 	return false
 }
 
+// withExpected adds the pods created but not yet in the informer's store
+// to pods, and forgets those the store now shows.
+func (c *Controllers) withExpected(pods []*corev1.Pod) []*corev1.Pod {
+	if len(c.expected) == 0 {
+		return pods
+	}
+	store := c.pods.GetStore()
+	for key, p := range c.expected {
+		if _, ok, _ := store.GetByKey(key); ok {
+			delete(c.expected, key)
+			continue
+		}
+		pods = append(pods, p)
+	}
+	sort.Slice(pods, func(i, j int) bool {
+		return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name
+	})
+	return pods
+}
+
 func (c *Controllers) reconcileDeployments(ctx context.Context) error {
-	pods := podsOf(c.pods.GetStore())
+	pods := c.withExpected(podsOf(c.pods.GetStore()))
 	perNode := map[string]int{}
 	for _, p := range pods {
 		perNode[p.Spec.NodeName]++
@@ -342,6 +366,10 @@ func (c *Controllers) createPod(ctx context.Context, d *appsv1.Deployment, perNo
 		return nil, fmt.Errorf("deployment %s/%s: create pod: %w", d.Namespace, d.Name, err)
 	}
 	perNode[node]++
+	if c.expected == nil {
+		c.expected = map[string]*corev1.Pod{}
+	}
+	c.expected[created.Namespace+"/"+created.Name] = created
 	return created, nil
 }
 
@@ -374,6 +402,7 @@ func scaleDownGrace(d *appsv1.Deployment) *int64 {
 // cluster do: the API marks it terminating and the kubelet takes it from
 // there (reconcileTerminating). grace nil means the pod's own period.
 func (c *Controllers) deletePod(ctx context.Context, p *corev1.Pod, grace *int64) error {
+	delete(c.expected, p.Namespace+"/"+p.Name)
 	err := c.api.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: grace})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
@@ -425,8 +454,11 @@ func (c *Controllers) reconcileKubelet(ctx context.Context) error {
 	for _, p := range podsOf(c.pods.GetStore()) {
 		key := p.Namespace + "/" + p.Name
 		present[key] = true
-		if _, ok := c.running[key]; ok || p.Spec.NodeName == "" || p.DeletionTimestamp != nil {
+		if _, ok := c.running[key]; ok || p.Spec.NodeName == "" {
 			continue
+		}
+		if p.DeletionTimestamp != nil {
+			continue // a kubelet never starts a pod being deleted
 		}
 		if f, ok := c.failed[key]; ok && time.Since(f.at) < podRetry {
 			errs = append(errs, fmt.Errorf("pod %s waits to retry: %w", key, f.err))

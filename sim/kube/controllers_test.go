@@ -15,7 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 // fakeRuntime hands out addresses from the node's pod CIDR and records
@@ -321,5 +324,123 @@ func TestApplyKeepsClusterIP(t *testing.T) {
 	}
 	if err := api.Delete(ctx, "Secret", "default", "s"); !errors.Is(err, ErrUnsupportedKind) {
 		t.Errorf("delete of an unsupported kind: %v", err)
+	}
+}
+
+// delayedWatch forwards a watch's events after a delay: an informer that
+// lags behind the API, as it does on a busy machine.
+type delayedWatch struct {
+	inner watch.Interface
+	out   chan watch.Event
+	stop  chan struct{}
+	once  sync.Once
+}
+
+func newDelayedWatch(inner watch.Interface, delay time.Duration) *delayedWatch {
+	w := &delayedWatch{inner: inner, out: make(chan watch.Event, 100), stop: make(chan struct{})}
+	go func() {
+		defer close(w.out)
+		for ev := range inner.ResultChan() {
+			select {
+			case <-time.After(delay):
+			case <-w.stop:
+				return
+			}
+			select {
+			case w.out <- ev:
+			case <-w.stop:
+				return
+			}
+		}
+	}()
+	return w
+}
+
+func (w *delayedWatch) Stop() {
+	w.once.Do(func() {
+		close(w.stop)
+		w.inner.Stop()
+	})
+}
+
+func (w *delayedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+// TestDeploymentDoesNotOvershootALaggingInformer: the Deployment controller
+// must count the pods it created before its informer shows them, as the
+// ReplicaSet controller's expectations do. Otherwise a reconcile triggered
+// in between (by its own status update) creates a second pod, the next one
+// deletes one of the two, and a pod that was started and reported Ready
+// vanishes under whoever saw it.
+func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	api, err := NewAPI(netip.MustParsePrefix("10.11.0.0/16"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var created []string
+	api.Client.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		created = append(created, action.(k8stesting.CreateAction).GetObject().(*corev1.Pod).Name)
+		return false, nil, nil
+	})
+	api.Client.PrependWatchReactor("pods", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		gvr := action.GetResource()
+		ns := action.GetNamespace()
+		w, err := api.Client.Tracker().Watch(gvr, ns)
+		if err != nil {
+			return true, nil, err
+		}
+		return true, newDelayedWatch(w, 300*time.Millisecond), nil
+	})
+	nodes := []Node{{Name: "node-1", IP: netip.MustParseAddr("172.30.1.1"), PodCIDR: netip.MustParsePrefix("10.10.1.0/24")}}
+	rt := &fakeRuntime{running: map[string]netip.Addr{}, nodes: map[string]netip.Addr{"node-1": netip.MustParseAddr("10.10.1.1")}}
+	c := NewControllers(api, nodes, rt, 1, slog.New(slog.DiscardHandler))
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	<-c.Synced()
+
+	replicas := int32(1)
+	_, err = api.Client.AppsV1().Deployments("default").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "tie-fighter", Namespace: "default", UID: "d1"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"name": "tie-fighter"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"name": "tie-fighter"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: "docker.io/cilium/json-mock"}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deployment ready", func() error {
+		d, err := api.Client.AppsV1().Deployments("default").Get(ctx, "tie-fighter", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.ReadyReplicas != 1 {
+			return fmt.Errorf("readyReplicas = %d", d.Status.ReadyReplicas)
+		}
+		return nil
+	})
+	// Several more reconciles, each a chance to overshoot.
+	for range 5 {
+		c.kick()
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(created) != 1 {
+		t.Fatalf("created pods %v for 1 replica, want exactly one", created)
 	}
 }
