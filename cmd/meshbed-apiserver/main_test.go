@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/pki"
 )
 
@@ -27,7 +28,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 	}
 	// The defaults of every other flag, as the command sets them.
 	good := options{clusterName: "cluster1", clusterID: 1, maxConnected: 255, listen: "0.0.0.0:2379",
-		tlsDir: tlsDir, heartbeat: apiserver.DefaultHeartbeatInterval, configPoll: 10 * time.Second, kvstoremesh: true}
+		tlsDir: tlsDir, heartbeat: apiserver.DefaultHeartbeatInterval, configPoll: 10 * time.Second, kvstoremesh: true,
+		identityGCInterval: identity.DefaultGCInterval, identityHeartbeatTimeout: identity.DefaultHeartbeatTimeout}
 	if got, _ := cmd.Flags().GetString("listen"); got != good.listen {
 		t.Fatalf("--listen default %q, test assumes %q", got, good.listen)
 	}
@@ -46,6 +48,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"listen without port", func(o *options) { o.listen = "10.0.0.1" }, []string{"--listen"}},
 		{"listen on a name", func(o *options) { o.listen = "apiserver:2379" }, []string{"--listen"}},
 		{"heartbeat", func(o *options) { o.heartbeat = 0 }, []string{"--heartbeat-interval"}},
+		{"identity gc", func(o *options) { o.identityGCInterval = 0; o.identityHeartbeatTimeout = -time.Second },
+			[]string{"--identity-gc-interval", "--identity-heartbeat-timeout"}},
 		{"remote clusters", func(o *options) { o.remoteClusters = []string{"ok", "-bad"} }, []string{"--remote-clusters"}},
 		{"no TLS dir", func(o *options) { o.tlsDir = "" }, []string{"--tls-dir"}},
 		{"TLS dir without files", func(o *options) { o.tlsDir = t.TempDir() }, []string{"--tls-dir"}},

@@ -84,7 +84,12 @@ var errCollected = errors.New("identity deleted by the garbage collector while r
 // labels, so that the collector does not delete it. Without a mark (the
 // common case) it costs nothing.
 func (a *Allocator) keep(ctx context.Context, id uint32, labels wire.Labels) error {
-	if _, marked := a.cache.unusedSince(id); !marked {
+	served, marked := a.cache.markOf(id)
+	if !served {
+		// Deleted since allocate found it (the cache saw the deletion).
+		return fmt.Errorf("%s %d: %w", Kind, id, errCollected)
+	}
+	if !marked {
 		return nil
 	}
 	name := strconv.FormatUint(uint64(id), 10)

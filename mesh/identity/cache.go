@@ -338,6 +338,16 @@ func (c *Cache) unusedSince(id uint32) (time.Time, bool) {
 	return t, ok
 }
 
+// markOf says whether id is served and whether it carries the garbage
+// collector's mark, in one look.
+func (c *Cache) markOf(id uint32) (served, marked bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, served = c.byID[id]
+	_, marked = c.unused[id]
+	return served, marked
+}
+
 // forget drops id as if its resource had been deleted (an allocator found
 // it gone before the informer did) and notifies handlers.
 func (c *Cache) forget(id uint32) {

@@ -3,6 +3,7 @@ package identity
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -273,6 +274,24 @@ func TestCollectorAllocateRace(t *testing.T) {
 		}
 		u, ok := e.object(t, got)
 		if !ok {
+			for _, act := range e.client.Actions() {
+				name := ""
+				switch a := act.(type) {
+				case k8stesting.DeleteAction:
+					name = a.GetName()
+				case k8stesting.GetAction:
+					name = a.GetName()
+				case k8stesting.UpdateAction:
+					u := a.GetObject().(*unstructured.Unstructured)
+					name = u.GetName() + " rv=" + u.GetResourceVersion() + fmt.Sprint(u.GetAnnotations())
+				case k8stesting.CreateAction:
+					u := a.GetObject().(*unstructured.Unstructured)
+					name = u.GetName()
+				}
+				if strings.HasPrefix(name, strconv.FormatUint(uint64(got), 10)) {
+					t.Logf("%s %s", act.GetVerb(), name)
+				}
+			}
 			t.Fatalf("round %d: Allocate returned %d, which does not exist (collector deleted it: %v)", i, got, gone)
 		}
 		if cur, err := FromObject(u); err != nil || cur.Labels.String() != labels.String() {
