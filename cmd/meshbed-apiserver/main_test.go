@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,7 +28,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 	}
 	// The defaults of every other flag, as the command sets them.
 	good := options{clusterName: "cluster1", clusterID: 1, maxConnected: 255, listen: "0.0.0.0:2379",
-		tlsDir: tlsDir, heartbeat: apiserver.DefaultHeartbeatInterval, configPoll: 10 * time.Second, kvstoremesh: true}
+		tlsDir: tlsDir, heartbeat: apiserver.DefaultHeartbeatInterval, configPoll: 10 * time.Second, kvstoremesh: true,
+		identityGCInterval: 15 * time.Minute, identityHeartbeatTimeout: 30 * time.Minute}
 	if got, _ := cmd.Flags().GetString("listen"); got != good.listen {
 		t.Fatalf("--listen default %q, test assumes %q", got, good.listen)
 	}
@@ -95,5 +97,31 @@ func TestRemoteReaders(t *testing.T) {
 	got, err = remoteReaders(options{configDir: filepath.Join(dir, "missing")})
 	if err != nil || len(got) != 0 {
 		t.Fatalf("missing dir: %v, %v", got, err)
+	}
+}
+
+// TestFlagDefaultsAreThePackageDefaults fails when a flag's default and
+// apiserver.DefaultConfig, from which the simulator starts every
+// mesh-apiserver, disagree.
+func TestFlagDefaultsAreThePackageDefaults(t *testing.T) {
+	d := apiserver.DefaultConfig()
+	want := map[string]string{
+		"max-connected-clusters":     fmt.Sprint(d.MaxConnectedClusters),
+		"listen":                     d.ListenAddress,
+		"heartbeat-interval":         d.HeartbeatInterval.String(),
+		"identity-gc-interval":       d.IdentityGCInterval.String(),
+		"identity-heartbeat-timeout": d.IdentityHeartbeatTimeout.String(),
+		"config-poll-interval":       apiserver.DefaultConfigPollInterval.String(),
+	}
+	f := newCommand().Flags()
+	for name, w := range want {
+		fl := f.Lookup(name)
+		if fl == nil {
+			t.Errorf("no flag --%s", name)
+			continue
+		}
+		if fl.DefValue != w {
+			t.Errorf("--%s defaults to %s, apiserver.DefaultConfig to %s", name, fl.DefValue, w)
+		}
 	}
 }
