@@ -113,6 +113,13 @@ func nodePodCIDR(cluster netip.Prefix, i int) (netip.Prefix, error) {
 	return p, nil
 }
 
+// simSyncTimeout replaces the binary's --sync-timeout (agent.DefaultSyncTimeout,
+// 30 s) in the simulator: an agent started or restarted while a remote
+// cluster is unreachable programs its services after this long, and the
+// simulator's tests and scenarios restart agents under partitions; a
+// shorter wait keeps them quick without changing what they check.
+const simSyncTimeout = 10 * time.Second
+
 // StartAgent starts the node's agent (again, after StopAgent). The
 // datapath stays loaded in between, as BPF programs outlive a restarting
 // agent on a real node.
@@ -129,24 +136,25 @@ func (n *Node) StartAgent() error {
 		Dir:            c.agentConfigDir(),
 		Dialer:         func(ctx context.Context, addr string) (net.Conn, error) { return n.ns.Dial(ctx, nil, "tcp", addr) },
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
-		SyncTimeout: 10 * time.Second,
+		SyncTimeout: simSyncTimeout,
 		Logger:      log.With("component", "remote"),
 	})
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
 	}
-	mode := service.ModeWithdraw
+	// The binary's defaults (agent.DefaultConfig), then the environment.
+	cfg := agent.DefaultConfig()
+	cfg.ClusterName, cfg.ClusterID, cfg.NodeName = c.spec.Name, c.spec.ID, n.name
+	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
+	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
+	cfg.StateDir = filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name)
+	cfg.Logger = log.With("component", "agent")
 	if c.mesh.spec.FailStatic {
-		mode = service.ModeFailStatic
+		cfg.Mode = service.ModeFailStatic
 	}
-	a, err := agent.New(agent.Config{
-		ClusterName: c.spec.Name, ClusterID: c.spec.ID, NodeName: n.name,
-		Kube: c.API.Client, Dynamic: c.API.Dynamic,
-		Datapath: n.dp, Plumber: n.dp, Remote: mgr,
-		Mode: mode, SyncTimeout: 10 * time.Second, Restored: n.dp.Programmed(),
-		StateDir: filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name),
-		Logger:   log.With("component", "agent"),
-	})
+	// Deliberate override, see simSyncTimeout.
+	cfg.SyncTimeout = simSyncTimeout
+	a, err := agent.New(cfg)
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
 	}

@@ -39,7 +39,19 @@ type options struct {
 }
 
 func main() {
+	cmd := newCommand()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "meshbed-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
 	var o options
+	// Every default comes from the package, which the simulator uses too.
+	d := agent.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:           "meshbed-agent",
 		Short:         "The meshbed node agent",
@@ -51,7 +63,7 @@ func main() {
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
-	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
+	f.Uint32Var(&o.maxConnected, "max-connected-clusters", d.MaxConnectedClusters, "255 or 511; equal on every cluster of the mesh")
 	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name in Kubernetes (default $NODE_NAME)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	f.StringVar(&o.configDir, "clustermesh-config", "/var/lib/meshbed/clustermesh", "directory of remote cluster configs, one file per cluster")
@@ -60,19 +72,14 @@ func main() {
 	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
 	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
-	f.BoolVar(&o.failStatic, "fail-static", false, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
-	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", false, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
-	f.BoolVar(&o.allowLocalhost, "allow-localhost", true, "the node may always reach its pods whatever the policy (kubelet probes)")
+	f.BoolVar(&o.failStatic, "fail-static", d.Mode == service.ModeFailStatic, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
+	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", d.PolicyAllClusters, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
+	f.BoolVar(&o.allowLocalhost, "allow-localhost", d.PolicyAllowLocalhost, "the node may always reach its pods whatever the policy (kubelet probes)")
 	f.DurationVar(&o.healthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
 	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
-	f.DurationVar(&o.syncTimeout, "sync-timeout", agent.DefaultSyncTimeout, "how long to wait for remote services before programming services")
+	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "meshbed-agent:", err)
-		os.Exit(1)
-	}
+	return cmd
 }
 
 func (o options) validate() (routing state.RoutingMode, nodeIP netip.Addr, err error) {
@@ -147,13 +154,14 @@ func run(ctx context.Context, o options) error {
 	if o.failStatic {
 		mode = service.ModeFailStatic
 	}
-	a, err := agent.New(agent.Config{
-		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
-		NodeName: o.nodeName, Kube: kube, Dynamic: dyn,
-		Datapath: dp, Plumber: dp, Remote: mgr, Mode: mode, Restored: dp.Programmed(),
-		PolicyAllClusters: o.policyAllClusters, PolicyAllowLocalhost: o.allowLocalhost, SyncTimeout: o.syncTimeout, StateDir: o.stateDir,
-		Logger: log.With("component", "agent"),
-	})
+	cfg := agent.DefaultConfig()
+	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
+	cfg.NodeName, cfg.Kube, cfg.Dynamic = o.nodeName, kube, dyn
+	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = dp, dp, mgr, dp.Programmed()
+	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
+	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
+	cfg.Logger = log.With("component", "agent")
+	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}

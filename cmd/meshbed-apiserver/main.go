@@ -27,7 +27,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
-	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -55,6 +54,8 @@ func main() {
 
 func newCommand() *cobra.Command {
 	var o options
+	// Every default comes from the package, which the simulator uses too.
+	d := apiserver.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:           "meshbed-apiserver",
 		Short:         "The meshbed mesh-apiserver of one cluster",
@@ -66,17 +67,17 @@ func newCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
-	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
+	f.Uint32Var(&o.maxConnected, "max-connected-clusters", d.MaxConnectedClusters, "255 or 511; equal on every cluster of the mesh")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
-	f.StringVar(&o.listen, "listen", "0.0.0.0:2379", "host:port of the etcd client listener (mTLS)")
+	f.StringVar(&o.listen, "listen", d.ListenAddress, "host:port of the etcd client listener (mTLS)")
 	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/apiserver-tls", "directory with ca.crt, server.crt/.key and admin.crt/.key (user admin-<cluster>)")
 	f.StringVar(&o.configDir, "clustermesh-config", "", "directory of remote cluster configs, one file per cluster (kvstoremesh; the file names are also the clusters allowed to read this one)")
 	f.BoolVar(&o.kvstoremesh, "kvstoremesh", true, "mirror the remote clusters of --clustermesh-config into this etcd for the local agents")
 	f.StringSliceVar(&o.remoteClusters, "remote-clusters", nil, "further clusters allowed to read this one (users remote-<name>), besides those of --clustermesh-config")
-	f.DurationVar(&o.heartbeat, "heartbeat-interval", apiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is rewritten")
-	f.DurationVar(&o.configPoll, "config-poll-interval", 10*time.Second, "how often --clustermesh-config is rescanned for the remote readers' users")
-	f.DurationVar(&o.identityGCInterval, "identity-gc-interval", identity.DefaultGCInterval, "how often identities that no pod uses are looked for (as Cilium's operator flag)")
-	f.DurationVar(&o.identityHeartbeatTimeout, "identity-heartbeat-timeout", identity.DefaultHeartbeatTimeout, "how long an identity must stay unused before it is deleted and withdrawn from the mesh")
+	f.DurationVar(&o.heartbeat, "heartbeat-interval", d.HeartbeatInterval, "how often cilium/.heartbeat is rewritten")
+	f.DurationVar(&o.configPoll, "config-poll-interval", apiserver.DefaultConfigPollInterval, "how often --clustermesh-config is rescanned for the remote readers' users")
+	f.DurationVar(&o.identityGCInterval, "identity-gc-interval", d.IdentityGCInterval, "how often identities that no pod uses are looked for (as Cilium's operator flag)")
+	f.DurationVar(&o.identityHeartbeatTimeout, "identity-heartbeat-timeout", d.IdentityHeartbeatTimeout, "how long an identity must stay unused before it is deleted and withdrawn from the mesh")
 	f.StringVar(&o.dataDir, "data-dir", "", "etcd data directory, wiped on start (default: a temporary directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -161,21 +162,15 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	srv, err := apiserver.New(apiserver.Config{
-		ClusterName:              o.clusterName,
-		ClusterID:                o.clusterID,
-		MaxConnectedClusters:     o.maxConnected,
-		Kube:                     kube,
-		Dynamic:                  dyn,
-		ListenAddress:            o.listen,
-		TLSDir:                   pki.Dir(o.tlsDir),
-		DataDir:                  o.dataDir,
-		RemoteClusters:           readers,
-		HeartbeatInterval:        o.heartbeat,
-		IdentityGCInterval:       o.identityGCInterval,
-		IdentityHeartbeatTimeout: o.identityHeartbeatTimeout,
-		Logger:                   log.With("component", "apiserver"),
-	})
+	cfg := apiserver.DefaultConfig()
+	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
+	cfg.Kube, cfg.Dynamic = kube, dyn
+	cfg.ListenAddress, cfg.TLSDir, cfg.DataDir = o.listen, pki.Dir(o.tlsDir), o.dataDir
+	cfg.RemoteClusters = readers
+	cfg.HeartbeatInterval = o.heartbeat
+	cfg.IdentityGCInterval, cfg.IdentityHeartbeatTimeout = o.identityGCInterval, o.identityHeartbeatTimeout
+	cfg.Logger = log.With("component", "apiserver")
+	srv, err := apiserver.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -99,5 +100,31 @@ func TestRemoteReaders(t *testing.T) {
 	got, err = remoteReaders(options{configDir: filepath.Join(dir, "missing")})
 	if err != nil || len(got) != 0 {
 		t.Fatalf("missing dir: %v, %v", got, err)
+	}
+}
+
+// TestFlagDefaultsAreThePackageDefaults fails when a flag's default and
+// apiserver.DefaultConfig, from which the simulator starts every
+// mesh-apiserver, disagree.
+func TestFlagDefaultsAreThePackageDefaults(t *testing.T) {
+	d := apiserver.DefaultConfig()
+	want := map[string]string{
+		"max-connected-clusters":     fmt.Sprint(d.MaxConnectedClusters),
+		"listen":                     d.ListenAddress,
+		"heartbeat-interval":         d.HeartbeatInterval.String(),
+		"identity-gc-interval":       d.IdentityGCInterval.String(),
+		"identity-heartbeat-timeout": d.IdentityHeartbeatTimeout.String(),
+		"config-poll-interval":       apiserver.DefaultConfigPollInterval.String(),
+	}
+	f := newCommand().Flags()
+	for name, w := range want {
+		fl := f.Lookup(name)
+		if fl == nil {
+			t.Errorf("no flag --%s", name)
+			continue
+		}
+		if fl.DefValue != w {
+			t.Errorf("--%s defaults to %s, apiserver.DefaultConfig to %s", name, fl.DefValue, w)
+		}
 	}
 }

@@ -48,6 +48,22 @@ const (
 	DefaultCoalesce    = 5 * time.Millisecond
 )
 
+// DefaultConfig is the agent's configuration before the environment
+// (names, clients, datapath, remote, state directory, logger) is filled in.
+// The meshbed-agent binary takes its flags' defaults from it and the
+// simulator starts every agent from it, so the two cannot drift apart;
+// New itself still fills in zero durations and MaxConnectedClusters.
+func DefaultConfig() Config {
+	return Config{
+		MaxConnectedClusters: wire.MaxConnectedClusters255,
+		Mode:                 service.ModeWithdraw,
+		PolicyAllClusters:    false,
+		PolicyAllowLocalhost: true,
+		SyncTimeout:          DefaultSyncTimeout,
+		Coalesce:             DefaultCoalesce,
+	}
+}
+
 // Config of an agent.
 type Config struct {
 	ClusterName          string

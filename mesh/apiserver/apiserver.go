@@ -81,7 +81,31 @@ const (
 	DefaultTickMs            = 100
 	DefaultElectionMs        = 1000
 	DefaultStartTimeout      = 30 * time.Second
+	// DefaultListenAddress is where the binary's etcd listens for clients.
+	DefaultListenAddress = "0.0.0.0:2379"
+	// DefaultConfigPollInterval is how often the binary rescans its
+	// clustermesh config directory for the remote readers' users.
+	DefaultConfigPollInterval = 10 * time.Second
 )
+
+// DefaultConfig is the mesh-apiserver's configuration before the
+// environment (names, clients, TLS and data directories, remote readers,
+// logger) is filled in. The meshbed-apiserver binary takes its flags'
+// defaults from it and the simulator starts every apiserver from it, so the
+// two cannot drift apart; New itself still fills in zero values.
+func DefaultConfig() Config {
+	return Config{
+		MaxConnectedClusters:     wire.MaxConnectedClusters255,
+		ListenAddress:            DefaultListenAddress,
+		HeartbeatInterval:        DefaultHeartbeatInterval,
+		TickMs:                   DefaultTickMs,
+		ElectionMs:               DefaultElectionMs,
+		StartTimeout:             DefaultStartTimeout,
+		LeaseTTL:                 kvstore.DefaultLeaseTTL,
+		IdentityGCInterval:       identity.DefaultGCInterval,
+		IdentityHeartbeatTimeout: identity.DefaultHeartbeatTimeout,
+	}
+}
 
 // Config of a Server.
 type Config struct {

@@ -198,8 +198,8 @@ func NewClient(dial DialFunc, timeout time.Duration) *Client {
 }
 
 // Get requests url (whose host is already an IP) and reports who answered.
-func (c *Client) Get(ctx context.Context, url string) Result {
-	r := Result{Start: time.Now()}
+func (c *Client) Get(ctx context.Context, url string) (r Result) {
+	r = Result{Start: time.Now()}
 	defer func() { r.Duration = time.Since(r.Start) }()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

@@ -151,3 +151,43 @@ func TestEchoDrain(t *testing.T) {
 		t.Errorf("drain after Close: %v", err)
 	}
 }
+
+// Result.Duration is how long Get took, failed requests included.
+func TestClientDuration(t *testing.T) {
+	const wait = 30 * time.Millisecond
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		time.Sleep(wait) // the slow network under test, not a synchronisation
+		return nil, &net.OpError{Op: "dial", Net: network, Err: context.DeadlineExceeded}
+	}
+	c := NewClient(dial, time.Second)
+	before := time.Now()
+	r := c.Get(t.Context(), "http://192.0.2.1/")
+	took := time.Since(before)
+	if r.Err == nil {
+		t.Fatal("Get through a failing dial succeeded")
+	}
+	if r.Duration < wait || r.Duration > took {
+		t.Fatalf("Duration = %v, want between %v and %v (the time Get took)", r.Duration, wait, took)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ServeEcho("cluster1", "node-1", "rebel-base-abc", []net.Listener{ln})
+	defer e.Close()
+	var d net.Dialer
+	slow := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		time.Sleep(wait)
+		return d.DialContext(ctx, network, addr)
+	}
+	before = time.Now()
+	r = NewClient(slow, time.Second).Get(t.Context(), "http://"+ln.Addr().String()+"/")
+	took = time.Since(before)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r.Duration < wait || r.Duration > took {
+		t.Fatalf("Duration = %v, want between %v and %v (the time Get took)", r.Duration, wait, took)
+	}
+}
