@@ -1,5 +1,5 @@
 # The Makefile only delegates to hack/ scripts.
-.PHONY: all build test generate generate-check bench scenario deps clean
+.PHONY: all build test e2e generate generate-check bench scenario deps clean
 
 all: build
 
@@ -11,6 +11,12 @@ build: deps
 
 test:
 	hack/test.sh
+
+# meshbed on two Kind clusters, end to end (Docker started if needed, the
+# node image built offline or reused from /var/cache/meshbed). KEEP=1 keeps
+# the clusters; NODE_IMAGE=kindest/node:vX uses a stock node image.
+e2e:
+	hack/e2e.sh
 
 generate:
 	hack/generate.sh
