@@ -4,6 +4,7 @@
 # reuses it from the cache. See kind/node/README.md.
 #
 #   hack/kind-node-image.sh            build or reuse; prints the image name
+#   hack/kind-node-image.sh --bins-dir where the binaries are (or will be) cached
 #
 # Environment: K8S_VERSION (default v1.33.5), NODE_IMAGE (default
 # meshbed/kind-node:$K8S_VERSION), MESHBED_CACHE_DIR (default
@@ -53,6 +54,10 @@ node_key=$(printf '%s\n' "$bins_key $suite $(hash_inputs hack/kind-node-image.sh
 bins=$cache/bins-$bins_key
 archive=$cache/node-$node_key.tar
 label=io.meshbed.kind-node.key
+if [ "${1:-}" = --bins-dir ]; then
+	echo "$bins"
+	exit 0
+fi
 
 step="docker"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (run hack/docker.sh start and eval \"\$(hack/docker.sh env)\")"

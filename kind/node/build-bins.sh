@@ -60,10 +60,13 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	ld="$ld -X $p.gitVersion=$k8s -X $p.gitMajor=1 -X $p.gitMinor=$minor"
 	ld="$ld -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
 done
+# An interrupted build resumes: what $out.tmp holds is not built again.
 pkgs=()
-for c in "${k8s_cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-log "go build ${k8s_cmds[*]}"
-(cd "$kmod" && go build -trimpath -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}")
+for c in "${k8s_cmds[@]}"; do [ -x "$out.tmp/$c" ] || pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+if [ ${#pkgs[@]} -gt 0 ]; then
+	log "go build ${pkgs[*]}"
+	(cd "$kmod" && go build -trimpath -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}")
+fi
 
 # --- etcd, at the version kubeadm pins --------------------------------------
 emod=$work/etcd-$etcd
@@ -84,11 +87,11 @@ import _ "go.etcd.io/etcd/server/v3"
 GO
 (cd "$emod" && go mod tidy)
 log "go build etcd $etcd"
-(cd "$emod" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3)
+[ -x "$out.tmp/etcd" ] || (cd "$emod" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3)
 
 # --- CoreDNS ------------------------------------------------------------------
 log "go install coredns $coredns"
-GOBIN=$out.tmp go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns"
+[ -x "$out.tmp/coredns" ] || GOBIN=$out.tmp go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns"
 
 # --- pause (ours) -------------------------------------------------------------
 log "go build pause"
