@@ -1,5 +1,5 @@
 # The Makefile only delegates to hack/ scripts.
-.PHONY: all build test check generate generate-check bench scenario deps clean
+.PHONY: all build test check e2e generate generate-check bench scenario deps clean
 
 all: build
 
@@ -18,6 +18,12 @@ test:
 # gofmt, go mod tidy, vet, staticcheck, no large tracked files.
 check:
 	hack/check.sh
+
+# meshbed on two Kind clusters, end to end (Docker started if needed, the
+# node image built offline or reused from /var/cache/meshbed). KEEP=1 keeps
+# the clusters; NODE_IMAGE=kindest/node:vX uses a stock node image.
+e2e:
+	hack/e2e.sh
 
 generate:
 	hack/generate.sh

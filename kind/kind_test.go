@@ -468,9 +468,9 @@ func TestKindConfigs(t *testing.T) {
 	want := []struct {
 		file, name, pods, services string
 	}{
-		// The simulator's CIDRs for the same clusters (scenarios/*.yaml).
-		{"cluster1.yaml", "c1", "10.10.0.0/16", "10.11.0.0/16"},
-		{"cluster2.yaml", "c2", "10.20.0.0/16", "10.21.0.0/16"},
+		// Not the simulator's (10.10-10.21/16), so both can run at once.
+		{"cluster1.yaml", "c1", "10.110.0.0/16", "10.111.0.0/16"},
+		{"cluster2.yaml", "c2", "10.120.0.0/16", "10.121.0.0/16"},
 	}
 	var all []netip.Prefix
 	for _, w := range want {

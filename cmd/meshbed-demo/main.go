@@ -1,0 +1,112 @@
+// Command meshbed-demo is the seed demo's workload on real clusters, built
+// from the simulator's own workload code so that it needs no image from a
+// registry:
+//
+//	meshbed-demo echo --cluster NAME [--port 80]   rebel-base: answers every
+//	    request with a JSON object naming its cluster, pod and node
+//	meshbed-demo get [--count N] [--timeout D] URL x-wing's curl: N requests,
+//	    a new connection each, one JSON line per request
+//	meshbed-demo idle                              x-wing's main process
+//
+// POD_NAME and NODE_NAME (the downward API) name the pod and node in echo's
+// answers.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/meshbed/meshbed/sim/workload"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "echo":
+		err = echo(os.Args[2:])
+	case "get":
+		err = get(os.Args[2:])
+	case "idle":
+		waitSignal()
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "meshbed-demo %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: meshbed-demo echo --cluster NAME [--port P] | get [--count N] [--timeout D] URL | idle")
+	os.Exit(2)
+}
+
+func waitSignal() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
+}
+
+func echo(args []string) error {
+	fs := flag.NewFlagSet("echo", flag.ExitOnError)
+	cluster := fs.String("cluster", "", "cluster name to answer with")
+	port := fs.Int("port", 80, "TCP port")
+	_ = fs.Parse(args)
+	if *cluster == "" {
+		return errors.New("--cluster is required")
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(*port)))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	e := workload.ServeEcho(*cluster, os.Getenv("NODE_NAME"), os.Getenv("POD_NAME"), []net.Listener{ln})
+	fmt.Fprintf(os.Stderr, "meshbed-demo echo: cluster %s on :%d\n", *cluster, *port)
+	waitSignal()
+	return e.Close()
+}
+
+// Line is one request's outcome, as get prints it.
+type Line struct {
+	Cluster string `json:"cluster,omitempty"`
+	Pod     string `json:"pod,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Millis  int64  `json:"ms"`
+}
+
+func get(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ExitOnError)
+	count := fs.Int("count", 1, "requests, one after another")
+	timeout := fs.Duration("timeout", 2*time.Second, "bound of each request")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		return errors.New("want one URL")
+	}
+	url := fs.Arg(0)
+	var d net.Dialer
+	c := workload.NewClient(d.DialContext, *timeout)
+	enc := json.NewEncoder(os.Stdout)
+	for i := 0; i < *count; i++ {
+		r := c.Get(context.Background(), url)
+		l := Line{Cluster: r.Cluster, Pod: r.Pod, Millis: r.Duration.Milliseconds()}
+		if r.Err != nil {
+			l.Error = r.Err.Error()
+		}
+		if err := enc.Encode(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+// Command meshbed-pause is the sandbox ("pause") process of the offline Kind
+// node image: it holds a pod's namespaces, reaps the children it inherits as
+// PID 1 of a shared PID namespace, and exits 0 on SIGTERM or SIGINT.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-v" {
+		fmt.Println("meshbed-pause")
+		return
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGCHLD)
+	for s := range sigs {
+		if s != unix.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
