@@ -281,12 +281,9 @@ func TestCollectorAllocateRace(t *testing.T) {
 					name = a.GetName()
 				case k8stesting.GetAction:
 					name = a.GetName()
-				case k8stesting.UpdateAction:
+				case k8stesting.UpdateAction: // also every CreateAction: same methods
 					u := a.GetObject().(*unstructured.Unstructured)
 					name = u.GetName() + " rv=" + u.GetResourceVersion() + fmt.Sprint(u.GetAnnotations())
-				case k8stesting.CreateAction:
-					u := a.GetObject().(*unstructured.Unstructured)
-					name = u.GetName()
 				}
 				if strings.HasPrefix(name, strconv.FormatUint(uint64(got), 10)) {
 					t.Logf("%s %s", act.GetVerb(), name)

@@ -41,18 +41,6 @@ func ready(ip string) LocalBackend {
 	return LocalBackend{IP: netip.MustParseAddr(ip), Ports: []BackendPort{{Name: "http", Port: 8080, Protocol: state.TCP}}, Ready: true, Serving: true}
 }
 
-func terminating(ip string) LocalBackend {
-	b := ready(ip)
-	b.Ready, b.Terminating = false, true
-	return b
-}
-
-func notReady(ip string) LocalBackend {
-	b := ready(ip)
-	b.Ready, b.Serving = false, false
-	return b
-}
-
 // export builds the ClusterService cluster c (ID id) exports for rebel-base.
 func export(c string, id uint32, backends ...string) *wire.ClusterService {
 	cs := &wire.ClusterService{
