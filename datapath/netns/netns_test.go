@@ -200,19 +200,31 @@ func TestConcurrentDoStaysApart(t *testing.T) {
 func TestSysctls(t *testing.T) {
 	testenv.Privileged(t)
 	netnstest.CheckLeaks(t)
+	// What a new namespace starts with depends on the host (with
+	// net.core.devconf_inherit_init_net=0 it copies the initial
+	// namespace's ip_forward, which Docker, for one, turns on): set the
+	// opposite, and check that it holds there and nowhere else.
+	plain := netnstest.New(t, "plain")
+	initial, err := plain.Sysctl("net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := map[string]string{"0": "1", "1": "0"}[initial]
+	if flipped == "" {
+		t.Fatalf("net/ipv4/ip_forward = %q in a new namespace", initial)
+	}
 	ns := netnstest.New(t, "sysctl",
-		netns.Sysctl{Path: "net/ipv4/ip_forward", Value: "1"},
+		netns.Sysctl{Path: "net/ipv4/ip_forward", Value: flipped},
 		netns.Sysctl{Path: "net/ipv4/conf/default/rp_filter", Value: "0"},
 	)
-	plain := netnstest.New(t, "plain")
 	for _, tc := range []struct {
 		ns   *netns.NS
 		path string
 		want string
 	}{
-		{ns, "net/ipv4/ip_forward", "1"},
+		{ns, "net/ipv4/ip_forward", flipped},
 		{ns, "net/ipv4/conf/default/rp_filter", "0"},
-		{plain, "net/ipv4/ip_forward", "0"},
+		{plain, "net/ipv4/ip_forward", initial},
 	} {
 		t.Run(tc.ns.Name()+"/"+tc.path, func(t *testing.T) {
 			got, err := tc.ns.Sysctl(tc.path)
