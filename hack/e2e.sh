@@ -66,7 +66,7 @@ export NODE_IMAGE
 step="meshbed images"
 log "meshbed's images (FROM scratch, no registry)"
 imgdir=$(mktemp -d)
-trap 'rm -rf "$imgdir"; fail' EXIT
+trap 'rc=$?; rm -rf "$imgdir"; (exit $rc); fail' EXIT
 # scratch_image NAME DIR: import DIR as a one-layer image tagged by a hash
 # of its content (never latest); prints the reference.
 scratch_image() {
