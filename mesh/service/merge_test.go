@@ -58,23 +58,6 @@ func remote(name string, id uint32, reachable bool, svcs ...*wire.ClusterService
 	return RemoteCluster{Name: name, ID: id, Reachable: reachable, Services: svcs}
 }
 
-// render prints services compactly: "ns/name fe -> be A|T, ...".
-func render(svcs []state.Service) []string {
-	var out []string
-	for _, s := range svcs {
-		var bs []string
-		for _, b := range s.Backends {
-			st := "A"
-			if b.State == state.BackendTerminating {
-				st = "T"
-			}
-			bs = append(bs, fmt.Sprintf("%s:%d@%d%s", b.IP, b.Port, b.ClusterID, st))
-		}
-		out = append(out, fmt.Sprintf("%s %s -> %s", s.Name, s.Frontend, strings.Join(bs, " ")))
-	}
-	return out
-}
-
 func TestParseAnnotations(t *testing.T) {
 	tests := []struct {
 		name string
@@ -148,7 +131,7 @@ func TestMergeServiceMatchesMerge(t *testing.T) {
 		got = append(got, MergeService(&in.Local[i], imports, in.Options).Services...)
 	}
 	if !reflect.DeepEqual(got, whole.Services) {
-		t.Fatalf("MergeService differs from Merge:\n%q\n%q", render(got)[:2], render(whole.Services)[:2])
+		t.Fatalf("MergeService differs from Merge:\n%+v\n%+v", got[:min(2, len(got))], whole.Services[:min(2, len(whole.Services))])
 	}
 }
 
