@@ -88,8 +88,12 @@ type Controllers struct {
 	running map[string]*corev1.Pod // pod namespace/name → the pod as started
 	failed  map[string]failure     // pods whose start failed, retried after podRetry
 	// expected: pods this controller created that its informer has not
-	// shown yet. They count as existing, or a reconcile in between (its
-	// own status update triggers one) would create them again.
+	// reported yet. They count as existing, or a reconcile in between (its
+	// own status update triggers one) would create them again. The pod
+	// informer's handler lowers them on the pod's add or delete event, so
+	// a pod deleted before a reconcile saw it does not count forever.
+	// expMu guards it alone: the handler must not wait for a reconcile.
+	expMu    sync.Mutex
 	expected map[string]*corev1.Pod
 	// terminating holds the running pods being deleted, by namespace/name.
 	terminating map[string]*termination
@@ -128,10 +132,26 @@ func NewControllers(api *API, nodes []Node, rt Runtime, seed uint64, log *slog.L
 		UpdateFunc: func(any, any) { c.kick() },
 		DeleteFunc: func(any) { c.kick() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{c.deploys, c.pods, c.svcs} {
+	for _, inf := range []cache.SharedIndexInformer{c.deploys, c.svcs} {
 		_, _ = inf.AddEventHandler(h)
 	}
+	_, _ = c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { c.observed(o); c.kick() },
+		UpdateFunc: func(any, any) { c.kick() },
+		DeleteFunc: func(o any) { c.observed(o); c.kick() },
+	})
 	return c
+}
+
+// observed lowers the expectation of a pod the informer has reported.
+func (c *Controllers) observed(o any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(o)
+	if err != nil {
+		return
+	}
+	c.expMu.Lock()
+	delete(c.expected, key)
+	c.expMu.Unlock()
 }
 
 func (c *Controllers) kick() {
@@ -240,6 +260,8 @@ func ownedBy(pod *corev1.Pod, d *appsv1.Deployment) bool {
 // withExpected adds the pods created but not yet in the informer's store
 // to pods, and forgets those the store now shows.
 func (c *Controllers) withExpected(pods []*corev1.Pod) []*corev1.Pod {
+	c.expMu.Lock()
+	defer c.expMu.Unlock()
 	if len(c.expected) == 0 {
 		return pods
 	}
@@ -361,15 +383,28 @@ func (c *Controllers) createPod(ctx context.Context, d *appsv1.Deployment, perNo
 		Status: corev1.PodStatus{Phase: corev1.PodPending},
 	}
 	pod.Spec.NodeName = node
-	created, err := c.api.Client.CoreV1().Pods(d.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("deployment %s/%s: create pod: %w", d.Namespace, d.Name, err)
-	}
-	perNode[node]++
+	// The expectation goes in before the create, so the informer's add
+	// (or delete) event, whenever it comes, finds it to lower.
+	key := pod.Namespace + "/" + pod.Name
+	c.expMu.Lock()
 	if c.expected == nil {
 		c.expected = map[string]*corev1.Pod{}
 	}
-	c.expected[created.Namespace+"/"+created.Name] = created
+	c.expected[key] = pod
+	c.expMu.Unlock()
+	created, err := c.api.Client.CoreV1().Pods(d.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		c.expMu.Lock()
+		delete(c.expected, key)
+		c.expMu.Unlock()
+		return nil, fmt.Errorf("deployment %s/%s: create pod: %w", d.Namespace, d.Name, err)
+	}
+	perNode[node]++
+	c.expMu.Lock()
+	if _, ok := c.expected[key]; ok {
+		c.expected[key] = created
+	}
+	c.expMu.Unlock()
 	return created, nil
 }
 
@@ -402,7 +437,9 @@ func scaleDownGrace(d *appsv1.Deployment) *int64 {
 // cluster do: the API marks it terminating and the kubelet takes it from
 // there (reconcileTerminating). grace nil means the pod's own period.
 func (c *Controllers) deletePod(ctx context.Context, p *corev1.Pod, grace *int64) error {
+	c.expMu.Lock()
 	delete(c.expected, p.Namespace+"/"+p.Name)
+	c.expMu.Unlock()
 	err := c.api.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: grace})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 )
 
 // fakeRuntime hands out addresses from the node's pod CIDR and records
@@ -365,31 +366,39 @@ func (w *delayedWatch) Stop() {
 
 func (w *delayedWatch) ResultChan() <-chan watch.Event { return w.out }
 
-// TestDeploymentDoesNotOvershootALaggingInformer: the Deployment controller
-// must count the pods it created before its informer shows them, as the
-// ReplicaSet controller's expectations do. Otherwise a reconcile triggered
-// in between (by its own status update) creates a second pod, the next one
-// deletes one of the two, and a pod that was started and reported Ready
-// vanishes under whoever saw it.
-func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
+// laggingEnv runs the controllers of one node over an API whose pod watch
+// delivers each event 300 ms late, and records the names of created pods.
+type laggingEnv struct {
+	ctx context.Context
+	api *API
+	c   *Controllers
+
+	mu      sync.Mutex
+	created []string
+}
+
+func (e *laggingEnv) createdPods() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.created...)
+}
+
+func newLaggingEnv(t *testing.T) *laggingEnv {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
 	api, err := NewAPI(netip.MustParsePrefix("10.11.0.0/16"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var created []string
+	e := &laggingEnv{ctx: ctx, api: api}
 	api.Client.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		created = append(created, action.(k8stesting.CreateAction).GetObject().(*corev1.Pod).Name)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.created = append(e.created, action.(k8stesting.CreateAction).GetObject().(*corev1.Pod).Name)
 		return false, nil, nil
 	})
 	api.Client.PrependWatchReactor("pods", func(action k8stesting.Action) (bool, watch.Interface, error) {
-		gvr := action.GetResource()
-		ns := action.GetNamespace()
-		w, err := api.Client.Tracker().Watch(gvr, ns)
+		w, err := api.Client.Tracker().Watch(action.GetResource(), action.GetNamespace())
 		if err != nil {
 			return true, nil, err
 		}
@@ -397,19 +406,22 @@ func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
 	})
 	nodes := []Node{{Name: "node-1", IP: netip.MustParseAddr("172.30.1.1"), PodCIDR: netip.MustParsePrefix("10.10.1.0/24")}}
 	rt := &fakeRuntime{running: map[string]netip.Addr{}, nodes: map[string]netip.Addr{"node-1": netip.MustParseAddr("10.10.1.1")}}
-	c := NewControllers(api, nodes, rt, 1, slog.New(slog.DiscardHandler))
+	e.c = NewControllers(api, nodes, rt, 1, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
+	go func() { done <- e.c.Run(ctx) }()
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	}()
-	<-c.Synced()
+	})
+	<-e.c.Synced()
+	return e
+}
 
-	replicas := int32(1)
-	_, err = api.Client.AppsV1().Deployments("default").Create(ctx, &appsv1.Deployment{
+func (e *laggingEnv) deploy(t *testing.T, replicas int32) {
+	t.Helper()
+	_, err := e.api.Client.AppsV1().Deployments("default").Create(e.ctx, &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "tie-fighter", Namespace: "default", UID: "d1"},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &replicas,
@@ -423,8 +435,19 @@ func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDeploymentDoesNotOvershootALaggingInformer: the Deployment controller
+// must count the pods it created before its informer shows them, as the
+// ReplicaSet controller's expectations do. Otherwise a reconcile triggered
+// in between (by its own status update) creates a second pod, the next one
+// deletes one of the two, and a pod that was started and reported Ready
+// vanishes under whoever saw it.
+func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
+	e := newLaggingEnv(t)
+	e.deploy(t, 1)
 	eventually(t, "deployment ready", func() error {
-		d, err := api.Client.AppsV1().Deployments("default").Get(ctx, "tie-fighter", metav1.GetOptions{})
+		d, err := e.api.Client.AppsV1().Deployments("default").Get(e.ctx, "tie-fighter", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -435,12 +458,58 @@ func TestDeploymentDoesNotOvershootALaggingInformer(t *testing.T) {
 	})
 	// Several more reconciles, each a chance to overshoot.
 	for range 5 {
-		c.kick()
+		e.c.kick()
 		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(created) != 1 {
+	if created := e.createdPods(); len(created) != 1 {
 		t.Fatalf("created pods %v for 1 replica, want exactly one", created)
 	}
+}
+
+// TestDeploymentReplacesAPodDeletedBeforeItsInformerSawIt: a pod created
+// and then deleted while no reconcile ran no longer counts once the
+// informer reports the delete; the Deployment replaces it. (Counting an
+// expected pod until a reconcile saw it in the store, as before, counted
+// it forever: CI saw a force-deleted pod never replaced.)
+func TestDeploymentReplacesAPodDeletedBeforeItsInformerSawIt(t *testing.T) {
+	e := newLaggingEnv(t)
+	deleted := make(chan struct{}, 10)
+	if _, err := e.c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(any) { deleted <- struct{}{} },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.deploy(t, 1)
+	var first string
+	eventually(t, "a pod created", func() error {
+		if created := e.createdPods(); len(created) > 0 {
+			first = created[0]
+			return nil
+		}
+		return fmt.Errorf("none yet")
+	})
+	// No reconcile runs while the informer sees the pod come and go.
+	e.c.mu.Lock()
+	zero := int64(0)
+	if err := e.api.Client.CoreV1().Pods("default").Delete(e.ctx, first, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		e.c.mu.Unlock()
+		t.Fatal(err)
+	}
+	select {
+	case <-deleted:
+	case <-time.After(10 * time.Second):
+		e.c.mu.Unlock()
+		t.Fatal("the informer never reported the delete")
+	}
+	e.c.mu.Unlock()
+	eventually(t, "a replacement", func() error {
+		pods, err := e.api.Client.CoreV1().Pods("default").List(e.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 || pods.Items[0].Name == first {
+			return fmt.Errorf("%d pods, created %v", len(pods.Items), e.createdPods())
+		}
+		return nil
+	})
 }
