@@ -60,6 +60,7 @@ func newCommand() *cobra.Command {
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
+	cmd.AddCommand(stateCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
@@ -167,5 +168,6 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
+	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, log.With("component", "state"))()
 	return a.Run(ctx)
 }

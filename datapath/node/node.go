@@ -256,3 +256,26 @@ var (
 	_ state.Datapath = (*Node)(nil)
 	_ state.Plumber  = (*Node)(nil)
 )
+
+// ReadBack reads what the node's BPF maps hold: every service with its
+// active backends in slot order, and the ipcache. It is what the final
+// check compares with the agent's desired state, on every target.
+func (n *Node) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
+	entries, err := n.dp.DumpServices()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump services: %w", err)
+	}
+	var svcs []state.Service
+	for _, e := range entries {
+		svc := state.Service{Name: e.Name, Frontend: e.Frontend}
+		for _, b := range e.Backends {
+			svc.Backends = append(svc.Backends, b.Backend)
+		}
+		svcs = append(svcs, svc)
+	}
+	ipc, err := n.dp.DumpIPCache()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump ipcache: %w", err)
+	}
+	return svcs, ipc, nil
+}
