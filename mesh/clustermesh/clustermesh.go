@@ -61,8 +61,12 @@ type Cluster struct {
 // Name is the cluster's name in the mesh.
 func (c *Cluster) Name() string { return c.name }
 
-// loadCluster reads the installed configuration of the cluster of kctx.
-func loadCluster(ctx context.Context, clients ClientFactory, kubeconfig, kctx string) (*Cluster, error) {
+// ID is the cluster's ID in the mesh.
+func (c *Cluster) ID() uint32 { return c.id }
+
+// LoadCluster reads the installed configuration of the cluster of kctx;
+// a cluster without meshbed is an error that says so.
+func LoadCluster(ctx context.Context, clients ClientFactory, kubeconfig, kctx string) (*Cluster, error) {
 	cl, err := clients(kubeconfig, kctx)
 	if err != nil {
 		return nil, err
@@ -320,7 +324,7 @@ func readSecret(ctx context.Context, c *Cluster, name string) (map[string][]byte
 }
 
 func Enable(ctx context.Context, out io.Writer, clients ClientFactory, o EnableOptions) error {
-	c, err := loadCluster(ctx, clients, o.Kubeconfig, o.Context)
+	c, err := LoadCluster(ctx, clients, o.Kubeconfig, o.Context)
 	if err != nil {
 		return err
 	}
@@ -413,11 +417,11 @@ func connectFiles(local, remote *Cluster) (kvstoremesh, agents []byte, err error
 }
 
 func Connect(ctx context.Context, out io.Writer, clients ClientFactory, o ConnectOptions) error {
-	a, err := loadCluster(ctx, clients, o.Kubeconfig, o.Context)
+	a, err := LoadCluster(ctx, clients, o.Kubeconfig, o.Context)
 	if err != nil {
 		return fmt.Errorf("--context: %w", err)
 	}
-	b, err := loadCluster(ctx, clients, o.Kubeconfig, o.Destination)
+	b, err := LoadCluster(ctx, clients, o.Kubeconfig, o.Destination)
 	if err != nil {
 		return fmt.Errorf("--destination-context: %w", err)
 	}
@@ -494,24 +498,34 @@ type Probe func(ctx context.Context, c *Cluster, remotes []string) (map[string]R
 // agent, with a certificate issued for the occasion from the CA in caDir.
 func KVStoreProbe(caDir string) Probe {
 	return func(ctx context.Context, c *Cluster, remotes []string) (map[string]RemoteSync, error) {
-		ca, err := loadCA(caDir, false)
+		cfg, err := KVStoreConfig(caDir, c)
 		if err != nil {
 			return nil, err
-		}
-		cert, err := ca.IssueClient(pki.LocalUser(c.name), time.Hour)
-		if err != nil {
-			return nil, err
-		}
-		if c.NodePort == 0 || len(c.NodeIPs) == 0 {
-			return nil, errors.New("the mesh-apiserver has no node port or node address")
-		}
-		cfg := kvstore.Config{
-			Endpoints:   endpointsOf(c.NodeIPs, c.NodePort),
-			TLS:         pki.ClientTLSConfig(ca.Pool(), cert, ""),
-			DialTimeout: 3 * time.Second, RequestTimeout: 3 * time.Second,
 		}
 		return ProbeKVStore(ctx, cfg, remotes)
 	}
+}
+
+// KVStoreConfig is a client of the cluster's mesh-apiserver at its node
+// port, as a local agent, with a certificate issued for the occasion (valid
+// for an hour) from the mesh CA in caDir.
+func KVStoreConfig(caDir string, c *Cluster) (kvstore.Config, error) {
+	ca, err := loadCA(caDir, false)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	cert, err := ca.IssueClient(pki.LocalUser(c.name), time.Hour)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	if c.NodePort == 0 || len(c.NodeIPs) == 0 {
+		return kvstore.Config{}, errors.New("the mesh-apiserver has no node port or node address")
+	}
+	return kvstore.Config{
+		Endpoints:   endpointsOf(c.NodeIPs, c.NodePort),
+		TLS:         pki.ClientTLSConfig(ca.Pool(), cert, ""),
+		DialTimeout: 3 * time.Second, RequestTimeout: 3 * time.Second,
+	}, nil
 }
 
 // ProbeKVStore reads, for each remote cluster, the cluster-config and the
@@ -662,7 +676,7 @@ func (r *statusReport) print(out io.Writer) {
 }
 
 func Status(ctx context.Context, out io.Writer, clients ClientFactory, probe Probe, o StatusOptions) error {
-	c, err := loadCluster(ctx, clients, o.Kubeconfig, o.Context)
+	c, err := LoadCluster(ctx, clients, o.Kubeconfig, o.Context)
 	if err != nil {
 		return err
 	}
@@ -685,7 +699,7 @@ func Status(ctx context.Context, out io.Writer, clients ClientFactory, probe Pro
 		case <-time.After(o.Interval):
 		}
 		// Secrets and nodes change while waiting (enable, connect).
-		if c, err = loadCluster(ctx, clients, o.Kubeconfig, o.Context); err != nil {
+		if c, err = LoadCluster(ctx, clients, o.Kubeconfig, o.Context); err != nil {
 			return err
 		}
 	}
