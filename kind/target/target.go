@@ -243,7 +243,66 @@ func (t *Target) Up(ctx context.Context, sc *scenarios.Scenario) error {
 			return err
 		}
 	}
+	if len(t.opts.Contexts) > 0 {
+		// Clusters that exist may hold what an earlier run left (an
+		// annotation, a policy): the scenario starts from its manifests.
+		return t.removeLeftovers(ctx, sc)
+	}
 	return nil
+}
+
+// removeLeftovers deletes, in the existing clusters, the objects a
+// scenario's steps may create or change (those of its manifests and
+// apply steps, and every CiliumNetworkPolicy), and waits until they are
+// gone.
+func (t *Target) removeLeftovers(ctx context.Context, sc *scenarios.Scenario) error {
+	type ref struct{ cluster, kind, ns, name string }
+	var refs []ref
+	add := func(clusters []string, objs []scenarios.Object) {
+		for _, cl := range clusters {
+			for _, o := range objs {
+				if o.Kind != "Namespace" {
+					refs = append(refs, ref{cl, o.Kind, o.Namespace, o.Name})
+				}
+			}
+		}
+	}
+	for _, m := range sc.Manifests {
+		add(m.Clusters, m.Objects)
+	}
+	for _, st := range sc.Steps {
+		if st.Apply != nil {
+			add(st.Apply.Clusters, st.Apply.Objects)
+		}
+	}
+	for _, name := range t.order {
+		c := t.clusters[name]
+		l, err := c.dyn.Resource(gvrs["CiliumNetworkPolicy"]).Namespace("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", name, err)
+		}
+		for _, p := range l.Items {
+			refs = append(refs, ref{name, "CiliumNetworkPolicy", p.GetNamespace(), p.GetName()})
+		}
+	}
+	for _, r := range refs {
+		if err := t.Delete(ctx, r.cluster, r.kind, r.ns, r.name, &scenarios.GracePeriod{Seconds: 0}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	return eventually(ctx, 2*time.Minute, func() error {
+		for _, r := range refs {
+			c := t.clusters[r.cluster]
+			var ri dynamic.ResourceInterface = c.dyn.Resource(gvrs[r.kind])
+			if r.ns != "" {
+				ri = c.dyn.Resource(gvrs[r.kind]).Namespace(r.ns)
+			}
+			if _, err := ri.Get(ctx, r.name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s %s/%s in %s: still there (%v)", r.kind, r.ns, r.name, r.cluster, err)
+			}
+		}
+		return nil
+	})
 }
 
 func (t *Target) kubeconfig() string {
