@@ -382,7 +382,7 @@ func (t *Target) create(ctx context.Context, sc *scenarios.Scenario) error {
 		log.Info("Creating Kind cluster", "cluster", name, "kind", c.kind, "nodes", c.spec.Nodes)
 		start := time.Now()
 		t.created = append(t.created, c.kind)
-		if err := t.provider.Create(c.kind, cluster.CreateWithV1Alpha4Config(cfg), cluster.CreateWithNodeImage(t.opts.NodeImage),
+		if err := kind.Create(t.provider, c.kind, t.kubeconfig(), cluster.CreateWithV1Alpha4Config(cfg), cluster.CreateWithNodeImage(t.opts.NodeImage),
 			cluster.CreateWithKubeconfigPath(t.kubeconfig()), cluster.CreateWithWaitForReady(0),
 			cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false)); err != nil {
 			return fmt.Errorf("cluster %s: kind create cluster %s: %w", name, c.kind, err)
