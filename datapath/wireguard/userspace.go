@@ -57,7 +57,7 @@ func startUserspace(cfg Config, log *slog.Logger) (*userDevice, error) {
 		return nil, fmt.Errorf("create TUN device: %w", err)
 	}
 	logger := &device.Logger{
-		Verbosef: func(string, ...any) {},
+		Verbosef: func(format string, args ...any) { log.Debug("wireguard-go", "msg", fmt.Sprintf(format, args...)) },
 		Errorf: func(format string, args ...any) {
 			log.Debug("wireguard-go", "msg", fmt.Sprintf(format, args...))
 		},

@@ -14,17 +14,17 @@
 //
 // # What goes through the device
 //
-// Traffic to other nodes is steered by one policy rule and one routing
+// Traffic to other nodes is steered by two policy rules and one routing
 // table of its own (RouteTable), so nothing of the datapath's main-table
-// routes changes and partitions (a rule before it) still cut:
+// routes changes and partitions (a rule before them) still cut:
 //
 //   - native routing: every remote pod CIDR is routed into the device;
 //   - tunnel routing: the VXLAN packets to every remote node (UDP to the
 //     VXLAN port, whatever their inner packet) are routed into it, so the
 //     tunnel itself is encrypted.
 //
-// WireGuard's own UDP packets carry FirewallMark and the rule skips marked
-// packets, so they leave through the underlay. Traffic within the node
+// WireGuard's own UDP packets carry FirewallMark, and the first rule sends
+// marked packets to the main table, so they leave through the underlay. Traffic within the node
 // never reaches the rule's routes.
 //
 // A node without a usable public key (none published: an older agent; or
@@ -68,8 +68,8 @@ const (
 	FirewallMark = 0x6d770000
 	// RouteTable holds the routes into the device ("mw").
 	RouteTable = 0x6d77
-	// RulePriority places the rule after the simulator's partition rule
-	// (100) and before the main table.
+	// RulePriority places the rules (this and the one before it) after
+	// the simulator's partition rule (100) and before the main table.
 	RulePriority = 150
 	// RouteProtocol marks the routes this package installs (rtm_protocol
 	// 110), so it prunes only its own.
@@ -239,30 +239,55 @@ func addKernelDevice(h *netlink.Handle, mtu int) error {
 	return h.LinkAdd(&netlink.Wireguard{LinkAttrs: attrs})
 }
 
-func (d *Device) rule() *netlink.Rule {
+// rules are the two policy rules: WireGuard's own (marked) packets go to
+// the main table, so they leave through the underlay; then what is to be
+// encrypted (everything in native mode, the tunnel's UDP in tunnel mode)
+// looks up RouteTable, and falls through to the main table where that has
+// no route. (One inverted rule cannot say this: "not" inverts the whole
+// selector, port and protocol included.)
+func (d *Device) rules() []*netlink.Rule {
 	mark := uint32(FirewallMark)
-	r := netlink.NewRule()
-	r.Family, r.Priority, r.Table = unix.AF_INET, RulePriority, RouteTable
-	r.Mark, r.Mask, r.Invert = mark, &mark, true
+	own := netlink.NewRule()
+	own.Family, own.Priority, own.Table = unix.AF_INET, RulePriority-1, unix.RT_TABLE_MAIN
+	own.Mark, own.Mask = mark, &mark
+	enc := netlink.NewRule()
+	enc.Family, enc.Priority, enc.Table = unix.AF_INET, RulePriority, RouteTable
 	if d.cfg.TunnelPort != 0 {
-		r.IPProto = unix.IPPROTO_UDP
-		r.Dport = netlink.NewRulePortRange(uint16(d.cfg.TunnelPort), uint16(d.cfg.TunnelPort))
+		enc.IPProto = unix.IPPROTO_UDP
+		enc.Dport = netlink.NewRulePortRange(uint16(d.cfg.TunnelPort), uint16(d.cfg.TunnelPort))
 	}
-	return r
+	return []*netlink.Rule{own, enc}
+}
+
+// ours reports whether a rule is one this package installs.
+func ours(r netlink.Rule) bool {
+	return r.Table == RouteTable || (r.Priority == RulePriority-1 && r.Mark == FirewallMark)
+}
+
+func sameRule(a netlink.Rule, b *netlink.Rule) bool {
+	return a.Priority == b.Priority && a.Table == b.Table && a.Mark == b.Mark && !a.Invert && a.IPProto == b.IPProto &&
+		(a.Dport == nil) == (b.Dport == nil) && (a.Dport == nil || *a.Dport == *b.Dport)
 }
 
 func (d *Device) ensureRule(h *netlink.Handle) error {
-	want := d.rule()
-	rules, err := h.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: RouteTable}, netlink.RT_FILTER_TABLE)
+	want := d.rules()
+	rules, err := h.RuleList(unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
 	}
-	found := false
+	found := make([]bool, len(want))
 	for _, r := range rules {
-		same := r.Priority == want.Priority && r.Invert && r.Mark == want.Mark && r.IPProto == want.IPProto &&
-			((r.Dport == nil) == (want.Dport == nil)) && (r.Dport == nil || *r.Dport == *want.Dport)
-		if same && !found {
-			found = true
+		if !ours(r) {
+			continue
+		}
+		keep := false
+		for i, w := range want {
+			if !found[i] && sameRule(r, w) {
+				found[i], keep = true, true
+				break
+			}
+		}
+		if keep {
 			continue
 		}
 		// A rule of another routing mode (or a duplicate) from an earlier run.
@@ -270,11 +295,13 @@ func (d *Device) ensureRule(h *netlink.Handle) error {
 			return fmt.Errorf("delete stale rule: %w", err)
 		}
 	}
-	if found {
-		return nil
-	}
-	if err := h.RuleAdd(want); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add rule: %w", err)
+	for i, w := range want {
+		if found[i] {
+			continue
+		}
+		if err := h.RuleAdd(w); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add rule: %w", err)
+		}
 	}
 	return nil
 }
@@ -640,11 +667,14 @@ func removeRouting(ns *netns.NS) error {
 		return err
 	}
 	var errs []error
-	rules, err := h.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: RouteTable}, netlink.RT_FILTER_TABLE)
+	rules, err := h.RuleList(unix.AF_INET)
 	if err != nil {
 		return fmt.Errorf("wireguard: list rules: %w", err)
 	}
 	for _, r := range rules {
+		if !ours(r) {
+			continue
+		}
 		if err := h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("wireguard: delete rule: %w", err))
 		}

@@ -128,7 +128,10 @@ type Result struct {
 	Duration time.Duration
 	// Cluster is the cluster that answered ("" when the request failed).
 	Cluster string
-	Err     error
+	// Node is the node of the answering pod, when the answer says
+	// ("" otherwise).
+	Node string
+	Err  error
 }
 
 // NodeBackends is what one node's datapath holds for a service.
