@@ -1,10 +1,15 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net/netip"
+	"sort"
 	"strings"
 
 	"github.com/meshbed/meshbed/scenarios"
@@ -147,4 +152,84 @@ func checkTopology(sc *scenarios.Scenario, t Target) error {
 		return fmt.Errorf("%s: spec.topology.encryption: wireguard: %s: %w %q", sc.File, CapEncryptionWireGuard, ErrUnsupported, t.Name())
 	}
 	return nil
+}
+
+// checkEncryption: every node encrypts, publishes its current key (the
+// key every agent's desired state holds for it is the one its device
+// has), and its device's peers are exactly the other nodes it knows with
+// a usable key: endpoint the node's address, allowed IPs its pod CIDR and
+// address. A peer left from a node gone or re-keyed is stale.
+func checkEncryption(tp *scenarios.Topology, nodes map[string][]NodeState) error {
+	var errs []error
+	actual := map[string]string{} // cluster/node → its device's key
+	for _, c := range tp.Clusters {
+		for _, n := range nodes[c.Name] {
+			where := c.Name + "/" + n.Node
+			if n.Encryption == nil || n.Encryption.PublicKey == "" {
+				errs = append(errs, fmt.Errorf("%s: no WireGuard device", where))
+				continue
+			}
+			actual[where] = n.Encryption.PublicKey
+		}
+	}
+	for _, c := range tp.Clusters {
+		for _, n := range nodes[c.Name] {
+			where := c.Name + "/" + n.Node
+			if n.Desired == nil || n.Encryption == nil {
+				continue
+			}
+			want := map[string]string{} // key → description
+			for _, sn := range n.Desired.Nodes {
+				other := sn.Cluster + "/" + sn.Name
+				if other == where {
+					continue
+				}
+				if key, ok := actual[other]; ok && sn.WireguardPubKey != key {
+					errs = append(errs, fmt.Errorf("%s: knows %s by key %q, but its device has %q (stale key)", where, other, sn.WireguardPubKey, key))
+				}
+				if !usableKey(sn.WireguardPubKey) {
+					continue
+				}
+				cidrs := []string{netip.PrefixFrom(sn.IP, 32).String()}
+				if sn.PodCIDR.IsValid() {
+					cidrs = append(cidrs, sn.PodCIDR.Masked().String())
+				}
+				sort.Strings(cidrs)
+				want[sn.WireguardPubKey] = fmt.Sprintf("%s %s %v", other, sn.IP, cidrs)
+			}
+			got := map[string]string{}
+			for _, p := range n.Encryption.Peers {
+				var cidrs []string
+				for _, a := range p.AllowedIPs {
+					cidrs = append(cidrs, a.String())
+				}
+				sort.Strings(cidrs)
+				desc := fmt.Sprintf("%s %v", p.Endpoint, cidrs)
+				if w, ok := want[p.PublicKey]; ok {
+					desc = w[:strings.Index(w, " ")] + " " + desc
+				}
+				got[p.PublicKey] = desc
+			}
+			for k, w := range want {
+				if g, ok := got[k]; !ok {
+					errs = append(errs, fmt.Errorf("%s: no WireGuard peer for %s", where, w))
+				} else if g != w {
+					errs = append(errs, fmt.Errorf("%s: WireGuard peer %s, want %s", where, g, w))
+				}
+			}
+			for k, g := range got {
+				if _, ok := want[k]; !ok {
+					errs = append(errs, fmt.Errorf("%s: stale WireGuard peer %s (key %s): no node it knows has that key", where, g, k))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// usableKey is what the datapath accepts: standard base64 of 32 bytes, not
+// all zeros.
+func usableKey(s string) bool {
+	b, err := base64.StdEncoding.DecodeString(s)
+	return err == nil && len(b) == 32 && !bytes.Equal(b, make([]byte, 32))
 }

@@ -168,7 +168,19 @@ func (t *Target) Nodes(_ context.Context, cluster string) ([]engine.NodeState, e
 		if err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", cluster, n.Name(), err)
 		}
-		out = append(out, engine.NodeState{Node: n.Name(), Running: s.Running, Desired: s.Desired, Services: s.Services, IPCache: s.IPCache})
+		ns := engine.NodeState{Node: n.Name(), Running: s.Running, Desired: s.Desired, Services: s.Services, IPCache: s.IPCache}
+		if wg := n.Datapath().WireGuard(); wg != nil {
+			peers, err := wg.Peers()
+			if err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", cluster, n.Name(), err)
+			}
+			ns.Encryption = &engine.NodeEncryption{PublicKey: wg.PublicKey()}
+			for _, p := range peers {
+				ns.Encryption.Peers = append(ns.Encryption.Peers, engine.EncryptionPeer{
+					PublicKey: p.PublicKey, Endpoint: p.Endpoint.Addr(), AllowedIPs: p.AllowedIPs})
+			}
+		}
+		out = append(out, ns)
 	}
 	return out, nil
 }
