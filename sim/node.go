@@ -147,6 +147,7 @@ func (n *Node) StartAgent() error {
 	cfg.ClusterName, cfg.ClusterID, cfg.NodeName = c.spec.Name, c.spec.ID, n.name
 	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
+	cfg.Monitor = n.dp
 	cfg.StateDir = filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name)
 	cfg.Logger = log.With("component", "agent")
 	if c.mesh.spec.FailStatic {

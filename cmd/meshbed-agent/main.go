@@ -158,6 +158,7 @@ func run(ctx context.Context, o options) error {
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
 	cfg.NodeName, cfg.Kube, cfg.Dynamic = o.nodeName, kube, dyn
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = dp, dp, mgr, dp.Programmed()
+	cfg.Monitor = dp
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.Logger = log.With("component", "agent")
