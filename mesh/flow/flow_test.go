@@ -306,7 +306,7 @@ func TestHandler(t *testing.T) {
 	o, src := startObserver(t, ObserverConfig{})
 	src.events <- eventAt(1)
 	eventually(t, "a flow seen", func() bool { return o.Status().Seen == 1 })
-	srv := httptest.NewServer(Handler(func(Request) ([]*Observer, error) { return []*Observer{o}, nil }))
+	srv := httptest.NewServer(Handler(context.Background(), func(Request) ([]*Observer, error) { return []*Observer{o}, nil }))
 	defer srv.Close()
 	var got []Record
 	if err := Get(context.Background(), srv.Client(), srv.URL, Request{Last: 10}, func(r Record) error {
@@ -326,7 +326,7 @@ func TestHandler(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("unknown filter: status %d", resp.StatusCode)
 	}
-	none := httptest.NewServer(Handler(func(Request) ([]*Observer, error) { return nil, nil }))
+	none := httptest.NewServer(Handler(context.Background(), func(Request) ([]*Observer, error) { return nil, nil }))
 	defer none.Close()
 	err = Get(context.Background(), none.Client(), none.URL, Request{}, func(Record) error { return nil })
 	if err == nil || err.Error() != ErrNoObserver.Error() {

@@ -20,9 +20,15 @@ var ErrNoObserver = errors.New("no flow observer is running")
 
 // Handler serves GET Path: the records of the observers that pick returns
 // for the request, as newline-delimited JSON (one Record a line), flushed
-// per record. A bad request is a 400 with a one-line reason.
-func Handler(pick func(Request) ([]*Observer, error)) http.Handler {
+// per record, until the request or ctx ends (so that following streams end
+// when the server's owner stops). A bad request is a 400 with a one-line
+// reason.
+func Handler(ctx context.Context, pick func(Request) ([]*Observer, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
 		if r.Method != http.MethodGet {
 			http.Error(w, "flows: GET only", http.StatusMethodNotAllowed)
 			return
@@ -47,7 +53,7 @@ func Handler(pick func(Request) ([]*Observer, error)) http.Handler {
 			fl.Flush()
 		}
 		enc := json.NewEncoder(w)
-		_ = Stream(r.Context(), obs, req, func(rec Record) error {
+		_ = Stream(rctx, obs, req, func(rec Record) error {
 			if err := enc.Encode(rec); err != nil {
 				return err
 			}
