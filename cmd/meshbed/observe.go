@@ -102,4 +102,3 @@ func observeError(err error, req flow.Request, unreachable, ended string) error 
 	}
 	return &exitError{1, err}
 }
-
