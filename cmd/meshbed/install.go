@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/kind"
@@ -23,6 +24,8 @@ import (
 type clusterClients struct {
 	Kube    kubernetes.Interface
 	Dynamic dynamic.Interface
+	// Rest is the connection's configuration (port-forwards need it).
+	Rest *rest.Config
 }
 
 // clientFactory connects to the cluster of a kubeconfig context (the
@@ -47,7 +50,7 @@ func kubeClients(kubeconfig, kctx string) (*clusterClients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig context %q: %w", kctx, err)
 	}
-	return &clusterClients{Kube: kube, Dynamic: dyn}, nil
+	return &clusterClients{Kube: kube, Dynamic: dyn, Rest: rest}, nil
 }
 
 type installOptions struct {

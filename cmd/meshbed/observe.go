@@ -11,7 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshbed/meshbed/kind"
+	"github.com/meshbed/meshbed/kind/cni"
 	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/mesh/flow/relay"
 )
 
 // observeOpts are the flags of `sim observe` and `observe`, Hubble's
@@ -97,8 +100,55 @@ func observeError(err error, req flow.Request, unreachable, ended string) error 
 		return nil
 	case errors.As(err, &reqErr):
 		return &exitError{2, err}
-	case errors.As(err, &opErr) && opErr.Op == "dial":
+	case unreachable != "" && errors.As(err, &opErr) && opErr.Op == "dial":
 		return &exitError{2, errors.New(unreachable)}
 	}
 	return &exitError{1, err}
+}
+
+// observeCmd reads the flows of a real cluster's agents (or of the agent
+// of this node, through its socket).
+func observeCmd(clients clientFactory) *cobra.Command {
+	var o observeOpts
+	var kubeconfig, kctx, socket string
+	cmd := &cobra.Command{
+		Use:   "observe --context CTX | --socket PATH",
+		Short: "Show the flows meshbed's agents observe, as hubble observe",
+		Long: "Reads the flow stream of every agent of the cluster of a kubeconfig context through a " +
+			"Kubernetes port-forward to each agent pod (the agents serve it on their loopback, --flows-listen-address), " +
+			"or of the agent of this node through its local socket (--socket).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kctx != "" && cmd.Flags().Changed("socket") {
+				return &exitError{2, errors.New("--context and --socket exclude each other")}
+			}
+			req, err := o.request(cmd)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			p := flow.Printer{W: cmd.OutOrStdout(), Output: o.output}
+			if kctx == "" {
+				src := relay.SocketSource(socket)
+				err := src.Get(cmd.Context(), req, p.Print)
+				return observeError(err, req, "", fmt.Sprintf("flow stream ended: the agent on %s stopped", socket))
+			}
+			cc, err := clients(kubeconfig, kctx)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			agents := relay.Agents{Rest: cc.Rest, Kube: cc.Kube, Namespace: kind.Namespace,
+				Selector: "app.kubernetes.io/name=" + kind.AgentName, Port: flow.DefaultPort}
+			srcs, err := agents.Sources(cmd.Context(), o.node)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			err = relay.Merge(cmd.Context(), srcs, req, p.Print)
+			return observeError(err, req, "", fmt.Sprintf("flow stream ended: the agents of context %q stopped", kctx))
+		},
+	}
+	o.flags(cmd, false)
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	cmd.Flags().StringVar(&kctx, "context", "", "kubeconfig context of the cluster")
+	cmd.Flags().StringVar(&socket, "socket", cni.DefaultSocket, "without --context: the socket of the agent of this node")
+	return cmd
 }

@@ -7,12 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // Path is where a control socket serves the flow stream.
 const Path = "/v1/flows"
+
+// DefaultPort is where an agent serves flows on TCP (its loopback) unless
+// told otherwise: Hubble's port.
+const DefaultPort = 4244
 
 // ErrNoObserver is served when no observer is running (the agent has not
 // started one, or the simulator has no node that matches).
@@ -118,3 +124,27 @@ type RequestError struct {
 }
 
 func (e *RequestError) Error() string { return e.Msg }
+
+// NodeHandler serves the flows of one node's observer, which obs returns
+// (nil while there is none).
+func NodeHandler(ctx context.Context, obs func() *Observer) http.Handler {
+	return Handler(ctx, func(Request) ([]*Observer, error) {
+		if o := obs(); o != nil {
+			return []*Observer{o}, nil
+		}
+		return nil, nil
+	})
+}
+
+// Serve serves h on l until ctx ends. Streams in flight end with ctx.
+func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle(Path, h)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() { hs.Close() })
+	defer stop()
+	if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("flow server: %w", err)
+	}
+	return nil
+}
