@@ -111,6 +111,8 @@ func drainInBackground(b *testing.B, e *progEnv) {
 //     (service, conntrack and backend lookups, DNAT, tunnel key, redirect);
 //   - new-connection: a SYN opening a new service connection every time
 //     (backend selection, conntrack creation and its flow event);
+//   - new-connection/reader-stalled: the same with nobody reading the
+//     events (the ring buffer full, every event lost and counted);
 //   - trace: service-hit with the datapath in trace mode, which reports
 //     every forwarded packet (the cost of per-packet events).
 func BenchmarkFromContainer(b *testing.B) {
@@ -122,7 +124,7 @@ func BenchmarkFromContainer(b *testing.B) {
 		kernelNsPerPacket(b, passthroughProg(b), pkt, tcActOK, nil)
 	})
 
-	setup := func(b *testing.B, opts Options, services int) *progEnv {
+	setup := func(b *testing.B, opts Options, services int, drain bool) *progEnv {
 		e := newProgEnv(b, opts)
 		s := &state.State{
 			// Test runs see loopback as the receiving device.
@@ -133,37 +135,54 @@ func BenchmarkFromContainer(b *testing.B) {
 			Services: benchServices(services, 10, 8080),
 		}
 		e.apply(b, s)
-		drainInBackground(b, e)
+		if drain {
+			drainInBackground(b, e)
+		}
 		return e
 	}
 	for _, services := range []int{1, 10000} {
 		b.Run(fmt.Sprintf("service-hit/services=%d", services), func(b *testing.B) {
-			e := setup(b, Options{}, services)
+			e := setup(b, Options{}, services, true)
 			e.ns.mustDo(b, func() error {
 				kernelNsPerPacket(b, e.d.pod.FromContainer, pkt, tcActRedirect, nil)
 				return nil
 			})
 		})
 	}
-	b.Run("new-connection/services=1", func(b *testing.B) {
-		e := setup(b, Options{}, 1)
-		// Every iteration a new client port; when the ports run out the
-		// conntrack table is emptied (outside the measured time) so each
-		// SYN opens a new connection.
-		const ports = 60000
-		next := func(i int) []byte {
-			if i > 0 && i%ports == 0 {
-				clearMap(b, e.d.pod.Conntrack)
-			}
-			return tcp(clientIP, vip0, uint16(1024+i%ports), 80, tcpSYN).bytes()
+	// new-connection: every iteration a new client port; when the ports
+	// run out the conntrack table is emptied (outside the measured time)
+	// so each SYN opens a new connection. reader-stalled: nobody reads the
+	// events, so the ring buffer is full and they are lost: the datapath
+	// must not get slower for it.
+	for _, drain := range []bool{true, false} {
+		name := "new-connection/services=1"
+		if !drain {
+			name = "new-connection/reader-stalled"
 		}
-		e.ns.mustDo(b, func() error {
-			kernelNsPerPacket(b, e.d.pod.FromContainer, nil, tcActRedirect, next)
-			return nil
+		b.Run(name, func(b *testing.B) {
+			e := setup(b, Options{}, 1, drain)
+			const ports = 60000
+			next := func(i int) []byte {
+				if i > 0 && i%ports == 0 {
+					clearMap(b, e.d.pod.Conntrack)
+				}
+				return tcp(clientIP, vip0, uint16(1024+i%ports), 80, tcpSYN).bytes()
+			}
+			e.ns.mustDo(b, func() error {
+				kernelNsPerPacket(b, e.d.pod.FromContainer, nil, tcActRedirect, next)
+				return nil
+			})
+			if !drain {
+				lost, err := e.d.LostEvents()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(lost), "events-lost")
+			}
 		})
-	})
+	}
 	b.Run("trace/services=1", func(b *testing.B) {
-		e := setup(b, Options{Trace: true}, 1)
+		e := setup(b, Options{Trace: true}, 1, true)
 		e.ns.mustDo(b, func() error {
 			kernelNsPerPacket(b, e.d.pod.FromContainer, pkt, tcActRedirect, nil)
 			return nil
