@@ -57,15 +57,15 @@ var _ flow.Resolver = (*resolver)(nil)
 
 func (r *resolver) LookupIP(ip netip.Addr) (flow.Endpoint, bool) {
 	a := (*Agent)(r)
-	if objs, err := a.podInf.GetIndexer().ByIndex(podIPIndex, ip.String()); err == nil {
-		for _, o := range objs {
-			p := o.(*corev1.Pod)
-			e := flow.Endpoint{IP: ip, Cluster: a.cfg.ClusterName, Namespace: p.Namespace, Pod: p.Name}
-			if id, ok := a.ids.LookupLabels(identity.PodLabels(a.cfg.ClusterName, p.Namespace, p.Labels)); ok {
-				e.Identity = id
-			}
-			return e, true
+	// Two pods may share an address for a moment (one going, one coming):
+	// either is a fair description.
+	if objs, err := a.podInf.GetIndexer().ByIndex(podIPIndex, ip.String()); err == nil && len(objs) > 0 {
+		p := objs[0].(*corev1.Pod)
+		e := flow.Endpoint{IP: ip, Cluster: a.cfg.ClusterName, Namespace: p.Namespace, Pod: p.Name}
+		if id, ok := a.ids.LookupLabels(identity.PodLabels(a.cfg.ClusterName, p.Namespace, p.Labels)); ok {
+			e.Identity = id
 		}
+		return e, true
 	}
 	for _, o := range a.nodeInf.GetStore().List() {
 		n := o.(*corev1.Node)
