@@ -81,7 +81,7 @@ func simObserveCmd(name *string) *cobra.Command {
 			p := flow.Printer{W: cmd.OutOrStdout(), Output: o.output}
 			err = flow.Get(cmd.Context(), client(*name), "http://sim", req, p.Print)
 			return observeError(err, req, fmt.Sprintf("no simulated mesh %q is running (start one with `meshbed sim up -f FILE --name %s`)", *name, *name),
-				fmt.Sprintf("flow stream ended: the simulated mesh %q stopped", *name))
+				fmt.Sprintf("flow stream ended: the simulated mesh %q or the agents observed stopped", *name))
 		},
 	}
 	o.flags(cmd, true)

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -331,5 +332,32 @@ func TestHandler(t *testing.T) {
 	err = Get(context.Background(), none.Client(), none.URL, Request{}, func(Record) error { return nil })
 	if err == nil || err.Error() != ErrNoObserver.Error() {
 		t.Errorf("no observer: %v", err)
+	}
+}
+
+// A followed stream ends when its observer stops (the agent stopped).
+func TestStreamEndsWithObserver(t *testing.T) {
+	src := &fakeSource{events: make(chan monitor.Event)}
+	o, err := NewObserver(ObserverConfig{Cluster: "c", Node: "n", Source: src, Resolver: fakeResolver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error)
+	go func() { ran <- o.Run(ctx) }()
+	ended := make(chan error)
+	go func() { ended <- Stream(context.Background(), []*Observer{o}, Request{Follow: true}, func(Record) error { return nil }) }()
+	eventually(t, "subscribed", func() bool { o.mu.Lock(); defer o.mu.Unlock(); return len(o.subs) == 1 })
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, ErrObserverStopped) {
+			t.Fatalf("stream ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream still open after its observer stopped")
 	}
 }

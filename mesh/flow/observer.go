@@ -47,6 +47,9 @@ type Observer struct {
 	cfg ObserverConfig
 	log *slog.Logger
 
+	stopped  chan struct{} // closed when Run returns
+	stopOnce sync.Once
+
 	mu     sync.Mutex
 	ring   []Record // a ring once full: next is the oldest
 	next   int
@@ -92,12 +95,14 @@ func NewObserver(cfg ObserverConfig) (*Observer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Observer{cfg: cfg, log: cfg.Logger, subs: map[*subscriber]struct{}{},
+	return &Observer{cfg: cfg, log: cfg.Logger, subs: map[*subscriber]struct{}{}, stopped: make(chan struct{}),
 		status: Status{Cluster: cfg.Cluster, Node: cfg.Cluster + "/" + cfg.Node, Capacity: cfg.Capacity}}, nil
 }
 
-// Run reads events until ctx ends or the reader fails.
+// Run reads events until ctx ends or the reader fails; then the streams
+// that follow it end. An observer runs once.
 func (o *Observer) Run(ctx context.Context) error {
+	defer o.stopOnce.Do(func() { close(o.stopped) })
 	r, err := o.cfg.Source.Events()
 	if err != nil {
 		return fmt.Errorf("flow observer: %w", err)
@@ -247,17 +252,25 @@ func (o *Observer) unsubscribe(s *subscriber) {
 	o.mu.Unlock()
 }
 
+// ErrObserverStopped ends a followed stream whose observers all stopped
+// (their agents stopped).
+var ErrObserverStopped = errors.New("flow observer stopped")
+
 // Stream sends emit the flows of observers that req asks for: the last
 // req.Last matching flows of all of them, in time order, then, if
 // req.Follow, every new one until ctx ends or emit fails.
 func Stream(ctx context.Context, observers []*Observer, req Request, emit func(Record) error) error {
+	type follow struct {
+		o *Observer
+		s *subscriber
+	}
 	var past []Record
-	var subs []*subscriber
+	var subs []follow
 	for _, o := range observers {
 		recs, s := o.snapshot(req.Filter, req.Last, req.Follow)
 		past = append(past, recs...)
 		if s != nil {
-			subs = append(subs, s)
+			subs = append(subs, follow{o, s})
 			defer o.unsubscribe(s)
 		}
 	}
@@ -280,13 +293,15 @@ func Stream(ctx context.Context, observers []*Observer, req Request, emit func(R
 		cancel()
 		wg.Wait()
 	}()
-	for _, s := range subs {
+	for _, f := range subs {
 		wg.Go(func() {
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case rec := <-s.ch:
+				case <-f.o.stopped:
+					return
+				case rec := <-f.s.ch:
 					select {
 					case merged <- rec:
 					case <-ctx.Done():
@@ -296,10 +311,18 @@ func Stream(ctx context.Context, observers []*Observer, req Request, emit func(R
 			}
 		})
 	}
+	// When every observer followed has stopped, so does the stream.
+	allStopped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(allStopped)
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-allStopped:
+			return ErrObserverStopped
 		case rec := <-merged:
 			if err := emit(rec); err != nil {
 				return err
