@@ -117,15 +117,16 @@ int from_container(struct __sk_buff *skb)
 	if (st == CT_NEW)
 		ct_create(&p, CT_SCOPE_EGRESS, lb.backend_id, lb.rev_nat_id);
 	if (st == CT_NEW || lb.new_conn) {
-		/* The connection's flow event goes out where the packet leaves
-		 * (trace() below, or to_endpoint for a local pod), when it is
-		 * known whether it entered the tunnel. */
-		ev.flags |= FLOW_F_NEW;
 		if (peer.cluster_id && peer.cluster_id != cfg->cluster_id)
 			metric_count(REASON_REMOTE_CLUSTER, skb->len);
 		else if (lb.new_conn)
 			metric_count(REASON_SERVICE, skb->len);
 	}
+	/* The connection's flow event goes out where the packet leaves
+	 * (trace() below, or to_endpoint for a local pod), when it is known
+	 * whether it entered the tunnel. */
+	if (st == CT_NEW || lb.new_conn || (st == CT_ESTABLISHED && ct_opens(&p)))
+		ev.flags |= FLOW_F_NEW;
 
 	if (dst)
 		return to_endpoint(skb, &p, dst, src->identity, &ev, cfg, DELIVER_REDIRECT);

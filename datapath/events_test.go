@@ -122,6 +122,18 @@ func TestEventsPerConnection(t *testing.T) {
 		}
 	})
 
+	t.Run("a client port reused while its entry is closing opens a new connection", func(t *testing.T) {
+		for i, flags := range []uint8{tcpSYN, tcpACK, tcpACK | 0x01, tcpSYN, tcpACK} {
+			if ret, _ := e.fromClient(t, tcp(clientIP, vip, 43003, 81, flags)); ret != tcActRedirect {
+				t.Fatalf("packet %d: verdict %d", i, ret)
+			}
+		}
+		evs := e.readAll(t)
+		if len(evs) != 2 || !evs[0].New || !evs[1].New {
+			t.Fatalf("%d events for two connections on one tuple, want 2 new: %v", len(evs), evs)
+		}
+	})
+
 	t.Run("every drop reports", func(t *testing.T) {
 		for range 3 {
 			if ret, _ := e.fromClient(t, tcp(clientIP, serverIP, 43002, 80, tcpSYN)); ret != tcActShot {

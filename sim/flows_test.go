@@ -150,3 +150,72 @@ func TestIntegrationFlows(t *testing.T) {
 		})
 	})
 }
+
+// eventRingRecords is how many flow events the default 256 KiB ring buffer
+// holds: 64 bytes each plus an 8-byte record header.
+const eventRingRecords = 256 * 1024 / (64 + 8)
+
+// TestIntegrationFlowLossStalledReader: with the node's reader gone (its
+// agent stopped), the datapath keeps forwarding every new connection; what
+// does not fit the ring buffer is counted as lost, and the next agent's
+// observer shows the count and the flows that fitted.
+func TestIntegrationFlowLossStalledReader(t *testing.T) {
+	testenv.Privileged(t)
+	m, _ := startMesh(t, meshSpec(1, 1)) // one node: every event is its own
+	deploy(t, m, echoManifest)
+	c, _ := m.Cluster("cluster1")
+	n := c.Nodes()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	client, xwing, err := c.Client("default", "x-wing", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, err := c.ResolveURL(ctx, "http://rebel-base", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost0, err := n.Datapath().LostEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StopAgent(); err != nil {
+		t.Fatal(err)
+	}
+	const conns = eventRingRecords + 400
+	if _, failed, err := curlURL(ctx, client, url, conns); err != nil {
+		t.Fatalf("with nobody reading flow events: %d of %d requests failed: %v", failed, conns, err)
+	}
+	total, err := n.Datapath().LostEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := total - lost0
+	if lost == 0 || conns-lost > eventRingRecords {
+		t.Fatalf("%d new connections, %d events lost: a ring of %d records cannot hold the rest", conns, lost, eventRingRecords)
+	}
+	if err := n.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitAgentReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	obs := n.Agent().Flows()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		st := obs.Status()
+		if st.LostDatapath != total || st.Seen < conns-lost {
+			return fmt.Errorf("observer status %+v, want lost %d and at least %d flows seen", st, total, conns-lost)
+		}
+		return nil
+	})
+	got := 0
+	for _, f := range flowsOf(ctx, t, m, "cluster1", flow.Filter{ToService: "default/rebel-base"}) {
+		if f.Source.Pod == xwing.Name {
+			got++
+		}
+	}
+	if got == 0 {
+		t.Fatal("none of the flows buffered while the reader was stalled shows")
+	}
+	t.Logf("%d connections: %d events lost, %d buffered; %d flows of x-wing shown", conns, lost, conns-lost, got)
+}
