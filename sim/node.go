@@ -156,6 +156,7 @@ func (n *Node) StartAgent() error {
 	cfg.ClusterName, cfg.ClusterID, cfg.NodeName = c.spec.Name, c.spec.ID, n.name
 	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
+	cfg.Monitor = n.dp
 	cfg.StateDir = n.stateDir()
 	cfg.WireguardPubKey = n.dp.PublicKey()
 	cfg.Logger = log.With("component", "agent")

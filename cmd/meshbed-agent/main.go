@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -23,6 +26,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -35,7 +39,7 @@ type options struct {
 	nodeIP, underlayIf, routing                               string
 	failStatic, policyAllClusters, allowLocalhost, masquerade bool
 	healthInterval, healthTimeout, syncTimeout                time.Duration
-	logLevel                                                  string
+	logLevel, flowsAddr                                       string
 }
 
 func main() {
@@ -81,6 +85,8 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
 	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
+		"TCP address on which the agent serves its flow stream (also served on --cni-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
 	return cmd
 }
 
@@ -160,6 +166,7 @@ func run(ctx context.Context, o options) error {
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
 	cfg.NodeName, cfg.Kube, cfg.Dynamic = o.nodeName, kube, dyn
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = dp, dp, mgr, dp.Programmed()
+	cfg.Monitor = dp
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.Logger = log.With("component", "agent")
@@ -167,7 +174,40 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
+	flows := flow.NodeHandler(ctx, a.Flows)
+	defer serveCNI(ctx, a, *cniSocket, map[string]http.Handler{flow.Path: flows}, log.With("component", "cni"))()
+	defer serveFlows(ctx, o.flowsAddr, flows, log.With("component", "flows"))()
 	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, log.With("component", "state"))()
 	return a.Run(ctx)
+}
+
+// defaultFlowsAddr is Hubble's port: the agent runs on the host network, and
+// loopback keeps the stream off the node network (port-forwards reach it).
+var defaultFlowsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(flow.DefaultPort))
+
+// serveFlows serves the flow stream on addr until ctx ends or the returned
+// function is called. Like the CNI server it never fails the agent: a port
+// that cannot be bound is logged, and flows stay on the CNI socket.
+func serveFlows(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func()) {
+	if addr == "" {
+		return func() {}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Error("Flow stream not served on TCP", "address", addr, "err", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		log.Info("Serving flows", "address", l.Addr())
+		if err := flow.Serve(ctx, l, h); err != nil {
+			log.Error("Flow server stopped", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

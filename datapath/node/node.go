@@ -19,6 +19,7 @@ import (
 	"github.com/meshbed/meshbed/datapath"
 	"github.com/meshbed/meshbed/datapath/endpoint"
 	"github.com/meshbed/meshbed/datapath/masq"
+	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
@@ -192,6 +193,18 @@ func New(cfg Config) (*Node, error) {
 
 // Datapath returns the BPF side, for dumps and flow events.
 func (n *Node) Datapath() *datapath.Datapath { return n.dp }
+
+// Events opens a reader of the node's flow events (monitor.Source).
+func (n *Node) Events() (monitor.Reader, error) {
+	r, err := n.dp.Events()
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// LostEvents is how many flow events the datapath lost (monitor.Source).
+func (n *Node) LostEvents() (uint64, error) { return n.dp.LostEvents() }
 
 // Apply programs the maps (attaching to new endpoint interfaces, which live
 // in the node namespace) and makes the routes to other nodes' pod CIDRs
@@ -372,6 +385,7 @@ func underDir(path, dir string) bool {
 var (
 	_ state.Datapath = (*Node)(nil)
 	_ state.Plumber  = (*Node)(nil)
+	_ monitor.Source = (*Node)(nil)
 )
 
 // ReadBack reads what the node's BPF maps hold: every service with its

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/kind"
@@ -22,6 +23,8 @@ import (
 type Clients struct {
 	Kube    kubernetes.Interface
 	Dynamic dynamic.Interface
+	// Rest is the connection's configuration (port-forwards need it).
+	Rest *rest.Config
 }
 
 // ClientFactory connects to the cluster of a kubeconfig context (the
@@ -46,7 +49,7 @@ func KubeClients(kubeconfig, kctx string) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig context %q: %w", kctx, err)
 	}
-	return &Clients{Kube: kube, Dynamic: dyn}, nil
+	return &Clients{Kube: kube, Dynamic: dyn, Rest: rest}, nil
 }
 
 // InstallOptions are install's: the cluster, the values of its manifests,
