@@ -191,10 +191,28 @@ func (t *Target) Check(sc *scenarios.Scenario) error {
 			errs = append(errs, errors.New("creating Kind clusters needs the node, meshbed and demo images (make scenario TARGET=kind builds them)"))
 		}
 		if len(errs) == 0 {
-			errs = append(errs, checkDockerNetwork(tp))
+			errs = append(errs, checkDockerNetwork(tp), checkInotify())
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// minInotifyInstances is what Kind's known issues page asks for: each node
+// container's systemd, containerd and kubelet take inotify instances, and
+// with the kernel's default of 128 a machine's seventh or eighth node exits
+// while booting.
+const minInotifyInstances = 512
+
+func checkInotify() error {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		return nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n >= minInotifyInstances {
+		return nil
+	}
+	return fmt.Errorf("fs.inotify.max_user_instances is %d: Kind nodes fail to boot beyond a few; raise it to %d (sysctl -w fs.inotify.max_user_instances=%d; hack/docker.sh start does)", n, minInotifyInstances, minInotifyInstances)
 }
 
 // checkDockerNetwork refuses pod or service CIDRs that overlap the Docker
