@@ -7,6 +7,8 @@ import (
 	"math"
 	"sort"
 	"time"
+
+	"github.com/meshbed/meshbed/mesh/event"
 )
 
 // Report is the result of a scenario run, written as report.json. The field
@@ -30,6 +32,17 @@ type Report struct {
 	// the scenario ran, such as a policy enforced with less than it says
 	// (DNS rules enforced at L4 only). Omitted when there are none.
 	Warnings []string `json:"warnings,omitempty"`
+	// Events are the mesh's decision events recorded during the run
+	// (docs/scenarios.md, "Events"), in time order; omitted when the
+	// target collects none.
+	Events []EventRecord `json:"events,omitempty"`
+}
+
+// EventRecord is one decision event of the run: the event as the
+// component recorded it, and its time on the run clock.
+type EventRecord struct {
+	Seconds float64 `json:"seconds"`
+	event.Event
 }
 
 // StepReport is the result of one step.

@@ -504,12 +504,15 @@ type Expect struct {
 	// give one object or a list.
 	Backends []BackendsExpect
 	KVStore  []KVStoreExpect
+	// Events counts decision events recorded since the step began (any
+	// step; one object or a list).
+	Events []EventsExpect
 }
 
 // IsZero reports whether e expects nothing.
 func (e *Expect) IsZero() bool {
 	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
-		e.Backends == nil && e.KVStore == nil
+		e.Backends == nil && e.KVStore == nil && e.Events == nil
 }
 
 // BackendsExpect: on every node of Cluster, the datapath's service map holds

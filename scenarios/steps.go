@@ -652,10 +652,11 @@ var expectAppliesTo = map[string][]string{
 	"maxOutage": {"stopTraffic"},
 	"backends":  nil,
 	"kvstore":   nil,
+	"events":    nil,
 }
 
 func (d *decoder) expect(field string, v any, action string, st *state) Expect {
-	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore")
+	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore", "events")
 	if m == nil {
 		return Expect{}
 	}
@@ -718,6 +719,18 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 			}
 			if k, ok := d.kvstore(f, item, st); ok {
 				e.KVStore = append(e.KVStore, k)
+			}
+		}
+	}
+	if v, ok := get(m, "events"); ok {
+		ef := join(field, "events")
+		for i, item := range oneOrList(v) {
+			f := ef
+			if _, isList := v.([]any); isList {
+				f = index(ef, i)
+			}
+			if x, ok := d.events(f, item, st); ok {
+				e.Events = append(e.Events, x)
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
 	"github.com/meshbed/meshbed/mesh/pki"
@@ -111,6 +112,7 @@ func (c *Cluster) StartAPIServer() error {
 	cfg.DataDir = filepath.Join(c.mesh.dir, "etcd", fmt.Sprint(c.spec.ID))
 	cfg.RemoteClusters = peers
 	cfg.Logger = c.log.With("component", "apiserver")
+	cfg.Events = c.mesh.recorder(c.spec.Name, "", event.ComponentAPIServer)
 	// Deliberate override: raft timings ten times shorter than the
 	// binary's (100/1000 ms), so that a simulated apiserver's etcd elects
 	// itself sooner on every start and restart (bring-up and restart
@@ -181,6 +183,7 @@ func (c *Cluster) startKVStoreMeshLocked() error {
 		Local:          c.srv.Client(),
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		Logger: c.log.With("component", "kvstoremesh"),
+		Events: c.mesh.recorder(c.spec.Name, "", event.ComponentKVStoreMesh),
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/sim/workload"
@@ -131,6 +132,7 @@ func (n *Node) StartAgent() error {
 	}
 	c := n.cluster
 	log := c.log.With("node", n.name)
+	events := c.mesh.recorder(c.spec.Name, n.name, event.ComponentAgent)
 	mgr, err := remote.New(remote.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		Dir:            c.agentConfigDir(),
@@ -138,6 +140,7 @@ func (n *Node) StartAgent() error {
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		SyncTimeout: simSyncTimeout,
 		Logger:      log.With("component", "remote"),
+		Events:      events,
 	})
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
@@ -149,6 +152,7 @@ func (n *Node) StartAgent() error {
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
 	cfg.StateDir = filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name)
 	cfg.Logger = log.With("component", "agent")
+	cfg.Events = events
 	if c.mesh.spec.FailStatic {
 		cfg.Mode = service.ModeFailStatic
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -142,10 +143,11 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer dp.Close()
+	events := event.Scope(event.Logger(log), o.clusterName, o.nodeName, event.ComponentAgent)
 	mgr, err := remote.New(remote.Config{
 		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
 		Dir: o.configDir, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
-		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"),
+		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"), Events: events,
 	})
 	if err != nil {
 		return err
@@ -161,6 +163,7 @@ func run(ctx context.Context, o options) error {
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.Logger = log.With("component", "agent")
+	cfg.Events = events
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err

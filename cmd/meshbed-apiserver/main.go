@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -170,6 +171,7 @@ func run(ctx context.Context, o options) error {
 	cfg.HeartbeatInterval = o.heartbeat
 	cfg.IdentityGCInterval, cfg.IdentityHeartbeatTimeout = o.identityGCInterval, o.identityHeartbeatTimeout
 	cfg.Logger = log.With("component", "apiserver")
+	cfg.Events = event.Scope(event.Logger(log), o.clusterName, "", event.ComponentAPIServer)
 	srv, err := apiserver.New(cfg)
 	if err != nil {
 		return err
@@ -200,6 +202,7 @@ func run(ctx context.Context, o options) error {
 			ConfigDir:            o.configDir,
 			Local:                srv.Client(),
 			Logger:               log.With("component", "kvstoremesh"),
+			Events:               event.Scope(event.Logger(log), o.clusterName, "", event.ComponentKVStoreMesh),
 		})
 		if err != nil {
 			cancel()

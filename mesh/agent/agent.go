@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/policy"
 	"github.com/meshbed/meshbed/mesh/remote"
@@ -106,6 +107,14 @@ type Config struct {
 	StateDir string
 
 	Logger *slog.Logger
+	// Events receives the agent's decisions (BackendsWithdrawn and
+	// BackendsRestored, AffinityFallback and AffinityRestored,
+	// PolicyApplied and PolicyRejected) and its life cycle
+	// (ComponentStarted once it programs its node, ComponentStopped when
+	// Run returns). The caller scopes it to the cluster, node and
+	// component (event.Scope) and gives the same recorder to the agent's
+	// remote.Manager; nil discards them.
+	Events event.Recorder
 }
 
 // Remote is the agent's view of the remote clusters (a *remote.Manager).
@@ -182,6 +191,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	log := cfg.Logger.With("cluster", cfg.ClusterName, "node", cfg.NodeName)
 	ids, err := identity.NewCache(cfg.Dynamic, identity.Config{
 		Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID,
@@ -296,6 +306,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("Restored endpoints", "count", restored)
 	}
 	a.log.Info("Agent started", "podCIDR", a.ipam.cidr)
+	a.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: fmt.Sprintf("agent started (pod CIDR %s, %d endpoints restored)", a.ipam.cidr, restored)})
+	defer a.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "agent stopped"})
 
 	if a.cfg.Remote != nil {
 		wg.Go(func() {
@@ -354,8 +366,10 @@ func (a *Agent) rebuild() {
 		prev = a.cfg.Restored
 	}
 	if a.synced {
-		res := service.Merge(a.mergeInputLocked())
+		in := a.mergeInputLocked()
+		res := service.Merge(in)
 		s.Services = res.Services
+		a.recordDecisionsLocked(in, res)
 		a.decisions = res.Decisions
 		warns = append(warns, res.Warnings...)
 	} else if prev != nil {
@@ -385,6 +399,18 @@ func (a *Agent) rebuild() {
 	a.last, a.lastErr = s, err
 	close(a.applied)
 	a.applied = make(chan struct{})
+}
+
+// recordDecisionsLocked records the decision events of a merge: what
+// changed since the previous one (service.Events).
+func (a *Agent) recordDecisionsLocked(in *service.Input, res service.Result) {
+	clusters := make(map[uint32]string, len(in.Remote))
+	for _, r := range in.Remote {
+		clusters[r.ID] = r.Name
+	}
+	for _, e := range service.Events(a.decisions, res.Decisions, res.Services, clusters) {
+		a.cfg.Events.Record(e)
+	}
 }
 
 // State returns the last desired state handed to the datapath, whether the
@@ -564,18 +590,18 @@ func (a *Agent) policyHandler(src policy.Source) cache.ResourceEventHandlerFuncs
 		p, err := decode(obj)
 		a.mu.Lock()
 		defer a.mu.Unlock()
+		if err == nil {
+			_, err = a.policies.UpsertPolicy(p)
+		}
 		if err != nil {
 			ref := refOf(src, obj)
 			a.badPolicy[ref] = err
 			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
+			a.cfg.Events.Record(event.Event{Kind: event.PolicyRejected, Policy: ref.String(),
+				Message: "the last good version, if any, stays in force: " + err.Error()})
 			return
 		}
-		if _, err := a.policies.UpsertPolicy(p); err != nil {
-			ref := refOf(src, obj)
-			a.badPolicy[ref] = err
-			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
-			return
-		}
+		a.cfg.Events.Record(event.Event{Kind: event.PolicyApplied, Policy: refOf(src, obj).String()})
 		delete(a.badPolicy, refOf(src, obj))
 		delete(a.warnings, refOf(src, obj))
 		for _, w := range p.Warnings {

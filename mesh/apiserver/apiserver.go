@@ -69,6 +69,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/pki"
@@ -159,6 +160,10 @@ type Config struct {
 
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+	// Events receives the apiserver's life cycle: ComponentStarted once
+	// Start has etcd serving, ComponentStopped when Close stops it. The
+	// caller scopes it to its cluster and component; nil discards them.
+	Events event.Recorder
 }
 
 // Server is a mesh-apiserver.
@@ -230,6 +235,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh-apiserver: %w", err)
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	return &Server{
 		cfg:    cfg,
 		logger: logger,
@@ -285,6 +291,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
 	s.writer = kvstore.NewWriter(s.root, kvstore.WriterConfig{LeaseTTL: s.cfg.LeaseTTL})
+	s.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: "mesh-apiserver started, etcd serving at " + s.endpoint})
 	return nil
 }
 
@@ -387,7 +394,12 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	return s.stopLocked()
+	running := s.etcd != nil
+	err := s.stopLocked()
+	if running {
+		s.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "mesh-apiserver stopped with its etcd"})
+	}
+	return err
 }
 
 func (s *Server) stopLocked() error {

@@ -60,6 +60,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -112,6 +113,12 @@ type Config struct {
 
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+	// Events receives kvstoremesh's decisions (its remote connections'
+	// RemoteLost and RemoteRestored) and its life cycle
+	// (ComponentStarted when Run starts, ComponentStopped when it
+	// returns), scoped by the caller to its cluster and component; nil
+	// discards them.
+	Events event.Recorder
 }
 
 // Mesh mirrors the remote clusters into the local etcd. Create it with New
@@ -281,6 +288,7 @@ func New(cfg Config) (*Mesh, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	mgr, err := remote.New(remote.Config{
 		ClusterName:          cfg.ClusterName,
 		ClusterID:            cfg.ClusterID,
@@ -296,6 +304,7 @@ func New(cfg Config) (*Mesh, error) {
 		KeepAliveTimeout:     cfg.KeepAliveTimeout,
 		RequestTimeout:       cfg.RequestTimeout,
 		Logger:               log,
+		Events:               cfg.Events,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstoremesh: %w", err)
@@ -324,6 +333,8 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.runCtx = ctx
 	m.mu.Unlock()
+	m.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: "kvstoremesh started"})
+	defer m.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "kvstoremesh stopped"})
 	m.wg.Go(func() {
 		t := time.NewTimer(m.cfg.OrphanSweepDelay)
 		defer t.Stop()

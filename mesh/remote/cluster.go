@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -59,8 +60,12 @@ type cluster struct {
 	canaryPresent bool
 	grace         *time.Timer
 	lastErr       error
-	rejected      int // remote values rejected by validation
-	stores        map[wire.Resource]*store
+	// lossReason says why the cluster became unreachable, for the
+	// RemoteLost event; lostAt is when it was lost (zero: not lost).
+	lossReason string
+	lostAt     time.Time
+	rejected   int // remote values rejected by validation
+	stores     map[wire.Resource]*store
 }
 
 func newCluster(m *Manager, name string) *cluster {
@@ -419,6 +424,7 @@ func (c *cluster) loseLocked(reason string) {
 	}
 	c.logger.Warn("Remote cluster lost", "reason", reason)
 	c.current = false
+	c.lossReason = reason
 	c.recomputeLocked()
 	if c.sessReaders {
 		// Events its readers deliver until they stop may predate the
@@ -449,6 +455,24 @@ func (c *cluster) recomputeLocked() {
 		c.logger.Warn("Remote cluster unreachable")
 	}
 	c.sink.Reachable(c.name, ok)
+	// The events come after the sink has the news, so that what they
+	// announce has been handed on.
+	switch {
+	case !ok:
+		reason := c.lossReason
+		if reason == "" {
+			reason = "cluster unusable"
+			if c.lastErr != nil {
+				reason = c.lastErr.Error()
+			}
+		}
+		c.lossReason, c.lostAt = "", c.since
+		c.m.cfg.Events.Record(event.Event{Time: c.since, Kind: event.RemoteLost, Remote: c.name, Message: reason})
+	case !c.lostAt.IsZero():
+		c.m.cfg.Events.Record(event.Event{Time: c.since, Kind: event.RemoteRestored, Remote: c.name,
+			Message: fmt.Sprintf("resynced %.2fs after the loss", c.since.Sub(c.lostAt).Seconds())})
+		c.lostAt = time.Time{}
+	}
 }
 
 // watchConfig returns true when the cluster-config changes from cc (a

@@ -149,6 +149,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -250,6 +251,12 @@ type Config struct {
 	// Logger receives diagnostics (rejected values, connection changes);
 	// nil discards them.
 	Logger *slog.Logger
+	// Events receives the Manager's decisions: event.RemoteLost when a
+	// cluster that was reachable becomes unreachable, event.RemoteRestored
+	// when a lost cluster is reachable again (its state resynced). The
+	// caller scopes it to its cluster, node and component (event.Scope);
+	// nil discards them.
+	Events event.Recorder
 
 	// dialOptions are added to every remote connection's gRPC options;
 	// tests use it to slow chosen calls down.
@@ -340,6 +347,7 @@ func New(cfg Config) (*Manager, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	return &Manager{
 		cfg:        cfg,
 		logger:     logger,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
@@ -357,4 +358,16 @@ func kubeGrace(g *scenarios.GracePeriod) []kube.Grace {
 		return nil
 	}
 	return []kube.Grace{{Seconds: g.Seconds}}
+}
+
+var _ engine.EventSource = (*Target)(nil)
+
+// Events implements engine.EventSource: the decision events the mesh's
+// components recorded.
+func (t *Target) Events(_ context.Context, since time.Time) ([]event.Event, error) {
+	m, err := t.up()
+	if err != nil {
+		return nil, err
+	}
+	return m.Events(since), nil
 }
