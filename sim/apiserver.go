@@ -112,7 +112,11 @@ func (c *Cluster) StartAPIServer() error {
 	cfg.DataDir = filepath.Join(c.mesh.dir, "etcd", fmt.Sprint(c.spec.ID))
 	cfg.RemoteClusters = peers
 	cfg.Logger = c.log.With("component", "apiserver")
-	cfg.Events = c.mesh.recorder(c.spec.Name, "", event.ComponentAPIServer)
+	reg, events, err := c.mesh.registry(c.spec.Name, "", event.ComponentAPIServer)
+	if err != nil {
+		return err
+	}
+	cfg.Events, cfg.Metrics = events, reg
 	// Deliberate override: raft timings ten times shorter than the
 	// binary's (100/1000 ms), so that a simulated apiserver's etcd elects
 	// itself sooner on every start and restart (bring-up and restart
@@ -176,6 +180,10 @@ func (c *Cluster) StartKVStoreMesh() error {
 }
 
 func (c *Cluster) startKVStoreMeshLocked() error {
+	reg, events, err := c.mesh.registry(c.spec.Name, "", event.ComponentKVStoreMesh)
+	if err != nil {
+		return err
+	}
 	km, err := kvstoremesh.New(kvstoremesh.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		ConfigDir:      c.kvstoremeshConfigDir(),
@@ -183,7 +191,7 @@ func (c *Cluster) startKVStoreMeshLocked() error {
 		Local:          c.srv.Client(),
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		Logger: c.log.With("component", "kvstoremesh"),
-		Events: c.mesh.recorder(c.spec.Name, "", event.ComponentKVStoreMesh),
+		Events: events, Metrics: reg,
 	})
 	if err != nil {
 		return err

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
@@ -82,6 +84,10 @@ type Mesh struct {
 	// events collects every component's decision events (the components
 	// record them; the mesh only keeps them).
 	events *event.Log
+
+	// registries holds each component's metrics (under mu); a component
+	// that starts gets a new one.
+	registries map[component]*prometheus.Registry
 
 	mu         sync.Mutex
 	blackholes []blackhole
@@ -184,7 +190,7 @@ func New(ctx context.Context, spec Spec) (_ *Mesh, err error) {
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m := &Mesh{spec: spec, log: spec.Logger, dir: dir, tls: pki.Dir(filepath.Join(dir, "tls")),
 		byName: map[string]*Cluster{}, ruled: map[*netns.NS]bool{}, ctx: mctx, cancel: cancel,
-		events: event.NewLog(0)}
+		events: event.NewLog(0), registries: map[component]*prometheus.Registry{}}
 	defer func() {
 		if err != nil {
 			m.Close()

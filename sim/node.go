@@ -132,7 +132,10 @@ func (n *Node) StartAgent() error {
 	}
 	c := n.cluster
 	log := c.log.With("node", n.name)
-	events := c.mesh.recorder(c.spec.Name, n.name, event.ComponentAgent)
+	reg, events, err := c.mesh.registry(c.spec.Name, n.name, event.ComponentAgent)
+	if err != nil {
+		return fmt.Errorf("agent on %s: %w", n.name, err)
+	}
 	mgr, err := remote.New(remote.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		Dir:            c.agentConfigDir(),
@@ -141,6 +144,7 @@ func (n *Node) StartAgent() error {
 		SyncTimeout: simSyncTimeout,
 		Logger:      log.With("component", "remote"),
 		Events:      events,
+		Metrics:     reg, SourceNode: n.name,
 	})
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
@@ -152,7 +156,7 @@ func (n *Node) StartAgent() error {
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
 	cfg.StateDir = filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name)
 	cfg.Logger = log.With("component", "agent")
-	cfg.Events = events
+	cfg.Events, cfg.Metrics = events, reg
 	if c.mesh.spec.FailStatic {
 		cfg.Mode = service.ModeFailStatic
 	}

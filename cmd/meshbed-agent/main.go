@@ -24,6 +24,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/agent"
 	"github.com/meshbed/meshbed/mesh/event"
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -36,7 +37,7 @@ type options struct {
 	nodeIP, underlayIf, routing                            string
 	failStatic, policyAllClusters, allowLocalhost          bool
 	healthInterval, healthTimeout, syncTimeout             time.Duration
-	logLevel                                               string
+	logLevel, prometheusAddr                               string
 }
 
 func main() {
@@ -80,6 +81,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
 	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", agent.DefaultPrometheusServeAddr, fmt.Sprintf("serve Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.AgentPort))
 	return cmd
 }
 
@@ -143,11 +145,16 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer dp.Close()
-	events := event.Scope(event.Logger(log), o.clusterName, o.nodeName, event.ComponentAgent)
+	reg := metrics.NewProcessRegistry()
+	events, err := event.Counted(event.Scope(event.Logger(log), o.clusterName, o.nodeName, event.ComponentAgent), reg)
+	if err != nil {
+		return err
+	}
 	mgr, err := remote.New(remote.Config{
 		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
 		Dir: o.configDir, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
 		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"), Events: events,
+		Metrics: reg, SourceNode: o.nodeName,
 	})
 	if err != nil {
 		return err
@@ -163,9 +170,12 @@ func run(ctx context.Context, o options) error {
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.Logger = log.With("component", "agent")
-	cfg.Events = events
+	cfg.Events, cfg.Metrics = events, reg
 	a, err := agent.New(cfg)
 	if err != nil {
+		return err
+	}
+	if err := metrics.Serve(ctx, o.prometheusAddr, reg, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
@@ -38,7 +39,7 @@ func simCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sim", Short: "Keep a simulated mesh running and drive it by hand"}
 	cmd.PersistentFlags().StringVar(&name, "name", "default", "name of the simulated mesh (several may run at once)")
 
-	var file, logFile string
+	var file, logFile, promAddr string
 	var verbose bool
 	up := &cobra.Command{
 		Use:   "up -f FILE",
@@ -51,12 +52,13 @@ func simCmd() *cobra.Command {
 			if os.Geteuid() != 0 {
 				return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
 			}
-			return simUp(cmd, name, file, logFile, verbose)
+			return simUp(cmd, name, file, logFile, promAddr, verbose)
 		},
 	}
 	up.Flags().StringVarP(&file, "file", "f", "", "scenario file whose topology and manifests to bring up (its steps are not run)")
 	up.Flags().StringVar(&logFile, "log-file", "", "write the mesh components' logs to this file")
 	up.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	up.Flags().StringVar(&promAddr, "prometheus-serve-addr", "", "also serve every component's metrics (cluster, node and component labels added) at /metrics on this address, e.g. 127.0.0.1:9962")
 	cmd.AddCommand(up)
 
 	step := func(use, short string, args cobra.PositionalArgs, build func(cmd *cobra.Command, args []string) (map[string]any, error)) *cobra.Command {
@@ -172,11 +174,12 @@ func simCmd() *cobra.Command {
 	})
 	bpf.AddCommand(lb)
 	cmd.AddCommand(bpf)
+	cmd.AddCommand(metricsCmd(&name))
 	return cmd
 }
 
 // simUp runs the mesh and serves the control socket until interrupted.
-func simUp(cmd *cobra.Command, name, file, logFile string, verbose bool) error {
+func simUp(cmd *cobra.Command, name, file, logFile, promAddr string, verbose bool) error {
 	sc, err := scenarios.Load(file)
 	if err != nil {
 		return &exitError{2, err}
@@ -215,6 +218,9 @@ func simUp(cmd *cobra.Command, name, file, logFile string, verbose bool) error {
 	defer s.Close()
 	srv := &http.Server{Handler: &control{file: file, raw: raw, s: s, mesh: tgt.Mesh()}, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
+	if err := metrics.Serve(ctx, promAddr, tgt.Mesh(), logger); err != nil {
+		return &exitError{2, err}
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "mesh %q is up; drive it with `meshbed sim --name %s ...`; Ctrl-C tears it down\n", name, name)
 	<-ctx.Done()
 	srv.Close()
@@ -241,6 +247,9 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v, err = c.kvstore(r)
 	case "/bpf/lb":
 		v, err = c.lb(r)
+	case "/metrics":
+		c.serveMetrics(w, r)
+		return
 	default:
 		http.NotFound(w, r)
 		return

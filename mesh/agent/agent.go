@@ -31,6 +31,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/identity"
@@ -47,6 +49,10 @@ var CiliumNetworkPolicies = schema.GroupVersionResource{Group: "cilium.io", Vers
 const (
 	DefaultSyncTimeout = 30 * time.Second
 	DefaultCoalesce    = 5 * time.Millisecond
+	// DefaultPrometheusServeAddr is the meshbed-agent binary's
+	// --prometheus-serve-addr: empty, metrics not served, as Cilium's
+	// agent (the Kind manifests set :9962).
+	DefaultPrometheusServeAddr = ""
 )
 
 // DefaultConfig is the agent's configuration before the environment
@@ -115,6 +121,10 @@ type Config struct {
 	// component (event.Scope) and gives the same recorder to the agent's
 	// remote.Manager; nil discards them.
 	Events event.Recorder
+	// Metrics, when set, receives the agent's metrics (metrics.go); give
+	// the same registry to the agent's remote.Manager for Cilium's
+	// clustermesh series.
+	Metrics prometheus.Registerer
 }
 
 // Remote is the agent's view of the remote clusters (a *remote.Manager).
@@ -161,6 +171,7 @@ type Agent struct {
 	lastErr   error
 	decisions []service.Decision
 	applied   chan struct{} // closed and replaced after every Apply
+	metrics   agentMetrics
 }
 
 // New validates cfg and returns an agent; Run starts it.
@@ -243,6 +254,9 @@ func New(cfg Config) (*Agent, error) {
 	_, _ = a.npInf.AddEventHandler(a.policyHandler(policy.SourceNetworkPolicy))
 	_, _ = a.nsInf.AddEventHandler(a.namespaceHandler())
 	ids.AddHandler(a.localIdentity)
+	if err := a.registerMetrics(cfg.Metrics); err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
 	return a, nil
 }
 
@@ -365,9 +379,10 @@ func (a *Agent) rebuild() {
 	if prev == nil {
 		prev = a.cfg.Restored
 	}
+	var res service.Result
 	if a.synced {
 		in := a.mergeInputLocked()
-		res := service.Merge(in)
+		res = service.Merge(in)
 		s.Services = res.Services
 		a.recordDecisionsLocked(in, res)
 		a.decisions = res.Decisions
@@ -389,6 +404,9 @@ func (a *Agent) rebuild() {
 		a.log.Warn("Service merge", "err", w)
 	}
 	err := a.cfg.Datapath.Apply(s)
+	if err == nil {
+		a.withdrawnLocked(res)
+	}
 	if err != nil {
 		a.log.Error("Datapath apply failed; will retry", "err", err)
 		go func() {

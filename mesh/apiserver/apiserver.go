@@ -69,6 +69,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -88,6 +90,11 @@ const (
 	// clustermesh config directory for the remote readers' users.
 	DefaultConfigPollInterval = 10 * time.Second
 )
+
+// DefaultPrometheusServeAddr is the meshbed-apiserver binary's
+// --prometheus-serve-addr: empty, metrics not served (the Kind manifests
+// set :9963).
+const DefaultPrometheusServeAddr = ""
 
 // DefaultConfig is the mesh-apiserver's configuration before the
 // environment (names, clients, TLS and data directories, remote readers,
@@ -164,6 +171,10 @@ type Config struct {
 	// Start has etcd serving, ComponentStopped when Close stops it. The
 	// caller scopes it to its cluster and component; nil discards them.
 	Events event.Recorder
+	// Metrics, when set, receives the apiserver's metrics:
+	// cilium_clustermesh_apiserver_kvstore_operations_duration_seconds for
+	// the etcd calls of its export (scope "local").
+	Metrics prometheus.Registerer
 }
 
 // Server is a mesh-apiserver.
@@ -183,6 +194,7 @@ type Server struct {
 	ids    *identity.Cache
 	alloc  *identity.Allocator
 	synced chan struct{}
+	ops    *kvstore.Operations
 }
 
 // New checks cfg and returns a Server; nothing runs until Start.
@@ -236,7 +248,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("mesh-apiserver: %w", err)
 	}
 	cfg.Events = event.OrDiscard(cfg.Events)
+	ops, err := kvstore.NewOperations(cfg.Metrics, "cilium_clustermesh_apiserver_kvstore_operations_duration_seconds")
+	if err != nil {
+		return nil, fmt.Errorf("mesh-apiserver: metrics: %w", err)
+	}
 	return &Server{
+		ops:    ops,
 		cfg:    cfg,
 		logger: logger,
 		ids:    ids,
@@ -279,6 +296,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	lc := s.LocalConfig(rootTLS)
 	lc.Logger = s.logger
+	lc.DialOptions = append(lc.DialOptions, s.ops.DialOption("local"))
 	// The client lives until Close, not until ctx (which only bounds the
 	// start).
 	s.root, err = kvstore.Connect(context.WithoutCancel(ctx), lc)

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Kind names a decision.
@@ -259,4 +261,28 @@ func (l *Log) Dropped() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.dropped
+}
+
+// Counted returns a Recorder that counts every event in
+// meshbed_events_total{kind} of reg, then passes it to r. A nil reg
+// returns r itself.
+func Counted(r Recorder, reg prometheus.Registerer) (Recorder, error) {
+	if reg == nil {
+		return OrDiscard(r), nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshbed_events_total",
+		Help: "Decision events recorded, by kind",
+	}, []string{"kind"})
+	if err := reg.Register(c); err != nil {
+		return nil, err
+	}
+	for _, k := range Kinds {
+		c.WithLabelValues(string(k)) // every kind has a series, 0 until it happens
+	}
+	r = OrDiscard(r)
+	return RecorderFunc(func(e Event) {
+		c.WithLabelValues(string(e.Kind)).Inc()
+		r.Record(e)
+	}), nil
 }

@@ -60,6 +60,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/remote"
@@ -119,6 +121,10 @@ type Config struct {
 	// returns), scoped by the caller to its cluster and component; nil
 	// discards them.
 	Events event.Recorder
+	// Metrics, when set, receives kvstoremesh's metrics: those of its
+	// remote connections under Cilium's cilium_kvstoremesh_* names (see
+	// package remote).
+	Metrics prometheus.Registerer
 }
 
 // Mesh mirrors the remote clusters into the local etcd. Create it with New
@@ -305,6 +311,8 @@ func New(cfg Config) (*Mesh, error) {
 		RequestTimeout:       cfg.RequestTimeout,
 		Logger:               log,
 		Events:               cfg.Events,
+		Metrics:              cfg.Metrics,
+		MetricsSubsystem:     "kvstoremesh",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstoremesh: %w", err)

@@ -64,8 +64,11 @@ type cluster struct {
 	// RemoteLost event; lostAt is when it was lost (zero: not lost).
 	lossReason string
 	lostAt     time.Time
-	rejected   int // remote values rejected by validation
-	stores     map[wire.Resource]*store
+	// failures and lastFailure count losses and failed sessions.
+	failures    int
+	lastFailure time.Time
+	rejected    int // remote values rejected by validation
+	stores      map[wire.Resource]*store
 }
 
 func newCluster(m *Manager, name string) *cluster {
@@ -139,7 +142,25 @@ func (c *cluster) status() ClusterStatus {
 		LastErr:        c.lastErr,
 		Rejected:       c.rejected,
 		Since:          c.since,
+		Failures:       c.failures,
+		LastFailure:    c.lastFailure,
+		Entries:        c.entriesLocked(),
 	}
+}
+
+// entriesLocked counts the accepted entries of every resource.
+func (c *cluster) entriesLocked() map[wire.Resource]int {
+	out := make(map[wire.Resource]int, len(c.stores))
+	for r, st := range c.stores {
+		out[r] = len(st.entries)
+	}
+	return out
+}
+
+// failureLocked counts a loss or a failed session.
+func (c *cluster) failureLocked() {
+	c.failures++
+	c.lastFailure = time.Now()
 }
 
 // run owns one connection (one config) until ctx ends: a client, its
@@ -158,7 +179,7 @@ func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 			// beyond how fast a healed partition should be noticed.
 			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: max(cfg.MaxBackoff, 2*time.Second),
-		})}, cfg.dialOptions...),
+		}), c.m.metrics.dialOption(c.name)}, cfg.dialOptions...),
 		Logger: c.logger,
 	})
 	if err != nil {
@@ -298,6 +319,8 @@ func (c *cluster) session(ctx context.Context, client *kvstore.Client, sid uint6
 	}
 	if cached {
 		wg.Go(func() { c.monitorCanary(rctx, client, sid) })
+	} else {
+		wg.Go(func() { c.m.metrics.watchHeartbeat(rctx, client, c.name) })
 	}
 	changed := make(chan struct{})
 	wg.Go(func() {
@@ -343,6 +366,7 @@ func (c *cluster) failed(err error) {
 		c.logger.Debug("Remote cluster session failed again; retrying", "error", err)
 	}
 	c.lastErr = err
+	c.failureLocked()
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		c.up, c.current = false, false
 	}
@@ -401,6 +425,9 @@ func (c *cluster) onHealth(s kvstore.Status) {
 		return
 	}
 	if was && !s.Reachable {
+		if c.current && !s.LastActivity.IsZero() {
+			c.m.metrics.lossDetected(c.name, time.Since(s.LastActivity))
+		}
 		c.loseLocked(fmt.Sprintf("health probe: %v", s.Err))
 		return
 	}
@@ -425,6 +452,7 @@ func (c *cluster) loseLocked(reason string) {
 	c.logger.Warn("Remote cluster lost", "reason", reason)
 	c.current = false
 	c.lossReason = reason
+	c.failureLocked()
 	c.recomputeLocked()
 	if c.sessReaders {
 		// Events its readers deliver until they stop may predate the
