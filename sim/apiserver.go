@@ -284,3 +284,20 @@ func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) 
 	kvs, err := c.KVStoreList(ctx, prefix)
 	return len(kvs), err
 }
+
+// KVStoreMeshStatus returns what the cluster's kvstoremesh knows of every
+// remote cluster (its cache, and its remote connections); ok is false when
+// kvstoremesh is not running.
+func (c *Cluster) KVStoreMeshStatus() (st []kvstoremesh.ClusterStatus, conns []remote.ClusterStatus, ok bool) {
+	c.mu.Lock()
+	km := c.km
+	c.mu.Unlock()
+	if km == nil {
+		return nil, nil, false
+	}
+	return km.Status(), km.Remotes(), true
+}
+
+// UsesKVStoreMesh reports whether the cluster's agents read the remote
+// clusters through kvstoremesh.
+func (c *Cluster) UsesKVStoreMesh() bool { return c.mesh.spec.KVStoreMesh }

@@ -250,6 +250,8 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/metrics":
 		c.serveMetrics(w, r)
 		return
+	case "/clustermesh":
+		v, err = c.clustermesh(r)
 	default:
 		http.NotFound(w, r)
 		return
