@@ -36,6 +36,10 @@ type Report struct {
 	// (docs/scenarios.md, "Events"), in time order; omitted when the
 	// target collects none.
 	Events []EventRecord `json:"events,omitempty"`
+	// Explanations is not in docs/scenarios.md: one line per decision after
+	// each fault, recovery or change step, built from Events and Streams
+	// (Explain); omitted when there are no events.
+	Explanations []Explanation `json:"explanations,omitempty"`
 }
 
 // EventRecord is one decision event of the run: the event as the

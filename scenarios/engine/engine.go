@@ -104,6 +104,7 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 	}
 	r.report.Passed = passed
 	r.report.DurationSeconds = seconds(time.Since(r.start))
+	r.explain()
 	r.progress.End(r.report)
 	return r.report
 }

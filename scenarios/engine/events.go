@@ -86,3 +86,8 @@ func (r *runner) collectEvents(ctx context.Context) {
 		r.report.Events = append(r.report.Events, scenarios.EventRecord{Seconds: seconds(e.Time.Sub(r.start)), Event: e})
 	}
 }
+
+// explain adds the explanations of the finished report.
+func (r *runner) explain() {
+	r.report.Explanations = r.report.Explain()
+}
