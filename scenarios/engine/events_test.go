@@ -34,8 +34,12 @@ func TestCheckEvents(t *testing.T) {
 		{Time: begin.Add(time.Second), Kind: event.BackendsWithdrawn, Cluster: "cluster1", Node: "node-2", Component: "agent", Remote: "cluster2", Service: "default/rebel-base"},
 	}}
 	r := &runner{t: tgt}
-	atLeast := func(n int) scenarios.Matcher { return scenarios.Matcher{Kind: scenarios.MatchCount, Op: scenarios.OpGE, Count: n} }
-	exactly := func(n int) scenarios.Matcher { return scenarios.Matcher{Kind: scenarios.MatchCount, Op: scenarios.OpEq, Count: n} }
+	atLeast := func(n int) scenarios.Matcher {
+		return scenarios.Matcher{Kind: scenarios.MatchCount, Op: scenarios.OpGE, Count: n}
+	}
+	exactly := func(n int) scenarios.Matcher {
+		return scenarios.Matcher{Kind: scenarios.MatchCount, Op: scenarios.OpEq, Count: n}
+	}
 	for _, tc := range []struct {
 		name string
 		x    scenarios.EventsExpect
