@@ -307,7 +307,7 @@ tr.failed td{background:#fdecea}
 span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.badge.ok,.badge.bad{color:#fff}
 .msg{white-space:pre-wrap}
 .kinds span{margin-right:14px}
-.ev path{stroke:#fff;stroke-width:1}.ev.loss path{fill:#b71c1c}.ev.recovery path{fill:#1b5e20}.ev.change path{fill:#6a1b9a}
+.ev path{stroke:#fff;stroke-width:1.5}.ev.loss path{fill:#b71c1c}.ev.recovery path{fill:#1b5e20}.ev.change path{fill:#6a1b9a}
 td.ev.loss{color:#b71c1c}td.ev.recovery{color:#1b5e20}td.ev.change{color:#6a1b9a}
 ul.explain li{margin:2px 0}ul.explain .when{color:#555}
 </style>

@@ -84,7 +84,7 @@ func eventMarks(s Stream, steps []StepReport, events []EventRecord, span float64
 		}
 		out = append(out, eventMark{
 			X: num(mx), Y: num(my), Kind: string(k.kind), Class: cl,
-			Path:  fmt.Sprintf("M%s %sl4 4l-4 4l-4 -4z", num(mx), num(my-4)),
+			Path:  fmt.Sprintf("M%s %sl5 5l-5 5l-5 -5z", num(mx), num(my-5)),
 			Title: strings.Join(tip, "\n"),
 		})
 	}
