@@ -28,6 +28,19 @@ func (m *Mesh) registry(cluster, node, name string) (*prometheus.Registry, event
 	return reg, rec, nil
 }
 
+// registerDatapath gives a node's datapath (which outlives its agents) a
+// registry of its own, component "datapath".
+func (m *Mesh) registerDatapath(cluster, node string, c prometheus.Collector) error {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.registries[component{cluster, node, "datapath"}] = reg
+	m.mu.Unlock()
+	return nil
+}
+
 // Gather implements prometheus.Gatherer over every component's registry:
 // each series gets the labels cluster, node (empty for the apiserver and
 // kvstoremesh) and component, so that many components of one process do

@@ -125,6 +125,10 @@ func TestIntegrationMetricsAfterPartition(t *testing.T) {
 		if err := backendsFrom(ctx, c1, 1, 2); err != nil {
 			return err
 		}
+		// Requests through the service, for the datapath's counters.
+		if _, _, err := curlService(ctx, c1, 4, time.Second); err != nil {
+			return err
+		}
 		fams, err := scrape(ctx, url)
 		if err != nil {
 			return err
@@ -140,6 +144,7 @@ func TestIntegrationMetricsAfterPartition(t *testing.T) {
 			{"cilium_kvstoremesh_kvstore_operations_duration_seconds", map[string]string{"cluster": "cluster1", "component": "kvstoremesh", "scope": "remote/cluster2", "outcome": "success"}, atLeast(1), "etcd calls timed"},
 			{"cilium_clustermesh_apiserver_kvstore_operations_duration_seconds", map[string]string{"cluster": "cluster1", "component": "apiserver", "scope": "local"}, atLeast(1), "etcd calls timed"},
 			{"meshbed_events_total", map[string]string{"cluster": "cluster1", "component": "agent", "kind": "ComponentStarted"}, is(2), "both agents started"},
+			{"meshbed_datapath_forwards_total", map[string]string{"cluster": "cluster1", "component": "datapath", "reason": "service"}, atLeast(1), "load-balanced connections counted"},
 			// Heartbeats come every 5 s: the first lag sample may take that long.
 			{"meshbed_remote_cluster_propagation_lag_seconds", km, atLeast(1), "a heartbeat's lag measured"},
 		})

@@ -98,6 +98,11 @@ func (c *Cluster) newNode(i int) (*Node, error) {
 		n.ns.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if err := c.mesh.registerDatapath(c.spec.Name, name, n.dp.Datapath().Collector(nil)); err != nil {
+		n.dp.Close()
+		n.ns.Close()
+		return nil, fmt.Errorf("%s: metrics: %w", name, err)
+	}
 	return n, nil
 }
 

@@ -146,6 +146,9 @@ func run(ctx context.Context, o options) error {
 	}
 	defer dp.Close()
 	reg := metrics.NewProcessRegistry()
+	if err := reg.Register(dp.Datapath().Collector(nil)); err != nil {
+		return err
+	}
 	events, err := event.Counted(event.Scope(event.Logger(log), o.clusterName, o.nodeName, event.ComponentAgent), reg)
 	if err != nil {
 		return err

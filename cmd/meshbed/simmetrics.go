@@ -42,9 +42,9 @@ func metricsCmd(name *string) *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, prefixes []string) error {
 			switch component {
-			case "", "agent", "apiserver", "kvstoremesh":
+			case "", "agent", "apiserver", "kvstoremesh", "datapath":
 			default:
-				return &exitError{2, fmt.Errorf("--component %q: want agent, apiserver or kvstoremesh", component)}
+				return &exitError{2, fmt.Errorf("--component %q: want agent, apiserver, kvstoremesh or datapath", component)}
 			}
 			if node != "" && cluster == "" {
 				return &exitError{2, fmt.Errorf("--node %s needs --cluster", node)}
@@ -59,7 +59,7 @@ func metricsCmd(name *string) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&cluster, "cluster", "", "only this cluster's components")
 	cmd.Flags().StringVar(&node, "node", "", "only this node's agent (with --cluster)")
-	cmd.Flags().StringVar(&component, "component", "", "only agent, apiserver or kvstoremesh")
+	cmd.Flags().StringVar(&component, "component", "", "only agent, apiserver, kvstoremesh or datapath")
 	return cmd
 }
 
