@@ -266,6 +266,9 @@ func dump(sc *Scenario) string {
 		if e.MaxOutage != nil {
 			fmt.Fprintf(&b, " maxOutage=%s", *e.MaxOutage)
 		}
+		if e.Converge > 0 {
+			fmt.Fprintf(&b, " converge=%s", e.Converge)
+		}
 		for _, be := range e.Backends {
 			fmt.Fprintf(&b, " backends=%+v", be)
 		}

@@ -270,6 +270,7 @@ type Step struct {
 	Start       *Start
 	Restart     *Restart
 	Wait        *Wait
+	Chaos       *Chaos
 
 	Expect Expect
 }
@@ -312,6 +313,8 @@ func (s *Step) Action() Action {
 		return s.Restart
 	case s.Wait != nil:
 		return s.Wait
+	case s.Chaos != nil:
+		return s.Chaos
 	}
 	return nil
 }
@@ -486,6 +489,7 @@ func (*Stop) ActionName() string        { return "stop" }
 func (*Start) ActionName() string       { return "start" }
 func (*Restart) ActionName() string     { return "restart" }
 func (*Wait) ActionName() string        { return "wait" }
+func (*Chaos) ActionName() string       { return "chaos" }
 
 // Expect holds a step's expectations; the zero value expects nothing.
 type Expect struct {
@@ -498,8 +502,11 @@ type Expect struct {
 	// Errors bounds the failed requests (curl, stopTraffic).
 	Errors *Matcher
 	// MaxOutage bounds the longest stretch in which every request failed
-	// (stopTraffic).
+	// (stopTraffic; chaos: of every running stream during every fault).
 	MaxOutage *time.Duration
+	// Converge (chaos; heal, start and restart) bounds the time after
+	// every heal until the final check passes.
+	Converge time.Duration
 	// Backends and KVStore are state expectations (any step). The file may
 	// give one object or a list.
 	Backends []BackendsExpect
@@ -508,7 +515,7 @@ type Expect struct {
 
 // IsZero reports whether e expects nothing.
 func (e *Expect) IsZero() bool {
-	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
+	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil && e.Converge == 0 &&
 		e.Backends == nil && e.KVStore == nil
 }
 

@@ -15,7 +15,7 @@ import (
 // actionKeys are the step keys that are actions, in the order of
 // docs/scenarios.md.
 var actionKeys = []string{"apply", "delete", "scale", "annotate", "curl", "traffic", "stopTraffic",
-	"partition", "heal", "stop", "start", "restart", "wait"}
+	"partition", "heal", "stop", "start", "restart", "wait", "chaos"}
 
 var stepKeys = append([]string{"name", "expect"}, actionKeys...)
 
@@ -114,6 +114,8 @@ func (d *decoder) action(step *Step, key string, v any, st *state) {
 		if dur, ok := d.duration(key, v, false); ok {
 			step.Wait = &Wait{Duration: dur}
 		}
+	case "chaos":
+		step.Chaos = d.chaos(key, v, st)
 	}
 }
 
@@ -649,13 +651,14 @@ var expectAppliesTo = map[string][]string{
 	"within":    nil,
 	"responses": {"curl", "stopTraffic"},
 	"errors":    {"curl", "stopTraffic"},
-	"maxOutage": {"stopTraffic"},
+	"maxOutage": {"stopTraffic", "chaos"},
+	"converge":  {"chaos", "heal", "start", "restart"},
 	"backends":  nil,
 	"kvstore":   nil,
 }
 
 func (d *decoder) expect(field string, v any, action string, st *state) Expect {
-	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore")
+	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "converge", "backends", "kvstore")
 	if m == nil {
 		return Expect{}
 	}
@@ -668,7 +671,14 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 		}
 	}
 	if v, ok := get(m, "within"); ok {
-		e.Within, _ = d.duration(join(field, "within"), v, false)
+		if action == "chaos" {
+			d.errorf(join(field, "within"), "does not apply to chaos steps: every fault is checked as it happens (use converge)")
+		} else {
+			e.Within, _ = d.duration(join(field, "within"), v, false)
+		}
+	}
+	if v, ok := get(m, "converge"); ok {
+		e.Converge, _ = d.duration(join(field, "converge"), v, false)
 	}
 	if v, ok := get(m, "responses"); ok {
 		rf := join(field, "responses")
