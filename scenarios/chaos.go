@@ -275,3 +275,21 @@ func (d *decoder) durationRange(field string, v any, allowZero bool) (Range, boo
 	}
 	return r, good
 }
+
+// LimitChaos shortens every chaos step of sc to at most d (and its holds
+// with it), for a quick run of a long experiment; it returns how many
+// steps it shortened.
+func LimitChaos(sc *Scenario, d time.Duration) int {
+	n := 0
+	for i := range sc.Steps {
+		c := sc.Steps[i].Chaos
+		if c == nil || c.Duration <= d {
+			continue
+		}
+		c.Duration = d
+		c.Hold.Min = min(c.Hold.Min, d)
+		c.Hold.Max = min(c.Hold.Max, d)
+		n++
+	}
+	return n
+}

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,8 +34,7 @@ func scenarioCmd() *cobra.Command {
 			return nil
 		},
 	})
-	var reportDir, logFile string
-	var keep, verbose bool
+	var rf runFlags
 	run := &cobra.Command{
 		Use:   "run FILE",
 		Short: "Run a scenario in the simulator (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
@@ -44,45 +44,81 @@ func scenarioCmd() *cobra.Command {
 			if err != nil {
 				return &exitError{2, err}
 			}
-			if os.Geteuid() != 0 {
-				return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
+			if cmd.Flags().Changed("seed") {
+				sc.Seed = rf.seed
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			logger, closeLog, err := componentLogger(logFile, verbose, cmd.ErrOrStderr())
-			if err != nil {
-				return &exitError{2, err}
-			}
-			defer closeLog()
-			opts := engine.Options{Progress: cmd.OutOrStdout()}
-			if keep {
-				opts.Keep = func() {
-					fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
-					<-ctx.Done()
-				}
-			}
-			rep, err := engine.Run(ctx, sc, simtarget.New(simtarget.Options{Logger: logger}), opts)
-			if err != nil {
-				return &exitError{2, err}
-			}
-			if reportDir != "" {
-				if err := writeReport(reportDir, rep); err != nil {
-					return &exitError{2, err}
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "report: %s\n", filepath.Join(reportDir, "report.html"))
-			}
-			if !rep.Passed {
-				return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
-			}
-			return nil
+			return runScenario(cmd, sc, rf)
 		},
 	}
-	run.Flags().StringVar(&reportDir, "report", "", "write report.json and report.html into this directory")
-	run.Flags().BoolVar(&keep, "keep", false, "keep the mesh running after the run until Ctrl-C")
-	run.Flags().StringVar(&logFile, "log-file", "", "write the mesh components' logs to this file")
-	run.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	rf.add(run)
 	cmd.AddCommand(run)
 	return cmd
+}
+
+// runFlags are the flags of scenario run and chaos run.
+type runFlags struct {
+	reportDir, logFile string
+	keep, verbose      bool
+	seed               int64
+	shrinkBudget       time.Duration
+}
+
+func (rf *runFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&rf.reportDir, "report", "", "write report.json, report.html (and for chaos steps history.jsonl, and repro.yaml on failure) into this directory")
+	cmd.Flags().BoolVar(&rf.keep, "keep", false, "keep the mesh running after the run until Ctrl-C")
+	cmd.Flags().StringVar(&rf.logFile, "log-file", "", "write the mesh components' logs to this file")
+	cmd.Flags().BoolVarP(&rf.verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	cmd.Flags().Int64Var(&rf.seed, "seed", 0, "seed of every random choice (overrides spec.seed)")
+	cmd.Flags().DurationVar(&rf.shrinkBudget, "shrink-budget", engine.DefaultShrinkBudget, "time allowed for shrinking a failed chaos step (0 disables shrinking)")
+}
+
+// runScenario runs sc in the simulator and writes its report.
+func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error {
+	if os.Geteuid() != 0 {
+		return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger, closeLog, err := componentLogger(rf.logFile, rf.verbose, cmd.ErrOrStderr())
+	if err != nil {
+		return &exitError{2, err}
+	}
+	defer closeLog()
+	newTarget := func() engine.Target { return simtarget.New(simtarget.Options{Logger: logger}) }
+	opts := engine.Options{Progress: cmd.OutOrStdout(), ShrinkBudget: rf.shrinkBudget}
+	if rf.shrinkBudget > 0 {
+		opts.NewTarget = newTarget
+	}
+	if rf.keep {
+		opts.Keep = func() {
+			fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
+			<-ctx.Done()
+		}
+	}
+	rep, err := engine.Run(ctx, sc, newTarget(), opts)
+	if err != nil {
+		return &exitError{2, err}
+	}
+	dir := rf.reportDir
+	if dir == "" && rep.Repro != nil {
+		// A shrunk failure is worth keeping even without --report.
+		if dir, err = os.MkdirTemp("", "meshbed-"+sc.Name+"-"); err != nil {
+			return &exitError{2, err}
+		}
+	}
+	if dir != "" {
+		if err := writeReport(dir, rep); err != nil {
+			return &exitError{2, err}
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "report: %s\n", filepath.Join(dir, "report.html"))
+		if rep.Repro != nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "repro: %s (meshbed scenario run %[1]s)\n", filepath.Join(dir, "repro.yaml"))
+		}
+	}
+	if !rep.Passed {
+		return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
+	}
+	return nil
 }
 
 func componentLogger(file string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {
@@ -103,9 +139,14 @@ func writeReport(dir string, rep *scenarios.Report) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for name, write := range map[string]func(io.Writer) error{
-		"report.json": rep.WriteJSON, "report.html": rep.WriteHTML,
-	} {
+	files := map[string]func(io.Writer) error{"report.json": rep.WriteJSON, "report.html": rep.WriteHTML}
+	if rep.HasChaos() {
+		files["history.jsonl"] = rep.WriteHistory
+	}
+	if rep.Repro != nil {
+		files["repro.yaml"] = func(w io.Writer) error { _, err := w.Write(rep.Repro); return err }
+	}
+	for name, write := range files {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			return err

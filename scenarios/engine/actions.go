@@ -47,6 +47,8 @@ func actionOf(st *scenarios.Step, r *runner) (action, error) {
 		return processAction{a.Process, Target.Restart}, nil
 	case *scenarios.Wait:
 		return waitAction{a}, nil
+	case *scenarios.Chaos:
+		return chaosAction{a, st, r}, nil
 	}
 	return nil, fmt.Errorf("step %d (%s) has no action", st.Index, st.Name)
 }

@@ -29,6 +29,16 @@ type Options struct {
 	// Keep, when set, is called after the final check and before teardown
 	// (the CLI's --keep waits there for Ctrl-C).
 	Keep func()
+
+	// NewTarget, when set, makes a fresh target for every replay of a
+	// failed chaos step's shrinking (shrink.go); without it nothing is
+	// shrunk. ShrinkBudget bounds the shrinking (zero: DefaultShrinkBudget).
+	NewTarget    func() Target
+	ShrinkBudget time.Duration
+
+	// schedules replaces the drawn schedule of chaos steps, by step index
+	// (shrinking's replays).
+	schedules map[int][]Fault
 }
 
 // ErrEnvironment wraps failures of the environment (not root, a kernel
@@ -145,6 +155,9 @@ type runner struct {
 	traffic map[string]*stream
 
 	warned map[string]bool // warnings already in the report
+
+	// lastChaos is the last chaos step run, for shrinking.
+	lastChaos *chaosRun
 }
 
 func seconds(d time.Duration) float64 {
@@ -171,6 +184,7 @@ type outcome struct {
 	requests   int
 	maxOutage  time.Duration
 	hasTraffic bool
+	chaos      *scenarios.ChaosReport
 }
 
 // step runs one step: its action, then its expectations, retried (curl)
@@ -199,6 +213,7 @@ func (r *runner) step(ctx context.Context, st *scenarios.Step) scenarios.StepRep
 		}
 		rep.Seconds = seconds(out.took)
 		rep.Responses, rep.Errors, rep.MaxOutageSeconds = out.responses, out.errors, seconds(out.maxOutage)
+		rep.Chaos = out.chaos
 		if rep.Responses == nil {
 			rep.Responses = map[string]int{}
 		}
