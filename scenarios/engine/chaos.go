@@ -112,6 +112,8 @@ type chaosRun struct {
 	worst time.Duration
 	// failure is the first broken promise, with its kind.
 	failure error
+	// injected counts the faults injected: the schedule's failing prefix.
+	injected int
 }
 
 // chaosStream is a traffic stream as the checker sees it.
@@ -189,6 +191,7 @@ func (ch *chaosRun) run(ctx context.Context) error {
 				return &chaosError{kind: failInject, msg: fmt.Sprintf("fault %d (%s %s): %v", ev.i+1, f.Kind, f.Targets(), err)}
 			}
 			active[ev.i] = &inForce{i: ev.i, f: f, start: time.Now()}
+			ch.injected = ev.i + 1
 			ch.r.progress.Note(fmt.Sprintf("fault %d/%d: %s %s for %s", ev.i+1, len(ch.faults), f.Kind, f.Targets(), f.Hold))
 			continue
 		}
@@ -551,4 +554,24 @@ func cut(p *scenarios.Partition, x, b string) bool {
 		}
 	}
 	return false
+}
+
+// converged is the converge expectation of a heal, start or restart step:
+// the final check passes within d of the step's action.
+func (r *runner) converged(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		cctx, cancel := context.WithDeadline(ctx, deadline.Add(5*time.Second))
+		err := FinalCheck(cctx, r.t, &r.sc.Topology)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the final check did not pass within %s: %w", d, err)
+		}
+		if err := sleepUntil(ctx, time.Now().Add(200*time.Millisecond)); err != nil {
+			return err
+		}
+	}
 }

@@ -48,7 +48,10 @@ var ErrEnvironment = errors.New("environment")
 
 // Session is a running scenario: the mesh is up and steps can be run one
 // by one (the CLI's sim verbs do that by hand).
-type Session struct{ r *runner }
+type Session struct {
+	r      *runner
+	closed bool
+}
 
 // Start checks that t can perform every step of sc (an error wrapping
 // ErrUnsupported names each step it cannot), builds the mesh of sc on t,
@@ -118,7 +121,13 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 }
 
 // Close tears the mesh down.
-func (s *Session) Close() error { return s.r.t.Close() }
+func (s *Session) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.r.t.Close()
+}
 
 // Run runs sc on t from bring-up to the final check, and closes t. The
 // report says whether it passed; an error means it could not be run (it
@@ -139,6 +148,19 @@ func Run(ctx context.Context, sc *scenarios.Scenario, t Target, opts Options) (*
 	rep := s.Finish(ctx)
 	if opts.Keep != nil {
 		opts.Keep()
+	}
+	if !rep.Passed && s.r.lastChaos != nil && s.r.lastChaos.failure != nil {
+		// Shrinking replays on fresh meshes: this one goes first.
+		s.Close()
+		shrunk, repro := s.r.shrink(ctx)
+		if shrunk != nil {
+			for i := range rep.Steps {
+				if c := rep.Steps[i].Chaos; c != nil && rep.Steps[i].Name == s.r.lastChaos.st.Name && !rep.Steps[i].Passed {
+					c.Shrink = shrunk
+				}
+			}
+			rep.Repro = repro
+		}
 	}
 	return rep, nil
 }
@@ -261,6 +283,11 @@ func (r *runner) check(ctx context.Context, st *scenarios.Step, out outcome) []s
 	}
 	if e.MaxOutage != nil && out.maxOutage > *e.MaxOutage {
 		fails = append(fails, fmt.Sprintf("max outage %s, want at most %s", out.maxOutage.Round(time.Millisecond), *e.MaxOutage))
+	}
+	if e.Converge > 0 && out.chaos == nil {
+		if err := r.converged(ctx, e.Converge); err != nil {
+			fails = append(fails, err.Error())
+		}
 	}
 	for _, b := range e.Backends {
 		if err := r.checkBackends(ctx, b); err != nil {
