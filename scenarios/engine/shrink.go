@@ -39,13 +39,13 @@ const (
 
 // shrinker holds what a shrinking needs.
 type shrinker struct {
-	sc      *scenarios.Scenario
-	step    *scenarios.Step
-	opts    Options
-	want    *chaosError
+	sc       *scenarios.Scenario
+	step     *scenarios.Step
+	opts     Options
+	want     *chaosError
 	deadline time.Time
-	replays int
-	spent   bool
+	replays  int
+	spent    bool
 }
 
 // shrink reduces the failing chaos step's schedule and returns its report

@@ -16,7 +16,9 @@ import (
 	simtarget "github.com/meshbed/meshbed/sim/target"
 )
 
-func newTarget() engine.Target { return simtarget.New(simtarget.Options{Logger: slog.New(slog.DiscardHandler)}) }
+func newTarget() engine.Target {
+	return simtarget.New(simtarget.Options{Logger: slog.New(slog.DiscardHandler)})
+}
 
 // TestChaosBrokenPromise: a chaos step whose promise cannot hold fails,
 // its schedule shrinks to a repro.yaml of a handful of steps, and running
