@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 name="${1:?usage: hack/scenario.sh NAME}"
 hack/deps.sh
 go build -o bin/meshbed ./cmd/meshbed
-exec bin/meshbed scenario run "scenarios/${name}.yaml" ${REPORT:+--report "$REPORT"}
+exec bin/meshbed scenario run "scenarios/${name}.yaml" ${REPORT:+--report "$REPORT"} ${SEED:+--seed "$SEED"}

@@ -26,7 +26,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(scenarioCmd(), simCmd(), installCmd(kubeClients), clustermeshCmd(kubeClients))
+	root.AddCommand(scenarioCmd(), chaosCmd(), simCmd(), installCmd(kubeClients), clustermeshCmd(kubeClients))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshbed:", err)
 		var ee *exitError
