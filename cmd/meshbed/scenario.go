@@ -34,6 +34,34 @@ func scenarioCmd() *cobra.Command {
 			return nil
 		},
 	})
+	var planSeed int64
+	plan := &cobra.Command{
+		Use:   "plan FILE [--seed N]",
+		Short: "Print the fault schedule every chaos step of FILE draws from the seed, without running anything",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sc, err := scenarios.Load(args[0])
+			if err != nil {
+				return &exitError{2, err}
+			}
+			if cmd.Flags().Changed("seed") {
+				sc.Seed = planSeed
+			}
+			for _, st := range sc.Steps {
+				if st.Chaos == nil {
+					continue
+				}
+				faults := engine.NewSchedule(st.Chaos, &sc.Topology, sc.Seed, st.Index)
+				fmt.Fprintf(cmd.OutOrStdout(), "step %d (%s), seed %d: %d faults\n", st.Index, st.Name, sc.Seed, len(faults))
+				for i, f := range faults {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %3d  %s\n", i+1, f)
+				}
+			}
+			return nil
+		},
+	}
+	plan.Flags().Int64Var(&planSeed, "seed", 0, "seed (overrides spec.seed)")
+	cmd.AddCommand(plan)
 	var rf runFlags
 	run := &cobra.Command{
 		Use:   "run FILE",
