@@ -58,6 +58,11 @@ type OutageReport struct {
 	// client's cluster was cut off from every backend); empty when it
 	// counts.
 	Excused string `json:"excused,omitempty"`
+	// BackendsChangedSeconds is the time from the fault's start until the
+	// clusters backing the stream's service, in the datapath of its
+	// client's cluster, first changed (a withdrawal, polled every 100ms);
+	// omitted when they did not change before the mesh converged.
+	BackendsChangedSeconds *float64 `json:"backendsChangedSeconds,omitempty"`
 }
 
 // ShrinkReport is the shrinking of a failed chaos step's schedule.
@@ -83,7 +88,8 @@ type ShrinkReport struct {
 type HistoryEntry struct {
 	// Seconds is on the run clock.
 	Seconds float64 `json:"t"`
-	// Type is "fault-start", "fault-end", "outage" or "converge".
+	// Type is "fault-start", "withdraw", "fault-end", "outage" or
+	// "converge".
 	Type    string `json:"type"`
 	Step    int    `json:"step"`
 	Fault   int    `json:"fault"`
@@ -115,6 +121,13 @@ func (r *Report) History() []HistoryEntry {
 			e := base
 			e.Seconds, e.Type = f.StartSeconds, "fault-start"
 			out = append(out, e)
+			for _, o := range f.Outages {
+				if o.BackendsChangedSeconds != nil {
+					e = base
+					e.Seconds, e.Type, e.Stream = f.StartSeconds+*o.BackendsChangedSeconds, "withdraw", o.Stream
+					out = append(out, e)
+				}
+			}
 			e = base
 			e.Seconds, e.Type = f.EndSeconds, "fault-end"
 			out = append(out, e)

@@ -126,6 +126,8 @@ type chaosStream struct {
 	// when the URL names no service.
 	backends []string
 	timeout  time.Duration
+	// ns and svc name the stream's service ("" when the URL names none).
+	ns, svc string
 }
 
 // Failure kinds, which shrinking keeps: a smaller schedule counts only if
@@ -153,6 +155,7 @@ type inForce struct {
 	f     Fault
 	start time.Time
 	end   time.Time
+	watch *withdrawWatch
 }
 
 func (ch *chaosRun) run(ctx context.Context) error {
@@ -187,10 +190,13 @@ func (ch *chaosRun) run(ctx context.Context) error {
 			if err := ch.checkComponents(ctx, active); err != nil {
 				return err
 			}
+			now := time.Now()
+			watch := ch.watchWithdraw(ctx, now)
 			if err := ch.inject(ctx, f); err != nil {
+				watch.stop()
 				return &chaosError{kind: failInject, msg: fmt.Sprintf("fault %d (%s %s): %v", ev.i+1, f.Kind, f.Targets(), err)}
 			}
-			active[ev.i] = &inForce{i: ev.i, f: f, start: time.Now()}
+			active[ev.i] = &inForce{i: ev.i, f: f, start: now, watch: watch}
 			ch.injected = ev.i + 1
 			ch.r.progress.Note(fmt.Sprintf("fault %d/%d: %s %s for %s", ev.i+1, len(ch.faults), f.Kind, f.Targets(), f.Hold))
 			continue
@@ -245,32 +251,93 @@ func (ch *chaosRun) watchStreams(ctx context.Context) error {
 		streams[n] = r.traffic[n]
 	}
 	r.mu.Unlock()
-	byID := map[uint32]string{}
-	for _, c := range r.sc.Topology.Clusters {
-		byID[uint32(c.ID)] = c.Name
-	}
 	for _, n := range names {
 		s := streams[n]
 		cs := &chaosStream{name: n, s: s, from: s.from, timeout: s.timeout}
 		if ns, svc, ok := serviceOf(s.url, s.from.Namespace); ok {
-			nodes, err := ch.t.Backends(ctx, s.from.Cluster, ns, svc)
+			cs.ns, cs.svc = ns, svc
+			bs, err := ch.backendClusters(ctx, cs)
 			if err != nil {
-				return fmt.Errorf("backends of %s/%s seen from %s: %w", ns, svc, s.from.Cluster, err)
+				return err
 			}
-			seen := map[string]bool{}
-			for _, nb := range nodes {
-				for _, id := range nb.ClusterIDs {
-					seen[byID[id]] = true
-				}
-			}
-			cs.backends = sortedKeys(seen)
-			if cs.backends == nil {
-				cs.backends = []string{}
-			}
+			cs.backends = bs
 		}
 		ch.streams = append(ch.streams, cs)
 	}
 	return nil
+}
+
+// backendClusters reads, on every node of the stream's client cluster, the
+// clusters that back its service, as a sorted set.
+func (ch *chaosRun) backendClusters(ctx context.Context, s *chaosStream) ([]string, error) {
+	nodes, err := ch.t.Backends(ctx, s.from.Cluster, s.ns, s.svc)
+	if err != nil {
+		return nil, fmt.Errorf("backends of %s/%s seen from %s: %w", s.ns, s.svc, s.from.Cluster, err)
+	}
+	names := map[uint32]string{}
+	for _, c := range ch.r.sc.Topology.Clusters {
+		names[uint32(c.ID)] = c.Name
+	}
+	seen := map[string]bool{}
+	for _, nb := range nodes {
+		for _, id := range nb.ClusterIDs {
+			seen[names[id]] = true
+		}
+	}
+	out := sortedKeys(seen)
+	if out == nil {
+		out = []string{}
+	}
+	return out, nil
+}
+
+// withdrawWatch polls, during one fault, which clusters back each stream's
+// service from its client cluster, and notes when that first changed: the
+// time the mesh took to withdraw (or add back) backends.
+type withdrawWatch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	// changed maps a stream to the first change after the fault's start.
+	changed map[string]time.Duration
+}
+
+func (ch *chaosRun) watchWithdraw(ctx context.Context, start time.Time) *withdrawWatch {
+	wctx, cancel := context.WithCancel(ctx)
+	w := &withdrawWatch{cancel: cancel, done: make(chan struct{}), changed: map[string]time.Duration{}}
+	base := map[string]string{}
+	for _, s := range ch.streams {
+		if s.svc == "" {
+			continue
+		}
+		if bs, err := ch.backendClusters(wctx, s); err == nil {
+			base[s.name] = strings.Join(bs, ",")
+		}
+	}
+	go func() {
+		defer close(w.done)
+		for len(w.changed) < len(base) {
+			if sleepUntil(wctx, time.Now().Add(100*time.Millisecond)) != nil {
+				return
+			}
+			for _, s := range ch.streams {
+				b, ok := base[s.name]
+				if _, seen := w.changed[s.name]; !ok || seen {
+					continue
+				}
+				bs, err := ch.backendClusters(wctx, s)
+				if err == nil && strings.Join(bs, ",") != b {
+					w.changed[s.name] = time.Since(start)
+				}
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch; changed is complete after it.
+func (w *withdrawWatch) stop() {
+	w.cancel()
+	<-w.done
 }
 
 // serviceOf reads the service of a URL whose host is a service name
@@ -423,6 +490,9 @@ func (ch *chaosRun) settle(ctx context.Context, healed []*inForce) error {
 	if err := sleepUntil(ctx, windowEnd.Add(wait+50*time.Millisecond)); err != nil {
 		return err
 	}
+	for _, a := range healed {
+		a.watch.stop()
+	}
 	var firstErr error
 	for _, a := range healed {
 		fr := scenarios.FaultReport{
@@ -437,6 +507,10 @@ func (ch *chaosRun) settle(ctx context.Context, healed []*inForce) error {
 		var fails []string
 		for _, s := range ch.streams {
 			o, counted := ch.outage(s, a, windowEnd)
+			if d, ok := a.watch.changed[s.name]; ok {
+				sec := seconds(d)
+				o.BackendsChangedSeconds = &sec
+			}
 			fr.Outages = append(fr.Outages, o)
 			if !counted {
 				continue

@@ -65,7 +65,14 @@ func (f *fakeMesh) Nodes(_ context.Context, cluster string) ([]NodeState, error)
 	return []NodeState{{Node: "node-1", Running: converged, Desired: &state.State{}}}, nil
 }
 
+// Backends withdraws all but the first cluster's backends while a
+// partition is in force.
 func (f *fakeMesh) Backends(context.Context, string, string, string) ([]NodeBackends, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cut > 0 {
+		return []NodeBackends{{Node: "node-1", ClusterIDs: f.backends[:1]}}, nil
+	}
 	return []NodeBackends{{Node: "node-1", ClusterIDs: f.backends}}, nil
 }
 
@@ -196,6 +203,9 @@ func TestChaosOutage(t *testing.T) {
 	}
 	if c := st.Chaos; c == nil || len(c.Faults) != 1 || c.Faults[0].Passed || c.Faults[0].Outages[0].Seconds < 0.3 || c.Planned < 2 {
 		t.Fatalf("chaos report %+v", st.Chaos)
+	}
+	if w := st.Chaos.Faults[0].Outages[0].BackendsChangedSeconds; w == nil || *w > st.Chaos.Faults[0].HoldSeconds {
+		t.Errorf("the withdrawal was not seen during the fault: %v", w)
 	}
 
 	f = newFakeMesh()
