@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	kindtarget "github.com/meshbed/meshbed/kind/target"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	simtarget "github.com/meshbed/meshbed/sim/target"
@@ -65,7 +67,7 @@ func scenarioCmd() *cobra.Command {
 	var rf runFlags
 	run := &cobra.Command{
 		Use:   "run FILE",
-		Short: "Run a scenario in the simulator (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
+		Short: "Run a scenario in the simulator or on Kind clusters (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc, err := scenarios.Load(args[0])
@@ -85,26 +87,33 @@ func scenarioCmd() *cobra.Command {
 
 // runFlags are the flags of scenario run and chaos run.
 type runFlags struct {
-	reportDir, logFile string
-	keep, verbose      bool
-	seed               int64
-	shrinkBudget       time.Duration
+	reportDir, logFile, targetName string
+	keep, verbose                  bool
+	kindOpts                       kindtarget.Options
+	contexts                       []string
+	seed                           int64
+	shrinkBudget                   time.Duration
 }
 
-func (rf *runFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&rf.reportDir, "report", "", "write report.json, report.html (and for chaos steps history.jsonl, and repro.yaml on failure) into this directory")
-	cmd.Flags().BoolVar(&rf.keep, "keep", false, "keep the mesh running after the run until Ctrl-C")
-	cmd.Flags().StringVar(&rf.logFile, "log-file", "", "write the mesh components' logs to this file")
-	cmd.Flags().BoolVarP(&rf.verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
-	cmd.Flags().Int64Var(&rf.seed, "seed", 0, "seed of every random choice (overrides spec.seed)")
-	cmd.Flags().DurationVar(&rf.shrinkBudget, "shrink-budget", engine.DefaultShrinkBudget, "time allowed for shrinking a failed chaos step (0 disables shrinking)")
+func (rf *runFlags) add(run *cobra.Command) {
+	f := run.Flags()
+	f.StringVar(&rf.reportDir, "report", "", "write report.json, report.html (and for chaos steps history.jsonl, and repro.yaml on failure) into this directory")
+	f.BoolVar(&rf.keep, "keep", false, "sim: keep the mesh running after the run until Ctrl-C; kind: do not delete the clusters created")
+	f.StringVar(&rf.targetName, "target", "sim", "where to run: sim (the simulator) or kind (Kind clusters)")
+	f.StringArrayVar(&rf.contexts, "context", nil, "kind: CLUSTER=CONTEXT, an existing cluster with meshbed installed for each cluster of the topology (repeat; none: create Kind clusters meshbed-<cluster>)")
+	f.StringVar(&rf.kindOpts.Kubeconfig, "kubeconfig", "", "kind: kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	f.StringVar(&rf.kindOpts.CADir, "ca-dir", defaultCADir(), "kind: directory of the mesh CA")
+	f.StringVar(&rf.kindOpts.NodeImage, "node-image", os.Getenv("NODE_IMAGE"), "kind: node image of created clusters (default $NODE_IMAGE)")
+	f.StringVar(&rf.kindOpts.MeshbedImage, "meshbed-image", os.Getenv("MESHBED_IMAGE"), "kind: meshbed's image (default $MESHBED_IMAGE)")
+	f.StringVar(&rf.kindOpts.DemoImage, "demo-image", os.Getenv("DEMO_IMAGE"), "kind: the echo and client image that replaces workload images (default $DEMO_IMAGE)")
+	f.StringVar(&rf.logFile, "log-file", "", "write the mesh components' logs to this file")
+	f.BoolVarP(&rf.verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	f.Int64Var(&rf.seed, "seed", 0, "seed of every random choice (overrides spec.seed)")
+	f.DurationVar(&rf.shrinkBudget, "shrink-budget", engine.DefaultShrinkBudget, "time allowed for shrinking a failed chaos step, each replay on a fresh mesh (0 disables shrinking)")
 }
 
-// runScenario runs sc in the simulator and writes its report.
+// runScenario runs sc on the chosen target and writes its report.
 func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error {
-	if os.Geteuid() != 0 {
-		return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	logger, closeLog, err := componentLogger(rf.logFile, rf.verbose, cmd.ErrOrStderr())
@@ -112,16 +121,40 @@ func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error 
 		return &exitError{2, err}
 	}
 	defer closeLog()
-	newTarget := func() engine.Target { return simtarget.New(simtarget.Options{Logger: logger}) }
 	opts := engine.Options{Progress: cmd.OutOrStdout(), ShrinkBudget: rf.shrinkBudget}
+	var newTarget func() engine.Target
+	switch rf.targetName {
+	case "sim":
+		if len(rf.contexts) > 0 {
+			return &exitError{2, errors.New("--context: only with --target kind")}
+		}
+		if os.Geteuid() != 0 {
+			return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
+		}
+		if rf.keep {
+			opts.Keep = func() {
+				fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
+				<-ctx.Done()
+			}
+		}
+		newTarget = func() engine.Target { return simtarget.New(simtarget.Options{Logger: logger}) }
+	case "kind":
+		kindOpts := rf.kindOpts
+		if kindOpts.Contexts, err = parseContexts(rf.contexts); err != nil {
+			return &exitError{2, err}
+		}
+		kindOpts.Keep, kindOpts.Logger = rf.keep, logger
+		if err := kindtarget.New(kindOpts).Check(sc); err != nil {
+			return &exitError{2, fmt.Errorf("%s: target kind: %w", sc.File, err)}
+		}
+		// Pods start and agents sync in seconds, not milliseconds.
+		opts.SettleTimeout = 5 * time.Minute
+		newTarget = func() engine.Target { return kindtarget.New(kindOpts) }
+	default:
+		return &exitError{2, fmt.Errorf("--target %q: want sim or kind", rf.targetName)}
+	}
 	if rf.shrinkBudget > 0 {
 		opts.NewTarget = newTarget
-	}
-	if rf.keep {
-		opts.Keep = func() {
-			fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
-			<-ctx.Done()
-		}
 	}
 	rep, err := engine.Run(ctx, sc, newTarget(), opts)
 	if err != nil {
@@ -147,6 +180,27 @@ func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error 
 		return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
 	}
 	return nil
+}
+
+// parseContexts reads --context CLUSTER=CONTEXT flags.
+func parseContexts(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	var errs []error
+	for _, f := range flags {
+		name, kctx, ok := strings.Cut(f, "=")
+		switch {
+		case !ok || name == "" || kctx == "":
+			errs = append(errs, fmt.Errorf("--context %q: want CLUSTER=CONTEXT", f))
+		case m[name] != "":
+			errs = append(errs, fmt.Errorf("--context %q: cluster %s given twice", f, name))
+		default:
+			m[name] = kctx
+		}
+	}
+	return m, errors.Join(errs...)
 }
 
 func componentLogger(file string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {
