@@ -142,8 +142,9 @@ const (
 // chaosError is a broken promise of a chaos step.
 type chaosError struct {
 	kind string
-	// stream is the stream of an outage.
+	// stream is the stream of an outage, ratio the outage over the bound.
 	stream string
+	ratio  float64
 	msg    string
 }
 
@@ -522,7 +523,7 @@ func (ch *chaosRun) settle(ctx context.Context, healed []*inForce) error {
 				msg := fmt.Sprintf("stream %s (%s): outage %s, want at most %s", s.name, s.from, d.Round(time.Millisecond), *ch.maxOutage)
 				fails = append(fails, msg)
 				if firstErr == nil {
-					firstErr = &chaosError{kind: failOutage, stream: s.name,
+					firstErr = &chaosError{kind: failOutage, stream: s.name, ratio: float64(d) / float64(*ch.maxOutage),
 						msg: fmt.Sprintf("fault %d (%s %s): %s", a.i+1, a.f.Kind, a.f.Targets(), msg)}
 				}
 			}

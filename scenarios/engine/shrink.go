@@ -26,6 +26,13 @@ const DefaultShrinkBudget = 4 * time.Minute
 //  3. each hold halved while the failure persists (down to minHold);
 //  4. members dropped from partition groups of more than one member.
 //
+// A shorter hold is kept only when the outage still exceeds the bound by
+// holdMargin, so that the result does not sit on the edge of the bound.
+// At the end the smallest schedule is replayed once more; when it passes
+// that time, the schedule accepted before it is tried, and so on (the
+// confirmations may overrun the budget by confirmReplays replays), so
+// that repro.yaml failed at least twice.
+//
 // The smallest failing schedule is written as an ordinary scenario
 // (Report.Repro, repro.yaml): the steps before the chaos step, then
 // explicit wait, partition, stop, restart, heal and start steps, each heal
@@ -33,8 +40,10 @@ const DefaultShrinkBudget = 4 * time.Minute
 // stopTraffic for every stream, with the step's maxOutage on the stream
 // whose outage broke the promise.
 const (
-	minQuiet = time.Second
-	minHold  = 500 * time.Millisecond
+	minQuiet       = time.Second
+	minHold        = 500 * time.Millisecond
+	holdMargin     = 1.25
+	confirmReplays = 3
 )
 
 // shrinker holds what a shrinking needs.
@@ -95,7 +104,12 @@ func (ch *chaosRun) streamNames() []string {
 // when no candidate failed the same way.
 func (s *shrinker) run(ctx context.Context, prefix []Fault) ([]Fault, string) {
 	var best []Fault
-	var msg string
+	type accepted struct {
+		fs  []Fault
+		msg string
+	}
+	var stack []accepted
+	margin := 0.0 // the outage ratio a candidate must reach
 	try := func(c []Fault) bool {
 		if s.spent || ctx.Err() != nil {
 			return false
@@ -104,11 +118,13 @@ func (s *shrinker) run(ctx context.Context, prefix []Fault) ([]Fault, string) {
 			s.spent = true
 			return false
 		}
-		ok, m := s.fails(ctx, c)
-		if ok {
-			best, msg = c, m
+		ce := s.fails(ctx, c)
+		if ce == nil || (ce.kind == failOutage && ce.ratio < margin) {
+			return false
 		}
-		return ok
+		best = c
+		stack = append(stack, accepted{c, ce.msg})
+		return true
 	}
 	// 1. Drop faults: the last one alone, else the whole prefix, then ddmin.
 	last := []Fault{prefix[len(prefix)-1]}
@@ -140,7 +156,8 @@ func (s *shrinker) run(ctx context.Context, prefix []Fault) ([]Fault, string) {
 	if quiet := compress(best, minQuiet); !sameSchedule(quiet, best) {
 		try(quiet)
 	}
-	// 3. Holds halved while the failure persists.
+	// 3. Holds halved while the failure persists, by a margin.
+	margin = holdMargin
 	for i := range best {
 		for !s.spent && best[i].Hold/2 >= minHold {
 			cand := append([]Fault(nil), best...)
@@ -150,6 +167,7 @@ func (s *shrinker) run(ctx context.Context, prefix []Fault) ([]Fault, string) {
 			}
 		}
 	}
+	margin = 0
 	// 4. Partition groups with fewer members.
 	for i := range best {
 		p := best[i].Partition
@@ -169,7 +187,19 @@ func (s *shrinker) run(ctx context.Context, prefix []Fault) ([]Fault, string) {
 			}
 		}
 	}
-	return best, msg
+	// Confirm: the result must fail again.
+	for n := 0; len(stack) > 0 && n < confirmReplays && ctx.Err() == nil; n++ {
+		top := stack[len(stack)-1]
+		if ce := s.fails(ctx, top.fs); ce != nil {
+			return top.fs, top.msg
+		}
+		stack = stack[:len(stack)-1]
+	}
+	if len(stack) == 0 {
+		return nil, ""
+	}
+	// Out of confirmations: the last accepted schedule, failed once.
+	return stack[len(stack)-1].fs, stack[len(stack)-1].msg
 }
 
 func sameSchedule(a, b []Fault) bool {
@@ -214,8 +244,8 @@ func compress(fs []Fault, quiet time.Duration) []Fault {
 }
 
 // fails replays the scenario up to the chaos step with schedule c on a
-// fresh mesh, and reports whether it broke the same promise.
-func (s *shrinker) fails(ctx context.Context, c []Fault) (bool, string) {
+// fresh mesh, and returns its failure when it broke the same promise.
+func (s *shrinker) fails(ctx context.Context, c []Fault) *chaosError {
 	s.replays++
 	sc := *s.sc
 	idx := -1
@@ -235,7 +265,7 @@ func (s *shrinker) fails(ctx context.Context, c []Fault) (bool, string) {
 	defer cancel()
 	sess, err := Start(rctx, &sc, s.opts.NewTarget(), opts)
 	if err != nil {
-		return false, ""
+		return nil
 	}
 	defer sess.Close()
 	for i := range sc.Steps {
@@ -245,9 +275,9 @@ func (s *shrinker) fails(ctx context.Context, c []Fault) (bool, string) {
 	var ce *chaosError
 	got := sess.r.lastChaos
 	if got == nil || !errors.As(got.failure, &ce) || ce.kind != s.want.kind || ce.stream != s.want.stream {
-		return false, ""
+		return nil
 	}
-	return true, ce.msg
+	return ce
 }
 
 // stopAllTraffic stops every stream still running.
