@@ -19,13 +19,7 @@ import (
 func Encode(sc *Scenario) ([]byte, error) {
 	var b bytes.Buffer
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	j := func(v any) string {
-		out, err := json.Marshal(v)
-		if err != nil {
-			panic(err) // only maps, slices, strings, numbers and bools here
-		}
-		return string(out)
-	}
+	j := flowJSON
 	w("apiVersion: %s\nkind: %s\nmetadata:\n  name: %s\n", APIVersion, Kind, j(sc.Name))
 	if sc.Description != "" {
 		w("  description: %s\n", j(sc.Description))
@@ -75,6 +69,18 @@ func Encode(sc *Scenario) ([]byte, error) {
 		}
 	}
 	return b.Bytes(), nil
+}
+
+// flowJSON writes v as JSON, which YAML reads as flow style; ">" and "&"
+// stay as they are.
+func flowJSON(v any) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(err) // only maps, slices, strings, numbers and bools here
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 func indent(text, prefix string) string {

@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -173,13 +172,7 @@ func Experiment(sc *Scenario, o ExperimentOptions) (*Scenario, error) {
 	return out, nil
 }
 
-func mustJSON(v any) string {
-	out, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(out)
-}
+func mustJSON(v any) string { return flowJSON(v) }
 
 // selected reports whether a Service selects the deployment's pods.
 func selected(dep *appsv1.Deployment, services []*corev1.Service) bool {
