@@ -1,5 +1,5 @@
 # The Makefile only delegates to hack/ scripts.
-.PHONY: all build test check e2e generate generate-check bench scenario deps clean
+.PHONY: all build test check e2e generate generate-check bench scenario chaos-test deps clean
 
 all: build
 
@@ -35,9 +35,13 @@ generate-check: generate
 bench:
 	hack/bench.sh
 
-# make scenario NAME=failover [TARGET=sim|kind] [REPORT=dir] [KEEP=1]
+# make scenario NAME=failover [TARGET=sim|kind] [REPORT=dir] [KEEP=1] [SEED=n]
 scenario:
 	hack/scenario.sh $(NAME)
+
+# The long chaos tests (minutes; not in make test). COUNT=n repeats them.
+chaos-test:
+	hack/chaos-test.sh
 
 clean:
 	rm -rf bin

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make scenario NAME=failover [TARGET=sim|kind] [REPORT=dir] [KEEP=1]
+# make scenario NAME=failover [TARGET=sim|kind] [REPORT=dir] [KEEP=1] [SEED=n]
 #
 # Builds meshbed and runs scenarios/$NAME.yaml in the simulator (TARGET=sim,
 # the default) or on Kind clusters made from its topology (TARGET=kind:
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 name="${1:?usage: hack/scenario.sh NAME [meshbed scenario run flags]}"
 shift
 target=${TARGET:-sim}
-args=(--target "$target" ${REPORT:+--report "$REPORT"} ${KEEP:+--keep})
+args=(--target "$target" ${REPORT:+--report "$REPORT"} ${KEEP:+--keep} ${SEED:+--seed "$SEED"})
 case "$target" in
 sim)
 	hack/deps.sh

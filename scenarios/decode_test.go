@@ -269,6 +269,9 @@ func dump(sc *Scenario) string {
 		if e.Encrypted != nil {
 			fmt.Fprintf(&b, " encrypted=%t", *e.Encrypted)
 		}
+		if e.Converge > 0 {
+			fmt.Fprintf(&b, " converge=%s", e.Converge)
+		}
 		for _, be := range e.Backends {
 			fmt.Fprintf(&b, " backends=%+v", be)
 		}

@@ -44,6 +44,10 @@ type htmlView struct {
 	// Explanations and Events: the decision events (html_events.go).
 	Explanations []explanationRow
 	Events       []eventRow
+	// Faults lists chaos steps' faults, Shrink their shrinking
+	// (chaoshtml.go).
+	Faults []faultRow
+	Shrink string
 }
 
 type legendItem struct {
@@ -59,6 +63,8 @@ type timelineView struct {
 	Markers                  []marker
 	// EventMarks are the decision events drawn on the timeline.
 	EventMarks []eventMark
+	// Bands are a chaos step's faults (chaoshtml.go).
+	Bands []band
 }
 
 type line struct{ X1, Y1, X2, Y2 string }
@@ -112,12 +118,15 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		v.Legend = append(v.Legend, legendItem{Name: c, Class: cl})
 	}
 	span := r.timeSpan()
+	bands := faultBands(r, span)
 	for _, s := range r.Streams {
 		tv := timeline(s, r.Steps, span, classOf)
 		tv.EventMarks = eventMarks(s, r.Steps, r.Events, span)
+		tv.Bands = bands
 		v.Timelines = append(v.Timelines, tv)
 	}
 	v.Explanations, v.Events = explanationRows(r), eventRows(r)
+	v.Faults, v.Shrink = faultRows(r)
 	for i, s := range r.Steps {
 		v.Steps = append(v.Steps, row(i+1, s))
 	}
@@ -335,7 +344,8 @@ ul.explain li{margin:2px 0}ul.explain .when{color:#555}
 <svg viewBox="0 0 {{$.W}} {{$.H}}" role="img" aria-label="timeline of {{.Name}}">
 <g class="axis">{{range .Grid}}<line class="grid" x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}"/>{{end}}
 {{range $i, $t := .Ticks}}<text class="{{if lt $i 3}}y{{else}}x{{end}}" x="{{$t.X}}" y="{{$t.Y}}">{{$t.Text}}</text>{{end}}</g>
-<g class="bars">{{range .Bars}}<g><title>{{.Title}}</title>{{range .Rects}}<rect class="{{.Class}}" x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}"/>{{end}}</g>
+{{if .Bands}}<g class="bands">{{range .Bands}}<rect class="band {{.Class}}" x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}"><title>{{.Title}}</title></rect>{{end}}</g>
+{{end}}<g class="bars">{{range .Bars}}<g><title>{{.Title}}</title>{{range .Rects}}<rect class="{{.Class}}" x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}"/>{{end}}</g>
 {{end}}</g>
 <g class="markers">{{range .Markers}}<g class="m {{.Class}}"><title>{{.Title}}</title><line x1="{{.Line.X1}}" y1="{{.Line.Y1}}" x2="{{.Line.X2}}" y2="{{.Line.Y2}}"/>{{if .ShowLabel}}<text class="{{.LabelClass}}" x="{{.Label.X}}" y="{{.Label.Y}}">{{.Label.Text}}</text>{{end}}</g>
 {{end}}</g>
@@ -347,7 +357,18 @@ ul.explain li{margin:2px 0}ul.explain .when{color:#555}
 <ul class="explain">{{range .Explanations}}<li><span class="when">step {{.Step}} ({{.StepName}}):</span> {{.Text}}</li>
 {{end}}</ul>
 {{end}}
-<h2>Steps</h2>
+{{if .Faults}}
+<style>.band{fill-opacity:.16}.band.partition{fill:#7b1fa2}.band.stop{fill:#e65100}.band.restart{fill:#0277bd}.band.failed{fill:#c62828;fill-opacity:.3}</style>
+<h2>Chaos faults</h2>
+<p class="legend kinds">bands on the timelines: <span style="color:#7b1fa2">partition</span><span style="color:#e65100">stop</span><span style="color:#0277bd">restart</span><span style="color:#c62828">broke a promise</span> — from injection to heal; hover for details</p>
+<table>
+<thead><tr><th>step</th><th>#</th><th>kind</th><th>targets</th><th>start</th><th>hold</th><th>worst outage</th><th>converged after</th><th>result</th></tr></thead>
+<tbody>
+{{range .Faults}}<tr{{if not .Passed}} class="failed"{{end}}><td class="n">{{.Step}}</td><td class="n">{{.Index}}</td><td>{{.Kind}}</td><td>{{.Targets}}</td><td class="n">{{.Start}}</td><td class="n">{{.Hold}}</td><td class="n">{{.Outage}}</td><td class="n">{{.Converge}}</td><td class="msg">{{if .Passed}}<span class="ok">pass</span>{{else}}<span class="bad">FAIL</span> {{.Message}}{{end}}</td></tr>
+{{end}}</tbody>
+</table>
+{{if .Shrink}}<p class="facts">{{.Shrink}}</p>{{end}}
+{{end}}<h2>Steps</h2>
 <table>
 <thead><tr><th>#</th><th>step</th><th>action</th><th>result</th><th>start</th><th>took</th><th>held after</th><th>responses</th><th>errors</th><th>max outage</th><th>message</th></tr></thead>
 <tbody>

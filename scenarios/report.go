@@ -34,6 +34,9 @@ type Report struct {
 	// the scenario ran, such as a policy enforced with less than it says
 	// (DNS rules enforced at L4 only). Omitted when there are none.
 	Warnings []string `json:"warnings,omitempty"`
+	// Repro is not in report.json: repro.yaml, the shrunk schedule of a
+	// failed chaos step as a scenario file (nil when nothing was shrunk).
+	Repro []byte `json:"-"`
 	// Substitutions are the images a target replaced by meshbed's own
 	// (Kind: no registry), one line each. Omitted when there are none.
 	Substitutions []string `json:"substitutions,omitempty"`
@@ -78,6 +81,8 @@ type StepReport struct {
 	// StartSeconds is not in docs/scenarios.md: when the step started, on the
 	// run clock, for the step markers of report.html's timelines.
 	StartSeconds float64 `json:"startSeconds"`
+	// Chaos is a chaos step's faults and observations (chaosreport.go).
+	Chaos *ChaosReport `json:"chaos,omitempty"`
 }
 
 // FinalReport is the result of the final convergence check.

@@ -281,6 +281,7 @@ type Step struct {
 	Restart     *Restart
 	Wait        *Wait
 	AddNode     *AddNode
+	Chaos       *Chaos
 
 	Expect Expect
 }
@@ -325,6 +326,8 @@ func (s *Step) Action() Action {
 		return s.Wait
 	case s.AddNode != nil:
 		return s.AddNode
+	case s.Chaos != nil:
+		return s.Chaos
 	}
 	return nil
 }
@@ -508,6 +511,7 @@ type AddNode struct {
 
 func (*AddNode) ActionName() string { return "addNode" }
 func (*Wait) ActionName() string    { return "wait" }
+func (*Chaos) ActionName() string   { return "chaos" }
 
 // Expect holds a step's expectations; the zero value expects nothing.
 type Expect struct {
@@ -520,8 +524,11 @@ type Expect struct {
 	// Errors bounds the failed requests (curl, stopTraffic).
 	Errors *Matcher
 	// MaxOutage bounds the longest stretch in which every request failed
-	// (stopTraffic).
+	// (stopTraffic; chaos: of every running stream during every fault).
 	MaxOutage *time.Duration
+	// Converge (chaos; heal, start and restart) bounds the time after
+	// every heal until the final check passes.
+	Converge time.Duration
 	// Backends and KVStore are state expectations (any step). The file may
 	// give one object or a list.
 	Backends []BackendsExpect
@@ -538,7 +545,7 @@ type Expect struct {
 
 // IsZero reports whether e expects nothing.
 func (e *Expect) IsZero() bool {
-	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
+	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil && e.Converge == 0 &&
 		e.Backends == nil && e.KVStore == nil && e.Encrypted == nil && e.Events == nil
 }
 

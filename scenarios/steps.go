@@ -15,7 +15,7 @@ import (
 // actionKeys are the step keys that are actions, in the order of
 // docs/scenarios.md.
 var actionKeys = []string{"apply", "delete", "scale", "annotate", "curl", "traffic", "stopTraffic",
-	"partition", "heal", "stop", "start", "restart", "wait", "addNode"}
+	"partition", "heal", "stop", "start", "restart", "wait", "addNode", "chaos"}
 
 var stepKeys = append([]string{"name", "expect"}, actionKeys...)
 
@@ -128,6 +128,8 @@ func (d *decoder) action(step *Step, key string, v any, st *state) {
 				st.added[c]++ // later steps may name the new node
 			}
 		}
+	case "chaos":
+		step.Chaos = d.chaos(key, v, st)
 	}
 }
 
@@ -663,7 +665,8 @@ var expectAppliesTo = map[string][]string{
 	"within":    nil,
 	"responses": {"curl", "stopTraffic"},
 	"errors":    {"curl", "stopTraffic"},
-	"maxOutage": {"stopTraffic"},
+	"maxOutage": {"stopTraffic", "chaos"},
+	"converge":  {"chaos", "heal", "start", "restart"},
 	"backends":  nil,
 	"kvstore":   nil,
 	"encrypted": {"curl"},
@@ -671,7 +674,7 @@ var expectAppliesTo = map[string][]string{
 }
 
 func (d *decoder) expect(field string, v any, action string, st *state) Expect {
-	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore", "encrypted", "events")
+	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "converge", "backends", "kvstore", "encrypted", "events")
 	if m == nil {
 		return Expect{}
 	}
@@ -684,7 +687,14 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 		}
 	}
 	if v, ok := get(m, "within"); ok {
-		e.Within, _ = d.duration(join(field, "within"), v, false)
+		if action == "chaos" {
+			d.errorf(join(field, "within"), "does not apply to chaos steps: every fault is checked as it happens (use converge)")
+		} else {
+			e.Within, _ = d.duration(join(field, "within"), v, false)
+		}
+	}
+	if v, ok := get(m, "converge"); ok {
+		e.Converge, _ = d.duration(join(field, "converge"), v, false)
 	}
 	if v, ok := get(m, "responses"); ok {
 		rf := join(field, "responses")

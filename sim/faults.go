@@ -88,3 +88,45 @@ func (m *Mesh) Recover() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ComponentStatus is one mesh process of a cluster: Node is set for an
+// agent; Exited holds the error of a process that ended on its own.
+type ComponentStatus struct {
+	Component Component
+	Node      string
+	Running   bool
+	Exited    error
+}
+
+// Components reports the cluster's apiserver, its kvstoremesh (when the
+// mesh runs them) and every node's agent. A process that ended without
+// being stopped is not running and carries its error (nil when it
+// returned without one).
+func (c *Cluster) Components() []ComponentStatus {
+	status := func(comp Component, node string, p *proc) ComponentStatus {
+		s := ComponentStatus{Component: comp, Node: node, Running: p != nil}
+		if p != nil {
+			if done, err := p.exited(); done {
+				s.Running = false
+				s.Exited = err
+				if err == nil {
+					s.Exited = errors.New("exited")
+				}
+			}
+		}
+		return s
+	}
+	c.mu.Lock()
+	out := []ComponentStatus{status(ComponentAPIServer, "", c.apiserver)}
+	if c.mesh.spec.KVStoreMesh {
+		out = append(out, status(ComponentKVStoreMesh, "", c.kvstoremesh))
+	}
+	c.mu.Unlock()
+	for _, n := range c.nodes {
+		n.mu.Lock()
+		p := n.proc
+		n.mu.Unlock()
+		out = append(out, status(ComponentAgent, n.name, p))
+	}
+	return out
+}

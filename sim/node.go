@@ -265,6 +265,16 @@ func startProc(parent context.Context, log *slog.Logger, name string, run func(c
 	return p
 }
 
+// exited reports whether the process ended on its own, with its error.
+func (p *proc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
 func (p *proc) stop() error {
 	p.cancel()
 	<-p.done

@@ -27,7 +27,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(scenarioCmd(), simCmd(), installCmd(clustermesh.KubeClients), clustermeshCmd(clustermesh.KubeClients), observeCmd(clustermesh.KubeClients))
+	root.AddCommand(scenarioCmd(), chaosCmd(), simCmd(), installCmd(clustermesh.KubeClients), clustermeshCmd(clustermesh.KubeClients), observeCmd(clustermesh.KubeClients))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshbed:", err)
 		var ee *exitError

@@ -36,10 +36,35 @@ func scenarioCmd() *cobra.Command {
 			return nil
 		},
 	})
-	var reportDir, logFile, targetName string
-	var keep, verbose bool
-	var kindOpts kindtarget.Options
-	var contexts []string
+	var planSeed int64
+	plan := &cobra.Command{
+		Use:   "plan FILE [--seed N]",
+		Short: "Print the fault schedule every chaos step of FILE draws from the seed, without running anything",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sc, err := scenarios.Load(args[0])
+			if err != nil {
+				return &exitError{2, err}
+			}
+			if cmd.Flags().Changed("seed") {
+				sc.Seed = planSeed
+			}
+			for _, st := range sc.Steps {
+				if st.Chaos == nil {
+					continue
+				}
+				faults := engine.NewSchedule(st.Chaos, &sc.Topology, sc.Seed, st.Index)
+				fmt.Fprintf(cmd.OutOrStdout(), "step %d (%s), seed %d: %d faults\n", st.Index, st.Name, sc.Seed, len(faults))
+				for i, f := range faults {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %3d  %s\n", i+1, f)
+				}
+			}
+			return nil
+		},
+	}
+	plan.Flags().Int64Var(&planSeed, "seed", 0, "seed (overrides spec.seed)")
+	cmd.AddCommand(plan)
+	var rf runFlags
 	run := &cobra.Command{
 		Use:   "run FILE",
 		Short: "Run a scenario in the simulator or on Kind clusters (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
@@ -49,74 +74,112 @@ func scenarioCmd() *cobra.Command {
 			if err != nil {
 				return &exitError{2, err}
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			logger, closeLog, err := componentLogger(logFile, verbose, cmd.ErrOrStderr())
-			if err != nil {
-				return &exitError{2, err}
+			if cmd.Flags().Changed("seed") {
+				sc.Seed = rf.seed
 			}
-			defer closeLog()
-			opts := engine.Options{Progress: cmd.OutOrStdout()}
-			var target engine.Target
-			switch targetName {
-			case "sim":
-				if len(contexts) > 0 {
-					return &exitError{2, errors.New("--context: only with --target kind")}
-				}
-				if os.Geteuid() != 0 {
-					return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
-				}
-				if keep {
-					opts.Keep = func() {
-						fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
-						<-ctx.Done()
-					}
-				}
-				target = simtarget.New(simtarget.Options{Logger: logger})
-			case "kind":
-				if kindOpts.Contexts, err = parseContexts(contexts); err != nil {
-					return &exitError{2, err}
-				}
-				kindOpts.Keep, kindOpts.Logger = keep, logger
-				kt := kindtarget.New(kindOpts)
-				if err := kt.Check(sc); err != nil {
-					return &exitError{2, fmt.Errorf("%s: target kind: %w", args[0], err)}
-				}
-				// Pods start and agents sync in seconds, not milliseconds.
-				opts.SettleTimeout = 5 * time.Minute
-				target = kt
-			default:
-				return &exitError{2, fmt.Errorf("--target %q: want sim or kind", targetName)}
-			}
-			rep, err := engine.Run(ctx, sc, target, opts)
-			if err != nil {
-				return &exitError{2, err}
-			}
-			if reportDir != "" {
-				if err := writeReport(reportDir, rep); err != nil {
-					return &exitError{2, err}
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "report: %s\n", filepath.Join(reportDir, "report.html"))
-			}
-			if !rep.Passed {
-				return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
-			}
-			return nil
+			return runScenario(cmd, sc, rf)
 		},
 	}
-	run.Flags().StringVar(&reportDir, "report", "", "write report.json and report.html into this directory")
-	run.Flags().BoolVar(&keep, "keep", false, "sim: keep the mesh running after the run until Ctrl-C; kind: do not delete the clusters created")
-	run.Flags().StringVar(&targetName, "target", "sim", "where to run: sim (the simulator) or kind (Kind clusters)")
-	run.Flags().StringArrayVar(&contexts, "context", nil, "kind: CLUSTER=CONTEXT, an existing cluster with meshbed installed for each cluster of the topology (repeat; none: create Kind clusters meshbed-<cluster>)")
-	run.Flags().StringVar(&kindOpts.Kubeconfig, "kubeconfig", "", "kind: kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
-	run.Flags().StringVar(&kindOpts.CADir, "ca-dir", defaultCADir(), "kind: directory of the mesh CA")
-	run.Flags().StringVar(&kindOpts.NodeImage, "node-image", os.Getenv("NODE_IMAGE"), "kind: node image of created clusters (default $NODE_IMAGE)")
-	run.Flags().StringVar(&kindOpts.MeshbedImage, "meshbed-image", os.Getenv("MESHBED_IMAGE"), "kind: meshbed's image (default $MESHBED_IMAGE)")
-	run.Flags().StringVar(&kindOpts.DemoImage, "demo-image", os.Getenv("DEMO_IMAGE"), "kind: the echo and client image that replaces workload images (default $DEMO_IMAGE)")
-	run.Flags().StringVar(&logFile, "log-file", "", "write the mesh components' logs to this file")
-	run.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	rf.add(run)
 	cmd.AddCommand(run)
 	return cmd
+}
+
+// runFlags are the flags of scenario run and chaos run.
+type runFlags struct {
+	reportDir, logFile, targetName string
+	keep, verbose                  bool
+	kindOpts                       kindtarget.Options
+	contexts                       []string
+	seed                           int64
+	shrinkBudget                   time.Duration
+}
+
+func (rf *runFlags) add(run *cobra.Command) {
+	f := run.Flags()
+	f.StringVar(&rf.reportDir, "report", "", "write report.json, report.html (and for chaos steps history.jsonl, and repro.yaml on failure) into this directory")
+	f.BoolVar(&rf.keep, "keep", false, "sim: keep the mesh running after the run until Ctrl-C; kind: do not delete the clusters created")
+	f.StringVar(&rf.targetName, "target", "sim", "where to run: sim (the simulator) or kind (Kind clusters)")
+	f.StringArrayVar(&rf.contexts, "context", nil, "kind: CLUSTER=CONTEXT, an existing cluster with meshbed installed for each cluster of the topology (repeat; none: create Kind clusters meshbed-<cluster>)")
+	f.StringVar(&rf.kindOpts.Kubeconfig, "kubeconfig", "", "kind: kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	f.StringVar(&rf.kindOpts.CADir, "ca-dir", defaultCADir(), "kind: directory of the mesh CA")
+	f.StringVar(&rf.kindOpts.NodeImage, "node-image", os.Getenv("NODE_IMAGE"), "kind: node image of created clusters (default $NODE_IMAGE)")
+	f.StringVar(&rf.kindOpts.MeshbedImage, "meshbed-image", os.Getenv("MESHBED_IMAGE"), "kind: meshbed's image (default $MESHBED_IMAGE)")
+	f.StringVar(&rf.kindOpts.DemoImage, "demo-image", os.Getenv("DEMO_IMAGE"), "kind: the echo and client image that replaces workload images (default $DEMO_IMAGE)")
+	f.StringVar(&rf.logFile, "log-file", "", "write the mesh components' logs to this file")
+	f.BoolVarP(&rf.verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	f.Int64Var(&rf.seed, "seed", 0, "seed of every random choice (overrides spec.seed)")
+	f.DurationVar(&rf.shrinkBudget, "shrink-budget", engine.DefaultShrinkBudget, "time allowed for shrinking a failed chaos step, each replay on a fresh mesh (0 disables shrinking)")
+}
+
+// runScenario runs sc on the chosen target and writes its report.
+func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger, closeLog, err := componentLogger(rf.logFile, rf.verbose, cmd.ErrOrStderr())
+	if err != nil {
+		return &exitError{2, err}
+	}
+	defer closeLog()
+	opts := engine.Options{Progress: cmd.OutOrStdout(), ShrinkBudget: rf.shrinkBudget}
+	var newTarget func() engine.Target
+	switch rf.targetName {
+	case "sim":
+		if len(rf.contexts) > 0 {
+			return &exitError{2, errors.New("--context: only with --target kind")}
+		}
+		if os.Geteuid() != 0 {
+			return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
+		}
+		if rf.keep {
+			opts.Keep = func() {
+				fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
+				<-ctx.Done()
+			}
+		}
+		newTarget = func() engine.Target { return simtarget.New(simtarget.Options{Logger: logger}) }
+	case "kind":
+		kindOpts := rf.kindOpts
+		if kindOpts.Contexts, err = parseContexts(rf.contexts); err != nil {
+			return &exitError{2, err}
+		}
+		kindOpts.Keep, kindOpts.Logger = rf.keep, logger
+		if err := kindtarget.New(kindOpts).Check(sc); err != nil {
+			return &exitError{2, fmt.Errorf("%s: target kind: %w", sc.File, err)}
+		}
+		// Pods start and agents sync in seconds, not milliseconds.
+		opts.SettleTimeout = 5 * time.Minute
+		newTarget = func() engine.Target { return kindtarget.New(kindOpts) }
+	default:
+		return &exitError{2, fmt.Errorf("--target %q: want sim or kind", rf.targetName)}
+	}
+	if rf.shrinkBudget > 0 {
+		opts.NewTarget = newTarget
+	}
+	rep, err := engine.Run(ctx, sc, newTarget(), opts)
+	if err != nil {
+		return &exitError{2, err}
+	}
+	dir := rf.reportDir
+	if dir == "" && rep.Repro != nil {
+		// A shrunk failure is worth keeping even without --report.
+		if dir, err = os.MkdirTemp("", "meshbed-"+sc.Name+"-"); err != nil {
+			return &exitError{2, err}
+		}
+	}
+	if dir != "" {
+		if err := writeReport(dir, rep); err != nil {
+			return &exitError{2, err}
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "report: %s\n", filepath.Join(dir, "report.html"))
+		if rep.Repro != nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "repro: %s (meshbed scenario run %[1]s)\n", filepath.Join(dir, "repro.yaml"))
+		}
+	}
+	if !rep.Passed {
+		return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
+	}
+	return nil
 }
 
 // parseContexts reads --context CLUSTER=CONTEXT flags.
@@ -158,9 +221,14 @@ func writeReport(dir string, rep *scenarios.Report) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for name, write := range map[string]func(io.Writer) error{
-		"report.json": rep.WriteJSON, "report.html": rep.WriteHTML,
-	} {
+	files := map[string]func(io.Writer) error{"report.json": rep.WriteJSON, "report.html": rep.WriteHTML}
+	if rep.HasChaos() {
+		files["history.jsonl"] = rep.WriteHistory
+	}
+	if rep.Repro != nil {
+		files["repro.yaml"] = func(w io.Writer) error { _, err := w.Write(rep.Repro); return err }
+	}
+	for name, write := range files {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			return err

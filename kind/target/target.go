@@ -242,7 +242,7 @@ func checkDockerNetwork(tp scenarios.Topology) error {
 // Up implements engine.Target.
 func (t *Target) Up(ctx context.Context, sc *scenarios.Scenario) error {
 	if len(t.order) > 0 {
-		return errors.New("Kind target is already up")
+		return errors.New("the Kind target is already up")
 	}
 	if err := t.Check(sc); err != nil {
 		return err

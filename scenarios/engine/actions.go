@@ -49,6 +49,8 @@ func actionOf(st *scenarios.Step, r *runner) (action, error) {
 		return waitAction{a}, nil
 	case *scenarios.AddNode:
 		return addNodeAction{a}, nil
+	case *scenarios.Chaos:
+		return chaosAction{a, st, r}, nil
 	}
 	return nil, fmt.Errorf("step %d (%s) has no action", st.Index, st.Name)
 }

@@ -74,3 +74,31 @@ func TestNeeds(t *testing.T) {
 		t.Errorf("chaos.yaml never touches kvstoremesh, Needs says it does")
 	}
 }
+
+// TestChaosStepNeeds: a chaos step needs every capability its fault kinds,
+// planes, one-way cuts, node groups and components may draw, and a target
+// that lacks one is refused before anything starts.
+func TestChaosStepNeeds(t *testing.T) {
+	sc, err := scenarios.Load(filepath.Join("..", "chaos-random.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := &limitedTarget{lacks: map[Capability]bool{CapPartitionOneWay: true, CapProcessKVStoreMesh: true}}
+	_, err = Run(context.Background(), sc, tgt, Options{})
+	if !errors.Is(err, ErrUnsupported) || tgt.upped {
+		t.Fatalf("Run: %v (up %t), want ErrUnsupported before Up", err, tgt.upped)
+	}
+	for _, want := range []string{
+		`step 5 (five minutes of random faults under steady traffic): partition/oneWay: not supported by the target "limited"`,
+		`step 5 (five minutes of random faults under steady traffic): process/kvstoremesh: not supported by the target "limited"`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	c := scenarios.Chaos{Faults: []scenarios.FaultKind{scenarios.FaultRestart}, Components: []scenarios.Component{scenarios.ComponentAgent}}
+	got := Needs(&scenarios.Step{Chaos: &c})
+	if len(got) != 1 || got[0] != CapProcessAgent {
+		t.Errorf("restarts of agents need %v, want [%s]", got, CapProcessAgent)
+	}
+}

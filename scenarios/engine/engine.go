@@ -29,6 +29,16 @@ type Options struct {
 	// Keep, when set, is called after the final check and before teardown
 	// (the CLI's --keep waits there for Ctrl-C).
 	Keep func()
+
+	// NewTarget, when set, makes a fresh target for every replay of a
+	// failed chaos step's shrinking (shrink.go); without it nothing is
+	// shrunk. ShrinkBudget bounds the shrinking (zero: DefaultShrinkBudget).
+	NewTarget    func() Target
+	ShrinkBudget time.Duration
+
+	// schedules replaces the drawn schedule of chaos steps, by step index
+	// (shrinking's replays).
+	schedules map[int][]Fault
 }
 
 // Substituter is a Target that replaces images (Kind, without a
@@ -44,7 +54,10 @@ var ErrEnvironment = errors.New("environment")
 
 // Session is a running scenario: the mesh is up and steps can be run one
 // by one (the CLI's sim verbs do that by hand).
-type Session struct{ r *runner }
+type Session struct {
+	r      *runner
+	closed bool
+}
 
 // Start checks that t can perform every step of sc (an error wrapping
 // ErrUnsupported names each step it cannot), builds the mesh of sc on t,
@@ -119,7 +132,13 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 }
 
 // Close tears the mesh down.
-func (s *Session) Close() error { return s.r.t.Close() }
+func (s *Session) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.r.t.Close()
+}
 
 // Run runs sc on t from bring-up to the final check, and closes t. The
 // report says whether it passed; an error means it could not be run (it
@@ -141,6 +160,19 @@ func Run(ctx context.Context, sc *scenarios.Scenario, t Target, opts Options) (*
 	if opts.Keep != nil {
 		opts.Keep()
 	}
+	if !rep.Passed && s.r.lastChaos != nil && s.r.lastChaos.failure != nil {
+		// Shrinking replays on fresh meshes: this one goes first.
+		s.Close()
+		shrunk, repro := s.r.shrink(ctx)
+		if shrunk != nil {
+			for i := range rep.Steps {
+				if c := rep.Steps[i].Chaos; c != nil && rep.Steps[i].Name == s.r.lastChaos.st.Name && !rep.Steps[i].Passed {
+					c.Shrink = shrunk
+				}
+			}
+			rep.Repro = repro
+		}
+	}
 	return rep, nil
 }
 
@@ -159,6 +191,9 @@ type runner struct {
 	// stepBegin is when the running step began (events expectations
 	// count from there).
 	stepBegin time.Time
+
+	// lastChaos is the last chaos step run, for shrinking.
+	lastChaos *chaosRun
 }
 
 func seconds(d time.Duration) float64 {
@@ -189,6 +224,7 @@ type outcome struct {
 	crossNode int
 	// capture is what the underlay showed while a curl ran (encrypted).
 	capture *CaptureResult
+	chaos   *scenarios.ChaosReport
 }
 
 // step runs one step: its action, then its expectations, retried (curl)
@@ -218,6 +254,7 @@ func (r *runner) step(ctx context.Context, st *scenarios.Step) scenarios.StepRep
 		}
 		rep.Seconds = seconds(out.took)
 		rep.Responses, rep.Errors, rep.MaxOutageSeconds = out.responses, out.errors, seconds(out.maxOutage)
+		rep.Chaos = out.chaos
 		if rep.Responses == nil {
 			rep.Responses = map[string]int{}
 		}
@@ -268,6 +305,11 @@ func (r *runner) check(ctx context.Context, st *scenarios.Step, out outcome) []s
 	}
 	if e.Encrypted != nil {
 		fails = append(fails, checkEncrypted(*e.Encrypted, out)...)
+	}
+	if e.Converge > 0 && out.chaos == nil {
+		if err := r.converged(ctx, e.Converge); err != nil {
+			fails = append(fails, err.Error())
+		}
 	}
 	for _, b := range e.Backends {
 		if err := r.checkBackends(ctx, b); err != nil {

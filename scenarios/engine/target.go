@@ -85,6 +85,11 @@ type Target interface {
 	Stop(ctx context.Context, p scenarios.Process) error
 	Start(ctx context.Context, p scenarios.Process) error
 	Restart(ctx context.Context, p scenarios.Process) error
+	// Components reports every mesh process of the cluster (its
+	// apiserver, its kvstoremesh when the topology runs one, the agent of
+	// every node): whether it runs, and the error of one that exited on
+	// its own. The chaos checker reads it to catch a crash.
+	Components(ctx context.Context, cluster string) ([]ComponentStatus, error)
 
 	// Backends reads, on every node of the cluster in node order, the
 	// datapath's service map: the cluster IDs of the active backends of the
@@ -133,6 +138,17 @@ type Result struct {
 	// ("" otherwise).
 	Node string
 	Err  error
+}
+
+// ComponentStatus is one mesh process as Target.Components sees it.
+type ComponentStatus struct {
+	// Process names it (Node set for an agent).
+	Process scenarios.Process
+	// Running is false once it was stopped, or exited.
+	Running bool
+	// Exited is the error of a process that ended without being stopped;
+	// empty otherwise.
+	Exited string
 }
 
 // NodeBackends is what one node's datapath holds for a service.

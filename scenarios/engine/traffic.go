@@ -16,6 +16,12 @@ type stream struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// from, url and timeout are the stream's source and request, for the
+	// chaos checker.
+	from    scenarios.Workload
+	url     string
+	timeout time.Duration
+
 	mu      sync.Mutex
 	rec     *scenarios.Stream
 	results []result
@@ -32,7 +38,7 @@ func (r *runner) startTraffic(ctx context.Context, tgt Target, t *scenarios.Traf
 		return fmt.Errorf("traffic %q is already running", t.Name)
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &stream{cancel: cancel, done: make(chan struct{}),
+	s := &stream{cancel: cancel, done: make(chan struct{}), from: t.From, url: t.URL.String(), timeout: t.Timeout,
 		rec: scenarios.NewStream(t.Name, t.From, t.URL.String(), time.Since(r.start), 0)}
 	r.traffic[t.Name] = s
 	go s.run(sctx, client, t.Rate.Interval(), r.start)

@@ -430,3 +430,23 @@ func (t *Target) Events(_ context.Context, since time.Time) ([]event.Event, erro
 	}
 	return m.Events(since), nil
 }
+
+// Components implements engine.Target.
+func (t *Target) Components(_ context.Context, cluster string) ([]engine.ComponentStatus, error) {
+	c, err := t.cluster(cluster)
+	if err != nil {
+		return nil, err
+	}
+	var out []engine.ComponentStatus
+	for _, s := range c.Components() {
+		cs := engine.ComponentStatus{
+			Process: scenarios.Process{Component: scenarios.Component(s.Component), Cluster: cluster, Node: s.Node},
+			Running: s.Running,
+		}
+		if s.Exited != nil {
+			cs.Exited = s.Exited.Error()
+		}
+		out = append(out, cs)
+	}
+	return out, nil
+}
