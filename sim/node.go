@@ -91,7 +91,7 @@ func (c *Cluster) newNode(i int) (*Node, error) {
 	}
 	n.dp, err = node.New(node.Config{
 		NS: n.ns, NodeIP: ip, UnderlayIf: n.port.IfName, ClusterID: c.spec.ID,
-		Routing: c.mesh.spec.Routing, Logger: c.log.With("node", name),
+		Routing: c.mesh.spec.Routing, Masquerade: node.DefaultMasquerade, Logger: c.log.With("node", name),
 	})
 	if err != nil {
 		n.ns.Close()

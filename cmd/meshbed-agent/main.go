@@ -33,14 +33,14 @@ import (
 )
 
 type options struct {
-	clusterName, nodeName, kubeconfig, configDir, stateDir string
-	bpfPinDir                                              string
-	clusterID, maxConnected                                uint32
-	nodeIP, underlayIf, routing                            string
-	failStatic, policyAllClusters, allowLocalhost          bool
-	healthInterval, healthTimeout, syncTimeout             time.Duration
-	logLevel                                               string
-	flowsAddr                                              string
+	clusterName, nodeName, kubeconfig, configDir, stateDir    string
+	bpfPinDir                                                 string
+	clusterID, maxConnected                                   uint32
+	nodeIP, underlayIf, routing                               string
+	failStatic, policyAllClusters, allowLocalhost, masquerade bool
+	healthInterval, healthTimeout, syncTimeout                time.Duration
+	logLevel                                                  string
+	flowsAddr                                                 string
 }
 
 func main() {
@@ -65,6 +65,7 @@ func newCommand() *cobra.Command {
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
+	cmd.AddCommand(stateCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
@@ -77,6 +78,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
 	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
+	f.BoolVar(&o.masquerade, "enable-ipv4-masquerade", node.DefaultMasquerade, "masquerade what pods send outside the mesh's pod networks to the node's address (needed to reach other nodes' host network through kube-proxy)")
 	f.BoolVar(&o.failStatic, "fail-static", d.Mode == service.ModeFailStatic, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
 	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", d.PolicyAllClusters, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
 	f.BoolVar(&o.allowLocalhost, "allow-localhost", d.PolicyAllowLocalhost, "the node may always reach its pods whatever the policy (kubelet probes)")
@@ -85,7 +87,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
-		"TCP address on which the agent serves its flow stream (also served on --cni-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
+		"TCP address on which the agent serves its flow stream (also served on --state-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
 	return cmd
 }
 
@@ -144,7 +146,7 @@ func run(ctx context.Context, o options) error {
 	}
 	defer host.Close()
 	dp, err := node.New(node.Config{NS: host, NodeIP: nodeIP, UnderlayIf: o.underlayIf,
-		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Logger: log.With("component", "datapath")})
+		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Masquerade: o.masquerade, Logger: log.With("component", "datapath")})
 	if err != nil {
 		return err
 	}
@@ -174,7 +176,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	flows := flow.NodeHandler(ctx, a.Flows)
-	defer serveCNI(ctx, a, *cniSocket, map[string]http.Handler{flow.Path: flows}, log.With("component", "cni"))()
+	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
+	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, flows, log.With("component", "state"))()
 	defer serveFlows(ctx, o.flowsAddr, flows, log.With("component", "flows"))()
 	return a.Run(ctx)
 }

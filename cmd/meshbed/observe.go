@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshbed/meshbed/kind"
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/flow/relay"
 )
@@ -108,7 +108,7 @@ func observeError(err error, req flow.Request, unreachable, ended string) error 
 
 // observeCmd reads the flows of a real cluster's agents (or of the agent
 // of this node, through its socket).
-func observeCmd(clients clientFactory) *cobra.Command {
+func observeCmd(clients clustermesh.ClientFactory) *cobra.Command {
 	var o observeOpts
 	var kubeconfig, kctx, socket string
 	cmd := &cobra.Command{
@@ -149,6 +149,10 @@ func observeCmd(clients clientFactory) *cobra.Command {
 	o.flags(cmd, false)
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
 	cmd.Flags().StringVar(&kctx, "context", "", "kubeconfig context of the cluster")
-	cmd.Flags().StringVar(&socket, "socket", cni.DefaultSocket, "without --context: the socket of the agent of this node")
+	cmd.Flags().StringVar(&socket, "socket", agentSocket, "without --context: the socket of the agent of this node")
 	return cmd
 }
+
+// agentSocket is meshbed-agent's --state-socket default, its local control
+// socket, where it serves flows too.
+const agentSocket = "/var/run/meshbed/agent.sock"

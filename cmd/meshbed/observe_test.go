@@ -9,9 +9,11 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 )
 
-func runObserve(t *testing.T, factory clientFactory, args ...string) (string, error) {
+func runObserve(t *testing.T, factory clustermesh.ClientFactory, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "meshbed", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(observeCmd(factory), simCmd())
@@ -26,8 +28,8 @@ func runObserve(t *testing.T, factory clientFactory, args ...string) (string, er
 // Bad input is refused with one line, before anything is contacted.
 func TestObserveBadInput(t *testing.T) {
 	gone := filepath.Join(t.TempDir(), "agent.sock")
-	noAgents := func(_, _ string) (*clusterClients, error) {
-		return &clusterClients{Kube: fake.NewClientset(), Rest: &rest.Config{Host: "https://127.0.0.1:1"}}, nil
+	noAgents := func(_, _ string) (*clustermesh.Clients, error) {
+		return &clustermesh.Clients{Kube: fake.NewClientset(), Rest: &rest.Config{Host: "https://127.0.0.1:1"}}, nil
 	}
 	for _, tt := range []struct {
 		args []string

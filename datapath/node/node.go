@@ -12,11 +12,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/meshbed/meshbed/datapath"
 	"github.com/meshbed/meshbed/datapath/endpoint"
+	"github.com/meshbed/meshbed/datapath/masq"
 	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/overlay"
@@ -44,8 +46,16 @@ type Config struct {
 	// datapath.DefaultBPFFS if PinPath is under it and none is. Empty: no
 	// pinning (the simulator).
 	PinPath string
-	Logger  *slog.Logger
+	// Masquerade makes what the node's pods send outside the mesh's pod
+	// networks leave with the node's address (package masq); the agent's
+	// --enable-ipv4-masquerade, DefaultMasquerade unless told otherwise.
+	Masquerade bool
+	Logger     *slog.Logger
 }
+
+// DefaultMasquerade is on, as in Cilium: without it a pod cannot reach the
+// host network of another node through kube-proxy (see package masq).
+const DefaultMasquerade = true
 
 // Node is a node's datapath.
 type Node struct {
@@ -56,6 +66,7 @@ type Node struct {
 
 	mu         sync.Mutex
 	remotes    []overlay.Remote
+	masq       *masq.Config // last synced; nil before the first
 	programmed *state.State // last state applied without error
 }
 
@@ -144,7 +155,45 @@ func (n *Node) Apply(s *state.State) error {
 			n.remotes = remotes
 		}
 	}
+	if n.cfg.Masquerade {
+		if m, ok := masqConfig(n.cfg.NodeIP, s.Nodes); ok && (n.masq == nil || !equalMasq(*n.masq, m)) {
+			if merr := masq.Sync(n.cfg.NS, m); merr != nil {
+				err = errors.Join(err, merr)
+			} else {
+				n.masq = &m
+			}
+		}
+	}
 	return err
+}
+
+// masqConfig is the masquerade configuration for the node at self: its
+// own pod CIDR as the source, every node's as the pod networks. ok is false
+// while the node itself is not in nodes.
+func masqConfig(self netip.Addr, nodes []state.Node) (masq.Config, bool) {
+	var m masq.Config
+	for _, nd := range nodes {
+		if !nd.PodCIDR.Addr().Is4() {
+			continue
+		}
+		p := nd.PodCIDR.Masked()
+		if nd.IP == self {
+			m.Local = p
+		}
+		m.PodCIDRs = append(m.PodCIDRs, p)
+	}
+	slices.SortFunc(m.PodCIDRs, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	m.PodCIDRs = slices.Compact(m.PodCIDRs)
+	return m, m.Local.IsValid()
+}
+
+func equalMasq(a, b masq.Config) bool {
+	return a.Local == b.Local && slices.Equal(a.PodCIDRs, b.PodCIDRs)
 }
 
 // Programmed is what the node's datapath holds for an agent that starts:
@@ -204,9 +253,10 @@ func (n *Node) Close() error {
 // pins (datapath.Datapath.Restored), nil if nothing was pinned.
 func (n *Node) Restored() *state.State { return n.dp.Restored() }
 
-// Remove detaches the programs and removes the pins (uninstall).
+// Remove detaches the programs, removes the pins and the masquerade rules
+// (uninstall).
 func (n *Node) Remove() error {
-	return n.dp.Remove()
+	return errors.Join(n.dp.Remove(), masq.Remove(n.cfg.NS))
 }
 
 // underDir reports whether path is dir or below it.
@@ -220,3 +270,26 @@ var (
 	_ state.Plumber  = (*Node)(nil)
 	_ monitor.Source = (*Node)(nil)
 )
+
+// ReadBack reads what the node's BPF maps hold: every service with its
+// active backends in slot order, and the ipcache. It is what the final
+// check compares with the agent's desired state, on every target.
+func (n *Node) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
+	entries, err := n.dp.DumpServices()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump services: %w", err)
+	}
+	var svcs []state.Service
+	for _, e := range entries {
+		svc := state.Service{Name: e.Name, Frontend: e.Frontend}
+		for _, b := range e.Backends {
+			svc.Backends = append(svc.Backends, b.Backend)
+		}
+		svcs = append(svcs, svc)
+	}
+	ipc, err := n.dp.DumpIPCache()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump ipcache: %w", err)
+	}
+	return svcs, ipc, nil
+}

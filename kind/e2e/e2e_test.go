@@ -73,7 +73,7 @@ type run struct {
 	t                                 *testing.T
 	provider                          *cluster.Provider
 	nodeImage, meshbedImage, demoImag string
-	cli, dir, kubeconfig, caDir       string
+	cli, dir, kubeconfig, caDir, repo string
 	start                             time.Time
 	clusters                          []*kcluster
 	figures                           []string
@@ -103,6 +103,7 @@ func TestKindMesh(t *testing.T) {
 		cli:          env(t, "MESHBED", filepath.Join(repo, "bin", "meshbed")),
 		dir:          env(t, "E2E_DIR", filepath.Join(repo, "bin", "e2e")),
 		start:        time.Now(),
+		repo:         repo,
 	}
 	if s := os.Getenv("E2E_START"); s != "" {
 		if f, err := strconv.ParseFloat(s, 64); err == nil {
@@ -145,6 +146,13 @@ func TestKindMesh(t *testing.T) {
 	r.step("CiliumNetworkPolicy: x-wing reaches only cluster2's rebel-base", r.policy)
 	r.figure("seconds from make e2e start to the demo passing", time.Since(r.start).Seconds())
 	r.step("memory of the Kind node containers", r.memory)
+	// The scenario files on these clusters, through the engine's Kind
+	// target (issue 9): the same files the simulator runs.
+	for _, name := range []string{"failover", "partition-recovery"} {
+		r.step("scenario "+name+" on Kind (meshbed scenario run --target kind)", func(ctx context.Context) error {
+			return r.scenario(ctx, name)
+		})
+	}
 	r.report()
 }
 
@@ -222,6 +230,22 @@ func (r *run) meshbed(ctx context.Context, args ...string) error {
 	if err != nil {
 		return fmt.Errorf("meshbed %s: %w", strings.Join(args, " "), err)
 	}
+	return nil
+}
+
+// scenario runs scenarios/NAME.yaml on the two clusters with the CLI's
+// Kind target, its report in E2E_DIR/scenario-NAME.
+func (r *run) scenario(ctx context.Context, name string) error {
+	args := []string{"scenario", "run", filepath.Join(r.repo, "scenarios", name+".yaml"), "--target", "kind",
+		"--report", filepath.Join(r.dir, "scenario-"+name), "--ca-dir", r.caDir, "--demo-image", r.demoImag}
+	for _, c := range r.clusters {
+		args = append(args, "--context", c.name+"="+c.context)
+	}
+	start := time.Now()
+	if err := r.meshbed(ctx, args...); err != nil {
+		return err
+	}
+	r.figure("seconds, scenario "+name+" on Kind", time.Since(start).Seconds())
 	return nil
 }
 
