@@ -64,6 +64,8 @@ type state struct {
 	// to the step that stopped it.
 	traffic map[string]int
 	stopped map[string]int
+	// added counts the nodes addNode steps so far add to a cluster.
+	added map[string]int
 }
 
 type objectKey struct{ kind, namespace, name string }
@@ -167,7 +169,7 @@ func (d *decoder) scenario(data []byte) *Scenario {
 }
 
 func (d *decoder) topology(field string, v any, st *state) {
-	m := d.object(field, v, "routing", "kvstoremesh", "remoteLoss", "clusters", "connections")
+	m := d.object(field, v, "routing", "kvstoremesh", "remoteLoss", "encryption", "clusters", "connections")
 	if m == nil {
 		return
 	}
@@ -177,6 +179,8 @@ func (d *decoder) topology(field string, v any, st *state) {
 	loss, _ := d.enum(field, m, "remoteLoss", string(RemoteLossWithdraw),
 		string(RemoteLossWithdraw), string(RemoteLossFailStatic))
 	t.RemoteLoss = RemoteLoss(loss)
+	enc, _ := d.enum(field, m, "encryption", string(EncryptionNone), string(EncryptionNone), string(EncryptionWireGuard))
+	t.Encryption = Encryption(enc)
 	t.KVStoreMesh = true
 	if v, ok := get(m, "kvstoremesh"); ok {
 		if b, ok := d.boolean(join(field, "kvstoremesh"), v); ok {

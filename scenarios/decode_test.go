@@ -114,7 +114,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Topology{
-		Routing: RoutingTunnel, KVStoreMesh: true, RemoteLoss: RemoteLossWithdraw,
+		Routing: RoutingTunnel, KVStoreMesh: true, RemoteLoss: RemoteLossWithdraw, Encryption: EncryptionNone,
 		Clusters: []Cluster{{Name: "solo", ID: 7, Nodes: DefaultNodes,
 			PodCIDR: DefaultPodCIDR(7), ServiceCIDR: DefaultServiceCIDR(7)}},
 		Connections: [][2]string{},
@@ -265,6 +265,9 @@ func dump(sc *Scenario) string {
 		}
 		if e.MaxOutage != nil {
 			fmt.Fprintf(&b, " maxOutage=%s", *e.MaxOutage)
+		}
+		if e.Encrypted != nil {
+			fmt.Fprintf(&b, " encrypted=%t", *e.Encrypted)
 		}
 		for _, be := range e.Backends {
 			fmt.Fprintf(&b, " backends=%+v", be)

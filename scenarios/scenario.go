@@ -153,12 +153,22 @@ const (
 	RemoteLossFailStatic RemoteLoss = "fail-static"
 )
 
+// Encryption is how traffic between nodes is protected.
+type Encryption string
+
+const (
+	EncryptionNone      Encryption = "none" // the default
+	EncryptionWireGuard Encryption = "wireguard"
+)
+
 // Topology is the simulated mesh. Defaults are filled in by the decoder.
 type Topology struct {
 	Routing     Routing
 	KVStoreMesh bool
 	RemoteLoss  RemoteLoss
-	Clusters    []Cluster
+	// Encryption of pod traffic between nodes, within and across clusters.
+	Encryption Encryption
+	Clusters   []Cluster
 	// Connections lists the connected cluster pairs, each pair once, in
 	// file order; when the file has no connections list it holds every
 	// pair (a full mesh). An explicit empty list connects nothing.
@@ -270,6 +280,7 @@ type Step struct {
 	Start       *Start
 	Restart     *Restart
 	Wait        *Wait
+	AddNode     *AddNode
 
 	Expect Expect
 }
@@ -312,6 +323,8 @@ func (s *Step) Action() Action {
 		return s.Restart
 	case s.Wait != nil:
 		return s.Wait
+	case s.AddNode != nil:
+		return s.AddNode
 	}
 	return nil
 }
@@ -485,7 +498,16 @@ func (*Heal) ActionName() string        { return "heal" }
 func (*Stop) ActionName() string        { return "stop" }
 func (*Start) ActionName() string       { return "start" }
 func (*Restart) ActionName() string     { return "restart" }
-func (*Wait) ActionName() string        { return "wait" }
+
+// AddNode is a new node joining a cluster: the next node-N, with its
+// Kubernetes Node, datapath and agent. Pods are placed on it like on any
+// node (a Deployment's nodeSelector on kubernetes.io/hostname pins them).
+type AddNode struct {
+	Cluster string
+}
+
+func (*AddNode) ActionName() string { return "addNode" }
+func (*Wait) ActionName() string    { return "wait" }
 
 // Expect holds a step's expectations; the zero value expects nothing.
 type Expect struct {
@@ -504,12 +526,17 @@ type Expect struct {
 	// give one object or a list.
 	Backends []BackendsExpect
 	KVStore  []KVStoreExpect
+	// Encrypted (curl): true asserts that no packet on the underlay between
+	// the nodes involved carried a request or an answer in clear while the
+	// requests ran (and that some requests did cross nodes, or the capture
+	// proves nothing); false asserts that one did.
+	Encrypted *bool
 }
 
 // IsZero reports whether e expects nothing.
 func (e *Expect) IsZero() bool {
 	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
-		e.Backends == nil && e.KVStore == nil
+		e.Backends == nil && e.KVStore == nil && e.Encrypted == nil
 }
 
 // BackendsExpect: on every node of Cluster, the datapath's service map holds

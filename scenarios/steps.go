@@ -15,7 +15,7 @@ import (
 // actionKeys are the step keys that are actions, in the order of
 // docs/scenarios.md.
 var actionKeys = []string{"apply", "delete", "scale", "annotate", "curl", "traffic", "stopTraffic",
-	"partition", "heal", "stop", "start", "restart", "wait"}
+	"partition", "heal", "stop", "start", "restart", "wait", "addNode"}
 
 var stepKeys = append([]string{"name", "expect"}, actionKeys...)
 
@@ -113,6 +113,20 @@ func (d *decoder) action(step *Step, key string, v any, st *state) {
 	case "wait":
 		if dur, ok := d.duration(key, v, false); ok {
 			step.Wait = &Wait{Duration: dur}
+		}
+	case "addNode":
+		m := d.object(key, v, "cluster")
+		if m == nil {
+			return
+		}
+		if cv, ok := d.required(key, m, "cluster"); ok {
+			if c, ok := d.cluster(join(key, "cluster"), cv, st); ok {
+				step.AddNode = &AddNode{Cluster: c}
+				if st.added == nil {
+					st.added = map[string]int{}
+				}
+				st.added[c]++ // later steps may name the new node
+			}
 		}
 	}
 }
@@ -516,8 +530,8 @@ func (d *decoder) node(field, cluster, node string, st *state) bool {
 	}
 	num, ok := strings.CutPrefix(node, "node-")
 	i, err := strconv.Atoi(num)
-	if !ok || err != nil || NodeName(i) != node || i < 1 || i > c.Nodes {
-		d.errorf(field, "cluster %q has no node %q (its nodes are node-1..node-%d)", cluster, node, c.Nodes)
+	if n := c.Nodes + st.added[cluster]; !ok || err != nil || NodeName(i) != node || i < 1 || i > n {
+		d.errorf(field, "cluster %q has no node %q (its nodes are node-1..node-%d)", cluster, node, n)
 		return false
 	}
 	return true
@@ -652,10 +666,11 @@ var expectAppliesTo = map[string][]string{
 	"maxOutage": {"stopTraffic"},
 	"backends":  nil,
 	"kvstore":   nil,
+	"encrypted": {"curl"},
 }
 
 func (d *decoder) expect(field string, v any, action string, st *state) Expect {
-	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore")
+	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore", "encrypted")
 	if m == nil {
 		return Expect{}
 	}
@@ -689,6 +704,11 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 	if v, ok := get(m, "errors"); ok {
 		if mt, ok := d.matcher(join(field, "errors"), v, true); ok {
 			e.Errors = &mt
+		}
+	}
+	if v, ok := get(m, "encrypted"); ok {
+		if b, ok := d.boolean(join(field, "encrypted"), v); ok {
+			e.Encrypted = &b
 		}
 	}
 	if v, ok := get(m, "maxOutage"); ok {

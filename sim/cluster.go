@@ -186,3 +186,34 @@ func (m *Mesh) WaitReady(ctx context.Context) error {
 	}
 	return nil
 }
+
+// AddNode adds the next node (node-N+1) to the running cluster: its
+// namespace on the underlay, its datapath, its Kubernetes Node (which the
+// mesh-apiserver exports to the other clusters) and its agent, and returns
+// once the agent has programmed its first state.
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+	c.mu.Lock()
+	i := len(c.nodes) + 1
+	c.mu.Unlock()
+	if i >= overlay.MaxHostsPerCluster {
+		return nil, fmt.Errorf("cluster %s: no room for node %d on the underlay", c.spec.Name, i)
+	}
+	n, err := c.newNode(i)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: add node: %w", c.spec.Name, err)
+	}
+	if err := c.ctrl.AddNode(ctx, kube.Node{Name: n.name, IP: n.ip, PodCIDR: n.podCIDR}); err != nil {
+		_ = n.close()
+		return nil, fmt.Errorf("cluster %s: add node: %w", c.spec.Name, err)
+	}
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	if err := n.StartAgent(); err != nil {
+		return n, fmt.Errorf("cluster %s: add node: %w", c.spec.Name, err)
+	}
+	if err := n.WaitAgentReady(ctx); err != nil {
+		return n, fmt.Errorf("cluster %s: add node: %w", c.spec.Name, err)
+	}
+	return n, nil
+}

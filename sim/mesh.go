@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/datapath/netns"
+	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/pki"
@@ -40,7 +41,11 @@ type Spec struct {
 	// FailStatic keeps an unreachable cluster's backends (Cilium's
 	// behaviour) instead of withdrawing them.
 	FailStatic bool
-	Clusters   []ClusterSpec
+	// Encryption of traffic between nodes (node.EncryptionWireGuard), and
+	// whether nodes without a key are refused (EncryptionStrict).
+	Encryption       node.EncryptionMode
+	EncryptionStrict bool
+	Clusters         []ClusterSpec
 	// Connections lists connected cluster pairs; nil connects every pair.
 	Connections [][2]string
 	// Seed makes pod names and placement reproducible.

@@ -62,8 +62,10 @@ type Pod struct {
 	Namespace, Name string
 	Deployment      string
 	IP              netip.Addr
-	ns              *netns.NS
-	echo            *workload.Echo
+	// Node is the name of the node the pod runs on.
+	Node string
+	ns   *netns.NS
+	echo *workload.Echo
 }
 
 // Dial connects from inside the pod.
@@ -92,12 +94,19 @@ func (c *Cluster) newNode(i int) (*Node, error) {
 	n.dp, err = node.New(node.Config{
 		NS: n.ns, NodeIP: ip, UnderlayIf: n.port.IfName, ClusterID: c.spec.ID,
 		Routing: c.mesh.spec.Routing, Masquerade: node.DefaultMasquerade, Logger: c.log.With("node", name),
+		Encryption: node.Encryption{Mode: c.mesh.spec.Encryption, Strict: c.mesh.spec.EncryptionStrict,
+			StateDir: n.stateDir()},
 	})
 	if err != nil {
 		n.ns.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return n, nil
+}
+
+// stateDir is the node's agent state directory (endpoints, WireGuard key).
+func (n *Node) stateDir() string {
+	return filepath.Join(n.cluster.mesh.dir, "state", n.cluster.spec.Name, n.name)
 }
 
 // nodePodCIDR is the i-th /24 of the cluster's pod CIDR.
@@ -148,7 +157,8 @@ func (n *Node) StartAgent() error {
 	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
 	cfg.Monitor = n.dp
-	cfg.StateDir = filepath.Join(c.mesh.dir, "state", c.spec.Name, n.name)
+	cfg.StateDir = n.stateDir()
+	cfg.WireguardPubKey = n.dp.PublicKey()
 	cfg.Logger = log.With("component", "agent")
 	if c.mesh.spec.FailStatic {
 		cfg.Mode = service.ModeFailStatic

@@ -52,7 +52,7 @@ func (r *kubelet) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, er
 		ns.Close()
 		return netip.Addr{}, err
 	}
-	p := &Pod{Namespace: pod.Namespace, Name: pod.Name, Deployment: ownerDeployment(pod), IP: ep.IP, ns: ns}
+	p := &Pod{Namespace: pod.Namespace, Name: pod.Name, Deployment: ownerDeployment(pod), IP: ep.IP, Node: n.name, ns: ns}
 	if echo, err := startWorkload(c.spec.Name, n.name, pod, ns); err != nil {
 		_ = a.DeleteEndpoint(ctx, pod.Namespace, pod.Name)
 		ns.Close()

@@ -23,6 +23,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/datapath/wireguard"
 )
 
 // Config of a node's datapath.
@@ -50,7 +51,43 @@ type Config struct {
 	// networks leave with the node's address (package masq); the agent's
 	// --enable-ipv4-masquerade, DefaultMasquerade unless told otherwise.
 	Masquerade bool
+	// Encryption of traffic to other nodes; the zero value encrypts
+	// nothing (and removes a WireGuard device an earlier configuration
+	// left).
+	Encryption Encryption
 	Logger     *slog.Logger
+}
+
+// EncryptionMode says how traffic between nodes is protected.
+type EncryptionMode string
+
+const (
+	EncryptionNone      EncryptionMode = "none"
+	EncryptionWireGuard EncryptionMode = "wireguard"
+)
+
+// ParseEncryptionMode accepts "none" (or empty) and "wireguard".
+func ParseEncryptionMode(s string) (EncryptionMode, error) {
+	switch EncryptionMode(s) {
+	case "", EncryptionNone:
+		return EncryptionNone, nil
+	case EncryptionWireGuard:
+		return EncryptionWireGuard, nil
+	}
+	return "", fmt.Errorf("unknown encryption %q (want none or wireguard)", s)
+}
+
+// Encryption configures transparent encryption (package wireguard).
+type Encryption struct {
+	Mode EncryptionMode
+	// StateDir keeps the node's private key (wireguard.KeyFileName), so a
+	// restart keeps the key; required with WireGuard.
+	StateDir string
+	// Strict refuses traffic to nodes that publish no usable key instead
+	// of sending it in clear.
+	Strict bool
+	// Impl forces the kernel or the userspace implementation; empty picks.
+	Impl wireguard.Impl
 }
 
 // DefaultMasquerade is on, as in Cilium: without it a pod cannot reach the
@@ -64,10 +101,13 @@ type Node struct {
 	route overlay.Routing
 	mtu   int
 
+	wg *wireguard.Device // nil without encryption
+
 	mu         sync.Mutex
 	remotes    []overlay.Remote
-	masq       *masq.Config // last synced; nil before the first
-	programmed *state.State // last state applied without error
+	masq       *masq.Config     // last synced; nil before the first
+	peers      []wireguard.Peer // last synced without error
+	programmed *state.State     // last state applied without error
 }
 
 // New prepares the node namespace, loads the programs and, in tunnel mode,
@@ -98,23 +138,52 @@ func New(cfg Config) (*Node, error) {
 		dp.Close()
 		return nil, fmt.Errorf("node datapath: %w", err)
 	}
+	// WireGuard's overhead comes off the underlay MTU first; the tunnel's
+	// then comes off what is left.
+	var vxMTU int
+	if cfg.Encryption.Mode == EncryptionWireGuard {
+		under := overlay.DefaultUnderlayMTU
+		if link, err := h.LinkByName(cfg.UnderlayIf); err == nil && cfg.UnderlayIf != "" {
+			under = link.Attrs().MTU
+		}
+		wcfg := wireguard.Config{NS: cfg.NS, NodeIP: cfg.NodeIP, KeyFile: filepath.Join(cfg.Encryption.StateDir, wireguard.KeyFileName),
+			MTU: under - wireguard.Overhead, Strict: cfg.Encryption.Strict, Impl: cfg.Encryption.Impl,
+			Logger: cfg.Logger.With("component", "wireguard")}
+		if cfg.Routing == state.Tunnel {
+			wcfg.TunnelPort = overlay.DefaultVXLANPort
+			vxMTU = wcfg.MTU - overlay.VXLANOverhead
+		} else {
+			n.mtu = wcfg.MTU
+		}
+		if cfg.Encryption.StateDir == "" {
+			dp.Close()
+			return nil, errors.New("node datapath: WireGuard needs a state directory for its key")
+		}
+		if n.wg, err = wireguard.Setup(wcfg); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("node datapath: %w", err)
+		}
+	} else if err := wireguard.Delete(cfg.NS); err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("node datapath: remove encryption: %w", err)
+	}
 	switch cfg.Routing {
 	case state.Tunnel:
-		vx, err := overlay.SetupVXLAN(cfg.NS, overlay.VXLANConfig{NodeIP: cfg.NodeIP})
+		vx, err := overlay.SetupVXLAN(cfg.NS, overlay.VXLANConfig{NodeIP: cfg.NodeIP, MTU: vxMTU})
 		if err != nil {
-			dp.Close()
+			n.Close()
 			return nil, fmt.Errorf("node datapath: %w", err)
 		}
 		err = cfg.NS.Do(func() error { return dp.AttachOverlay(vx.Name) })
 		if err != nil {
-			dp.Close()
+			n.Close()
 			return nil, fmt.Errorf("node datapath: %w", err)
 		}
 		n.route.Device, n.mtu = vx.Index, vx.MTU
 	case state.Native:
 		link, err := h.LinkByName(cfg.UnderlayIf)
 		if err != nil {
-			dp.Close()
+			n.Close()
 			return nil, fmt.Errorf("node datapath: underlay interface %q: %w", cfg.UnderlayIf, err)
 		}
 		n.route.Device = link.Attrs().Index
@@ -164,6 +233,18 @@ func (n *Node) Apply(s *state.State) error {
 			}
 		}
 	}
+	if n.wg != nil {
+		peers := peersFromNodes(n.cfg.NodeIP, s.Nodes)
+		if !slices.Equal(peers, n.peers) {
+			// A rejected key is not an error of Apply (retrying would not
+			// fix it): the device names it and leaves that node unpeered.
+			if werr := n.wg.Sync(peers); werr != nil {
+				err = errors.Join(err, werr)
+			} else {
+				n.peers = peers
+			}
+		}
+	}
 	return err
 }
 
@@ -195,6 +276,34 @@ func masqConfig(self netip.Addr, nodes []state.Node) (masq.Config, bool) {
 func equalMasq(a, b masq.Config) bool {
 	return a.Local == b.Local && slices.Equal(a.PodCIDRs, b.PodCIDRs)
 }
+
+// peersFromNodes lists every node but self as a WireGuard peer.
+func peersFromNodes(self netip.Addr, nodes []state.Node) []wireguard.Peer {
+	var out []wireguard.Peer
+	for _, sn := range nodes {
+		if sn.IP == self || !sn.IP.Is4() {
+			continue
+		}
+		out = append(out, wireguard.Peer{Node: sn.Cluster + "/" + sn.Name, PublicKey: sn.WireguardPubKey, IP: sn.IP, PodCIDR: sn.PodCIDR})
+	}
+	return out
+}
+
+// WireGuard returns the node's WireGuard device, nil without encryption.
+func (n *Node) WireGuard() *wireguard.Device { return n.wg }
+
+// PublicKey is the node's WireGuard public key to publish, empty without
+// encryption.
+func (n *Node) PublicKey() string {
+	if n.wg == nil {
+		return ""
+	}
+	return n.wg.PublicKey()
+}
+
+// MTU is the MTU pods get: the underlay's less the tunnel's and
+// WireGuard's overheads as configured.
+func (n *Node) MTU() int { return n.mtu }
 
 // Programmed is what the node's datapath holds for an agent that starts:
 // the last state applied in this process, or else what was taken over from
@@ -246,17 +355,25 @@ func (n *Node) Unplumb(hostIf string) error {
 // the programs; with one they stay attached for the next agent. Interfaces
 // go with their namespaces.
 func (n *Node) Close() error {
-	return n.dp.Close()
+	err := n.dp.Close()
+	if n.wg != nil {
+		err = errors.Join(err, n.wg.Close())
+	}
+	return err
 }
 
 // Restored returns what the datapath took over from an earlier agent's
 // pins (datapath.Datapath.Restored), nil if nothing was pinned.
 func (n *Node) Restored() *state.State { return n.dp.Restored() }
 
-// Remove detaches the programs, removes the pins and the masquerade rules
-// (uninstall).
+// Remove detaches the programs, removes the pins, the masquerade rules
+// and the WireGuard device (uninstall).
 func (n *Node) Remove() error {
-	return errors.Join(n.dp.Remove(), masq.Remove(n.cfg.NS))
+	err := errors.Join(n.dp.Remove(), masq.Remove(n.cfg.NS))
+	if n.wg != nil {
+		err = errors.Join(err, n.wg.Remove())
+	}
+	return err
 }
 
 // underDir reports whether path is dir or below it.

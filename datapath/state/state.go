@@ -132,6 +132,10 @@ type Node struct {
 	ClusterID uint32
 	IP        netip.Addr
 	PodCIDR   netip.Prefix
+	// WireguardPubKey is the node's WireGuard public key as it published
+	// it (base64, not yet validated: the datapath rejects one that does
+	// not decode); empty when it publishes none.
+	WireguardPubKey string
 }
 
 // Endpoint is a pod on this node.

@@ -289,7 +289,7 @@ func (r *run) createClusters(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := r.provider.Create(c.kind,
+		if err := kind.Create(r.provider, c.kind, r.kubeconfig,
 			cluster.CreateWithRawConfig(raw),
 			cluster.CreateWithNodeImage(r.nodeImage),
 			cluster.CreateWithKubeconfigPath(r.kubeconfig),

@@ -191,10 +191,28 @@ func (t *Target) Check(sc *scenarios.Scenario) error {
 			errs = append(errs, errors.New("creating Kind clusters needs the node, meshbed and demo images (make scenario TARGET=kind builds them)"))
 		}
 		if len(errs) == 0 {
-			errs = append(errs, checkDockerNetwork(tp))
+			errs = append(errs, checkDockerNetwork(tp), checkInotify())
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// minInotifyInstances is what Kind's known issues page asks for: each node
+// container's systemd, containerd and kubelet take inotify instances, and
+// with the kernel's default of 128 a machine's seventh or eighth node exits
+// while booting.
+const minInotifyInstances = 512
+
+func checkInotify() error {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		return nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n >= minInotifyInstances {
+		return nil
+	}
+	return fmt.Errorf("fs.inotify.max_user_instances is %d: Kind nodes fail to boot beyond a few; raise it to %d (sysctl -w fs.inotify.max_user_instances=%d; hack/docker.sh start does)", n, minInotifyInstances, minInotifyInstances)
 }
 
 // checkDockerNetwork refuses pod or service CIDRs that overlap the Docker
@@ -382,7 +400,7 @@ func (t *Target) create(ctx context.Context, sc *scenarios.Scenario) error {
 		log.Info("Creating Kind cluster", "cluster", name, "kind", c.kind, "nodes", c.spec.Nodes)
 		start := time.Now()
 		t.created = append(t.created, c.kind)
-		if err := t.provider.Create(c.kind, cluster.CreateWithV1Alpha4Config(cfg), cluster.CreateWithNodeImage(t.opts.NodeImage),
+		if err := kind.Create(t.provider, c.kind, t.kubeconfig(), cluster.CreateWithV1Alpha4Config(cfg), cluster.CreateWithNodeImage(t.opts.NodeImage),
 			cluster.CreateWithKubeconfigPath(t.kubeconfig()), cluster.CreateWithWaitForReady(0),
 			cluster.CreateWithDisplayUsage(false), cluster.CreateWithDisplaySalutation(false)); err != nil {
 			return fmt.Errorf("cluster %s: kind create cluster %s: %w", name, c.kind, err)

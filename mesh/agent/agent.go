@@ -12,6 +12,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,8 +24,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -105,6 +108,13 @@ type Config struct {
 	// keeps its services and never drops its ipcache entries or nodes, so
 	// a restart does not cut established connections.
 	Restored *state.State
+	// WireguardPubKey is this node's WireGuard public key (from its
+	// datapath), which the agent publishes on its Node object
+	// (wire.WireguardPubKeyAnnotation) for the mesh-apiserver to export.
+	// Empty: the node does not encrypt, and an annotation left by an
+	// earlier configuration is removed, so no peer keeps sending to a key
+	// nobody holds.
+	WireguardPubKey string
 	// StateDir keeps the node's endpoints across agent restarts, so a
 	// restarted agent restores them instead of tearing them down. Empty
 	// keeps them in memory only.
@@ -291,6 +301,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Unlock()
 		return fmt.Errorf("agent: node %s: %w", a.cfg.NodeName, err)
 	}
+	if err := a.publishKey(ctx, node); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent: node %s: %w", a.cfg.NodeName, err)
+	}
 	restored, rebuild, err := a.restoreEndpointsLocked()
 	a.mu.Unlock()
 	if err != nil {
@@ -469,7 +483,8 @@ func (a *Agent) nodesLocked() []state.Node {
 			continue
 		}
 		cidr, _ := netip.ParsePrefix(n.Spec.PodCIDR)
-		nodes = append(nodes, state.Node{Name: n.Name, Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, IP: ip, PodCIDR: cidr})
+		nodes = append(nodes, state.Node{Name: n.Name, Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, IP: ip, PodCIDR: cidr,
+			WireguardPubKey: n.Annotations[wire.WireguardPubKeyAnnotation]})
 	}
 	for _, name := range a.remoteNamesLocked() {
 		nodes = append(nodes, a.remotes[name].nodeList()...)
@@ -713,4 +728,31 @@ func keepIPCache(entries, prev []state.IPCacheEntry) []state.IPCacheEntry {
 		}
 	}
 	return entries
+}
+
+// publishKey makes the node's WireGuard key annotation say
+// cfg.WireguardPubKey (removing it when that is empty).
+func (a *Agent) publishKey(ctx context.Context, node *corev1.Node) error {
+	have, ok := node.Annotations[wire.WireguardPubKeyAnnotation]
+	want := a.cfg.WireguardPubKey
+	if have == want && ok == (want != "") {
+		return nil
+	}
+	var value any // nil removes the key in a merge patch
+	if want != "" {
+		value = want
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{wire.WireguardPubKeyAnnotation: value}}})
+	if err != nil {
+		return err
+	}
+	if _, err := a.cfg.Kube.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("publish WireGuard key: %w", err)
+	}
+	if want != "" {
+		a.log.Info("Published WireGuard public key", "publicKey", want, "previous", have)
+	} else {
+		a.log.Info("Withdrew WireGuard public key: this node does not encrypt", "previous", have)
+	}
+	return nil
 }

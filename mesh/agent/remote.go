@@ -57,7 +57,7 @@ func (rc *remoteCluster) nodeList() []state.Node {
 		if !ip.IsValid() {
 			continue
 		}
-		sn := state.Node{Name: n.Name, Cluster: n.Cluster, ClusterID: rc.id, IP: ip}
+		sn := state.Node{Name: n.Name, Cluster: n.Cluster, ClusterID: rc.id, IP: ip, WireguardPubKey: n.WireguardPubKey}
 		if n.IPv4AllocCIDR != nil {
 			if a, ok := netip.AddrFromSlice(n.IPv4AllocCIDR.IP); ok {
 				ones, _ := n.IPv4AllocCIDR.Mask.Size()

@@ -28,6 +28,8 @@ func NodeValue(cluster string, clusterID uint32, n *corev1.Node) (v wire.Node, o
 		IPAddresses: []wire.NodeAddress{},
 		Labels:      nonNil(n.Labels),
 		Annotations: map[string]string{},
+		// Passed on as published; every reader validates it.
+		WireguardPubKey: n.Annotations[wire.WireguardPubKeyAnnotation],
 	}
 	for _, typ := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
 		for _, a := range n.Status.Addresses {

@@ -133,7 +133,18 @@ type Node struct {
 	EncryptionKey uint8             `json:"EncryptionKey"`
 	Labels        map[string]string `json:"Labels"`
 	Annotations   map[string]string `json:"Annotations"`
+	// WireguardPubKey is the node's WireGuard public key (base64), empty
+	// when the node does not encrypt. Cilium writes the field always, ""
+	// included; meshbed leaves an empty one out (the value a Cilium reader
+	// decodes is the same) so a node that does not encrypt keeps the exact
+	// value of WIRE.md's example.
+	WireguardPubKey string `json:"WireguardPubKey,omitempty"`
 }
+
+// WireguardPubKeyAnnotation is the Kubernetes Node annotation in which a
+// node's agent publishes its WireGuard public key (Cilium's name); the
+// mesh-apiserver exports it as Node.WireguardPubKey.
+const WireguardPubKeyAnnotation = "network.cilium.io/wg-pub-key"
 
 // NodeAddressInternalIP is the address type of a node's tunnel endpoint.
 const NodeAddressInternalIP = "InternalIP"

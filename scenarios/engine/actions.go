@@ -30,7 +30,7 @@ func actionOf(st *scenarios.Step, r *runner) (action, error) {
 	case *scenarios.Annotate:
 		return annotateAction{a}, nil
 	case *scenarios.Curl:
-		return curlAction{a}, nil
+		return curlAction{a, st.Expect.Encrypted != nil}, nil
 	case *scenarios.Traffic:
 		return trafficAction{a, r}, nil
 	case *scenarios.StopTraffic:
@@ -47,6 +47,8 @@ func actionOf(st *scenarios.Step, r *runner) (action, error) {
 		return processAction{a.Process, Target.Restart}, nil
 	case *scenarios.Wait:
 		return waitAction{a}, nil
+	case *scenarios.AddNode:
+		return addNodeAction{a}, nil
 	}
 	return nil, fmt.Errorf("step %d (%s) has no action", st.Index, st.Name)
 }
@@ -92,13 +94,29 @@ func (annotateAction) needs() []Capability { return nil }
 // curlAction makes count sequential requests from one pod of the source
 // deployment, each a new connection. It is the one action retried under
 // within: every attempt is a fresh set of requests.
-type curlAction struct{ *scenarios.Curl }
+// With capture (the step expects encrypted) the requests run under a
+// capture of the underlay.
+type curlAction struct {
+	*scenarios.Curl
+	capture bool
+}
 
 func (a curlAction) Run(ctx context.Context, t Target) (outcome, error) {
+	if a.capture {
+		return a.runCaptured(ctx, t)
+	}
+	return a.requests(ctx, t, a.URL.String())
+}
+
+func (a curlAction) requests(ctx context.Context, t Target, url string) (outcome, error) {
 	out := outcome{responses: map[string]int{}, hasTraffic: true}
-	client, err := t.Client(ctx, a.From, a.URL.String(), a.Timeout)
+	client, err := t.Client(ctx, a.From, url, a.Timeout)
 	if err != nil {
 		return out, err
+	}
+	src := ""
+	if sn, ok := client.(SourceNoder); ok {
+		src = sn.SourceNode()
 	}
 	t0 := time.Now()
 	var results []result
@@ -110,13 +128,21 @@ func (a curlAction) Run(ctx context.Context, t Target) (outcome, error) {
 			out.errors++
 		} else {
 			out.responses[res.Cluster]++
+			if src != "" && res.Node != "" && res.Cluster+"/"+res.Node != src {
+				out.crossNode++
+			}
 		}
 	}
 	out.took = time.Since(t0)
 	out.maxOutage = maxOutage(results)
 	return out, nil
 }
-func (curlAction) needs() []Capability { return nil }
+func (a curlAction) needs() []Capability {
+	if a.capture {
+		return []Capability{CapExpectEncrypted}
+	}
+	return nil
+}
 
 type trafficAction struct {
 	*scenarios.Traffic

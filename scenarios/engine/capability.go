@@ -58,6 +58,9 @@ func Needs(st *scenarios.Step) []Capability {
 // capability and the target; nil when t can run every step.
 func CheckSupported(sc *scenarios.Scenario, t Target) error {
 	var errs []error
+	if err := checkTopology(sc, t); err != nil {
+		errs = append(errs, err)
+	}
 	for i := range sc.Steps {
 		st := &sc.Steps[i]
 		for _, c := range Needs(st) {

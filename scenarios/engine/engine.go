@@ -180,6 +180,10 @@ type outcome struct {
 	requests   int
 	maxOutage  time.Duration
 	hasTraffic bool
+	// crossNode counts answers from a node other than the client's.
+	crossNode int
+	// capture is what the underlay showed while a curl ran (encrypted).
+	capture *CaptureResult
 }
 
 // step runs one step: its action, then its expectations, retried (curl)
@@ -255,6 +259,9 @@ func (r *runner) check(ctx context.Context, st *scenarios.Step, out outcome) []s
 	}
 	if e.MaxOutage != nil && out.maxOutage > *e.MaxOutage {
 		fails = append(fails, fmt.Sprintf("max outage %s, want at most %s", out.maxOutage.Round(time.Millisecond), *e.MaxOutage))
+	}
+	if e.Encrypted != nil {
+		fails = append(fails, checkEncrypted(*e.Encrypted, out)...)
 	}
 	for _, b := range e.Backends {
 		if err := r.checkBackends(ctx, b); err != nil {

@@ -90,6 +90,9 @@ func FinalCheck(ctx context.Context, r Reader, tp *scenarios.Topology) error {
 		}
 	}
 	errs = append(errs, checkNothingLost(tp, objs, nodes))
+	if tp.Encryption == scenarios.EncryptionWireGuard {
+		errs = append(errs, checkEncryption(tp, nodes))
+	}
 	return errors.Join(errs...)
 }
 

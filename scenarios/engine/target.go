@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -128,7 +129,10 @@ type Result struct {
 	Duration time.Duration
 	// Cluster is the cluster that answered ("" when the request failed).
 	Cluster string
-	Err     error
+	// Node is the node of the answering pod, when the answer says
+	// ("" otherwise).
+	Node string
+	Err  error
 }
 
 // NodeBackends is what one node's datapath holds for a service.
@@ -159,4 +163,20 @@ type NodeState struct {
 	// service's backends are the active ones, in slot order.
 	Services []state.Service
 	IPCache  []state.IPCacheEntry
+	// Encryption is the node's WireGuard device as read back, nil when the
+	// node does not encrypt.
+	Encryption *NodeEncryption
+}
+
+// NodeEncryption is a node's WireGuard device: its public key and peers.
+type NodeEncryption struct {
+	PublicKey string
+	Peers     []EncryptionPeer
+}
+
+// EncryptionPeer is one configured peer.
+type EncryptionPeer struct {
+	PublicKey  string
+	Endpoint   netip.Addr
+	AllowedIPs []netip.Prefix
 }

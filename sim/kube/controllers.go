@@ -201,6 +201,19 @@ func (c *Controllers) Run(ctx context.Context) error {
 	}
 }
 
+// AddNode registers a node that joins the running cluster: its Node
+// object, and a place for pods from the next reconcile on.
+func (c *Controllers) AddNode(ctx context.Context, n Node) error {
+	if err := c.createNode(ctx, n); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	c.kick()
+	return nil
+}
+
 func (c *Controllers) createNode(ctx context.Context, n Node) error {
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
@@ -355,11 +368,20 @@ func (c *Controllers) createPod(ctx context.Context, d *appsv1.Deployment, perNo
 	if len(c.nodes) == 0 {
 		return nil, fmt.Errorf("deployment %s/%s: cluster has no nodes", d.Namespace, d.Name)
 	}
-	node := c.nodes[0].Name
-	for _, n := range c.nodes[1:] {
-		if perNode[n.Name] < perNode[node] {
+	// A nodeSelector on the hostname label (the only node label besides
+	// the OS) narrows the choice, as the scheduler would.
+	sel := d.Spec.Template.Spec.NodeSelector
+	node := ""
+	for _, n := range c.nodes {
+		if !selects(sel, n.Name) {
+			continue
+		}
+		if node == "" || perNode[n.Name] < perNode[node] {
 			node = n.Name
 		}
+	}
+	if node == "" {
+		return nil, fmt.Errorf("deployment %s/%s: no node matches its nodeSelector %v", d.Namespace, d.Name, sel)
 	}
 	h := fnv.New32a()
 	_, _ = fmt.Fprintf(h, "%v", d.Spec.Template)
@@ -755,3 +777,15 @@ func targetPort(sp corev1.ServicePort, members []*corev1.Pod) (int32, bool) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// selects reports whether a nodeSelector matches a node's labels
+// (kubernetes.io/hostname: its name, kubernetes.io/os: linux).
+func selects(sel map[string]string, node string) bool {
+	labels := map[string]string{"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}

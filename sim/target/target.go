@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
@@ -80,6 +81,9 @@ func SpecOf(sc *scenarios.Scenario, log *slog.Logger) sim.Spec {
 	}
 	if tp.Routing == scenarios.RoutingNative {
 		spec.Routing = state.Native
+	}
+	if tp.Encryption == scenarios.EncryptionWireGuard {
+		spec.Encryption = node.EncryptionWireGuard
 	}
 	if spec.Connections == nil {
 		spec.Connections = [][2]string{}
@@ -164,7 +168,19 @@ func (t *Target) Nodes(_ context.Context, cluster string) ([]engine.NodeState, e
 		if err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", cluster, n.Name(), err)
 		}
-		out = append(out, engine.NodeState{Node: n.Name(), Running: s.Running, Desired: s.Desired, Services: s.Services, IPCache: s.IPCache})
+		ns := engine.NodeState{Node: n.Name(), Running: s.Running, Desired: s.Desired, Services: s.Services, IPCache: s.IPCache}
+		if wg := n.Datapath().WireGuard(); wg != nil {
+			peers, err := wg.Peers()
+			if err != nil {
+				return nil, fmt.Errorf("%s/%s: %w", cluster, n.Name(), err)
+			}
+			ns.Encryption = &engine.NodeEncryption{PublicKey: wg.PublicKey()}
+			for _, p := range peers {
+				ns.Encryption.Peers = append(ns.Encryption.Peers, engine.EncryptionPeer{
+					PublicKey: p.PublicKey, Endpoint: p.Endpoint.Addr(), AllowedIPs: p.AllowedIPs})
+			}
+		}
+		out = append(out, ns)
 	}
 	return out, nil
 }
@@ -217,7 +233,7 @@ func (t *Target) Client(ctx context.Context, from scenarios.Workload, url string
 	if err != nil {
 		return nil, err
 	}
-	client, _, err := c.Client(from.Namespace, from.Deployment, timeout)
+	client, pod, err := c.Client(from.Namespace, from.Deployment, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -225,18 +241,22 @@ func (t *Target) Client(ctx context.Context, from scenarios.Workload, url string
 	if err != nil {
 		return nil, err
 	}
-	return podClient{client, resolved}, nil
+	return podClient{client, resolved, from.Cluster + "/" + pod.Node}, nil
 }
 
 type podClient struct {
-	c   *workload.Client
-	url string
+	c    *workload.Client
+	url  string
+	node string // cluster/node of the client pod
 }
 
 func (p podClient) Get(ctx context.Context) engine.Result {
 	res := p.c.Get(ctx, p.url)
-	return engine.Result{Start: res.Start, Duration: res.Duration, Cluster: res.Cluster, Err: res.Err}
+	return engine.Result{Start: res.Start, Duration: res.Duration, Cluster: res.Cluster, Node: res.Node, Err: res.Err}
 }
+
+// SourceNode implements engine.SourceNoder.
+func (p podClient) SourceNode() string { return p.node }
 
 // Partition implements engine.Target.
 func (t *Target) Partition(_ context.Context, groups [][]scenarios.Member, plane scenarios.Plane, oneWay bool) error {
@@ -358,3 +378,42 @@ func kubeGrace(g *scenarios.GracePeriod) []kube.Grace {
 	}
 	return []kube.Grace{{Seconds: g.Seconds}}
 }
+
+// StartCapture implements engine.Capturer: a packet socket in the
+// underlay's namespace.
+func (t *Target) StartCapture(_ context.Context, needles []string) (engine.Capture, error) {
+	m, err := t.up()
+	if err != nil {
+		return nil, err
+	}
+	c, err := m.StartCapture(needles)
+	if err != nil {
+		return nil, err
+	}
+	return capture{c}, nil
+}
+
+type capture struct{ c *sim.Capture }
+
+func (c capture) Stop() (engine.CaptureResult, error) {
+	r, err := c.c.Stop()
+	return engine.CaptureResult{Packets: r.Packets, Clear: r.Clear, ClearCount: r.ClearCount}, err
+}
+
+// AddNode implements engine.NodeAdder.
+func (t *Target) AddNode(ctx context.Context, cluster string) (string, error) {
+	c, err := t.cluster(cluster)
+	if err != nil {
+		return "", err
+	}
+	n, err := c.AddNode(ctx)
+	if err != nil {
+		return "", err
+	}
+	return n.Name(), nil
+}
+
+var (
+	_ engine.Capturer  = (*Target)(nil)
+	_ engine.NodeAdder = (*Target)(nil)
+)

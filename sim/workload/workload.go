@@ -171,6 +171,7 @@ type Result struct {
 	// Cluster is the answering cluster, empty when the request failed.
 	Cluster string
 	Pod     string
+	Node    string
 	Err     error
 }
 
@@ -226,7 +227,7 @@ func (c *Client) Get(ctx context.Context, url string) (r Result) {
 		r.Err = fmt.Errorf("answer is not an echo reply: %q", truncate(string(body), 80))
 		return r
 	}
-	r.Cluster, r.Pod = a.Cluster, a.Pod
+	r.Cluster, r.Pod, r.Node = a.Cluster, a.Pod, a.Node
 	return r
 }
 
