@@ -30,6 +30,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -86,6 +87,13 @@ const (
 	// APIServerListenPort is the port the mesh-apiserver binds on its
 	// node's host network.
 	APIServerListenPort = 2391
+)
+
+// Ports of the Prometheus metrics (--prometheus-serve-addr), announced to
+// scrapers by the pods' prometheus.io/* annotations.
+const (
+	AgentMetricsPort     = metrics.AgentPort
+	APIServerMetricsPort = metrics.APIServerPort
 )
 
 // TLSHashAnnotation on the mesh-apiserver's pod template carries a hash of
@@ -189,6 +197,7 @@ type data struct {
 	RunDir, CNISocket, AgentClusterMeshDir, AgentTLSDir      string
 	APIServerTLSDir, KVStoreMeshDir, KVStoreMeshTLSDir       string
 	APIServerPort, APIServerNodePort, APIServerListenPort    int
+	AgentMetricsPort, APIServerMetricsPort                   int
 }
 
 // Render validates v and returns the manifests as one multi-document YAML
@@ -206,6 +215,7 @@ func Render(v Values) ([]byte, error) {
 		RunDir:  RunDir, CNISocket: CNISocket, AgentClusterMeshDir: AgentClusterMeshDir, AgentTLSDir: AgentTLSDir,
 		APIServerTLSDir: APIServerTLSDir, KVStoreMeshDir: KVStoreMeshDir, KVStoreMeshTLSDir: KVStoreMeshTLSDir,
 		APIServerPort: APIServerPort, APIServerNodePort: APIServerNodePort, APIServerListenPort: APIServerListenPort,
+		AgentMetricsPort: AgentMetricsPort, APIServerMetricsPort: APIServerMetricsPort,
 	}
 	var out bytes.Buffer
 	for i, f := range files {

@@ -276,6 +276,9 @@ func dump(sc *Scenario) string {
 			fmt.Fprintf(&b, " kvstore={%s key=%q exists=%t json=%v prefix=%q count=%v}",
 				k.Cluster, k.Key, k.Exists, k.JSON, k.Prefix, k.Count)
 		}
+		for _, x := range e.Events {
+			fmt.Fprintf(&b, " events={%s count %s}", x, x.Count)
+		}
 		b.WriteString("\n")
 	}
 	return b.String()

@@ -41,6 +41,9 @@ type htmlView struct {
 	Palette           []string
 	W, H              int
 	Warnings          []string
+	// Explanations and Events: the decision events (html_events.go).
+	Explanations []explanationRow
+	Events       []eventRow
 }
 
 type legendItem struct {
@@ -54,6 +57,8 @@ type timelineView struct {
 	Ticks                    []label
 	Bars                     []bar
 	Markers                  []marker
+	// EventMarks are the decision events drawn on the timeline.
+	EventMarks []eventMark
 }
 
 type line struct{ X1, Y1, X2, Y2 string }
@@ -108,8 +113,11 @@ func (r *Report) WriteHTML(w io.Writer) error {
 	}
 	span := r.timeSpan()
 	for _, s := range r.Streams {
-		v.Timelines = append(v.Timelines, timeline(s, r.Steps, span, classOf))
+		tv := timeline(s, r.Steps, span, classOf)
+		tv.EventMarks = eventMarks(s, r.Steps, r.Events, span)
+		v.Timelines = append(v.Timelines, tv)
 	}
+	v.Explanations, v.Events = explanationRows(r), eventRows(r)
 	for i, s := range r.Steps {
 		v.Steps = append(v.Steps, row(i+1, s))
 	}
@@ -301,6 +309,9 @@ tr.failed td{background:#fdecea}
 span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.badge.ok,.badge.bad{color:#fff}
 .msg{white-space:pre-wrap}
 .kinds span{margin-right:14px}
+.ev path{stroke:#fff;stroke-width:1.5}.ev.loss path{fill:#b71c1c}.ev.recovery path{fill:#1b5e20}.ev.change path{fill:#6a1b9a}
+td.ev.loss{color:#b71c1c}td.ev.recovery{color:#1b5e20}td.ev.change{color:#6a1b9a}
+ul.explain li{margin:2px 0}ul.explain .when{color:#555}
 </style>
 </head>
 <body>
@@ -317,6 +328,7 @@ span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.ba
 <h2>Traffic</h2>
 <p class="legend">answered by {{range .Legend}}<span class="key"><span class="swatch {{.Class}}"></span>{{.Name}}</span>{{end}}<span class="key"><span class="swatch fail"></span>failed</span></p>
 <p class="legend kinds">step markers: <span style="color:#c62828">fault</span><span style="color:#2e7d32">recovery</span><span style="color:#555">change</span><span style="color:#999">other</span> — numbers are step numbers; hover for details</p>
+{{if .Events}}<p class="legend kinds">decision events of the stream's cluster (◆, hover for details): <span style="color:#b71c1c">loss, withdrawal, stop, rejection</span><span style="color:#1b5e20">restoration, start</span><span style="color:#6a1b9a">affinity, policy applied</span></p>{{end}}
 {{range .Timelines}}
 <figure>
 <figcaption><b>{{.Name}}</b> {{.From}} → {{.URL}} <span class="sum">— {{.Summary}}</span></figcaption>
@@ -327,9 +339,14 @@ span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.ba
 {{end}}</g>
 <g class="markers">{{range .Markers}}<g class="m {{.Class}}"><title>{{.Title}}</title><line x1="{{.Line.X1}}" y1="{{.Line.Y1}}" x2="{{.Line.X2}}" y2="{{.Line.Y2}}"/>{{if .ShowLabel}}<text class="{{.LabelClass}}" x="{{.Label.X}}" y="{{.Label.Y}}">{{.Label.Text}}</text>{{end}}</g>
 {{end}}</g>
+{{if .EventMarks}}<g class="events">{{range .EventMarks}}<g class="ev {{.Class}}" data-kind="{{.Kind}}"><title>{{.Title}}</title><path d="{{.Path}}"/></g>{{end}}</g>{{end}}
 </svg>
 </figure>
-{{end}}{{end}}
+{{end}}{{end}}{{if .Explanations}}
+<h2>What happened</h2>
+<ul class="explain">{{range .Explanations}}<li><span class="when">step {{.Step}} ({{.StepName}}):</span> {{.Text}}</li>
+{{end}}</ul>
+{{end}}
 <h2>Steps</h2>
 <table>
 <thead><tr><th>#</th><th>step</th><th>action</th><th>result</th><th>start</th><th>took</th><th>held after</th><th>responses</th><th>errors</th><th>max outage</th><th>message</th></tr></thead>
@@ -337,6 +354,17 @@ span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.ba
 {{range .Steps}}<tr{{if not .Passed}} class="failed"{{end}}><td class="n">{{.Index}}</td><td>{{.Name}}</td><td>{{.Action}}</td><td>{{if .Passed}}<span class="ok">pass</span>{{else}}<span class="bad">FAIL</span>{{end}}</td><td class="n">{{.Start}}</td><td class="n">{{.Took}}</td><td class="n">{{.Held}}</td><td>{{.Responses}}</td><td class="n">{{.Errors}}</td><td class="n">{{.MaxOutage}}</td><td class="msg">{{.Message}}</td></tr>
 {{end}}</tbody>
 </table>
+{{if .Events}}
+<h2>Decision events</h2>
+<details><summary>{{len .Events}} events recorded by the mesh's components</summary>
+<table class="events">
+<thead><tr><th>time</th><th>kind</th><th>where</th><th>component</th><th>about</th><th>message</th></tr></thead>
+<tbody>
+{{range .Events}}<tr><td class="n">{{.When}}</td><td class="ev {{.Class}}">{{.Kind}}</td><td>{{.Where}}</td><td>{{.Component}}</td><td>{{.About}}</td><td class="msg">{{.Message}}</td></tr>
+{{end}}</tbody>
+</table>
+</details>
+{{end}}
 </body>
 </html>
 `))

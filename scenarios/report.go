@@ -7,6 +7,8 @@ import (
 	"math"
 	"sort"
 	"time"
+
+	"github.com/meshbed/meshbed/mesh/event"
 )
 
 // Report is the result of a scenario run, written as report.json. The field
@@ -35,6 +37,21 @@ type Report struct {
 	// Substitutions are the images a target replaced by meshbed's own
 	// (Kind: no registry), one line each. Omitted when there are none.
 	Substitutions []string `json:"substitutions,omitempty"`
+	// Events are the mesh's decision events recorded during the run
+	// (docs/scenarios.md, "Events"), in time order; omitted when the
+	// target collects none.
+	Events []EventRecord `json:"events,omitempty"`
+	// Explanations is not in docs/scenarios.md: one line per decision after
+	// each fault, recovery or change step, built from Events and Streams
+	// (Explain); omitted when there are no events.
+	Explanations []Explanation `json:"explanations,omitempty"`
+}
+
+// EventRecord is one decision event of the run: the event as the
+// component recorded it, and its time on the run clock.
+type EventRecord struct {
+	Seconds float64 `json:"seconds"`
+	event.Event
 }
 
 // StepReport is the result of one step.

@@ -531,12 +531,15 @@ type Expect struct {
 	// requests ran (and that some requests did cross nodes, or the capture
 	// proves nothing); false asserts that one did.
 	Encrypted *bool
+	// Events counts decision events recorded since the step began (any
+	// step; one object or a list).
+	Events []EventsExpect
 }
 
 // IsZero reports whether e expects nothing.
 func (e *Expect) IsZero() bool {
 	return e.Within == 0 && e.Responses == nil && e.Errors == nil && e.MaxOutage == nil &&
-		e.Backends == nil && e.KVStore == nil && e.Encrypted == nil
+		e.Backends == nil && e.KVStore == nil && e.Encrypted == nil && e.Events == nil
 }
 
 // BackendsExpect: on every node of Cluster, the datapath's service map holds

@@ -667,10 +667,11 @@ var expectAppliesTo = map[string][]string{
 	"backends":  nil,
 	"kvstore":   nil,
 	"encrypted": {"curl"},
+	"events":    nil,
 }
 
 func (d *decoder) expect(field string, v any, action string, st *state) Expect {
-	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore", "encrypted")
+	m := d.object(field, v, "within", "responses", "errors", "maxOutage", "backends", "kvstore", "encrypted", "events")
 	if m == nil {
 		return Expect{}
 	}
@@ -738,6 +739,18 @@ func (d *decoder) expect(field string, v any, action string, st *state) Expect {
 			}
 			if k, ok := d.kvstore(f, item, st); ok {
 				e.KVStore = append(e.KVStore, k)
+			}
+		}
+	}
+	if v, ok := get(m, "events"); ok {
+		ef := join(field, "events")
+		for i, item := range oneOrList(v) {
+			f := ef
+			if _, isList := v.([]any); isList {
+				f = index(ef, i)
+			}
+			if x, ok := d.events(f, item, st); ok {
+				e.Events = append(e.Events, x)
 			}
 		}
 	}

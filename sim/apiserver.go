@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
 	"github.com/meshbed/meshbed/mesh/pki"
@@ -111,6 +112,11 @@ func (c *Cluster) StartAPIServer() error {
 	cfg.DataDir = filepath.Join(c.mesh.dir, "etcd", fmt.Sprint(c.spec.ID))
 	cfg.RemoteClusters = peers
 	cfg.Logger = c.log.With("component", "apiserver")
+	reg, events, err := c.mesh.registry(c.spec.Name, "", event.ComponentAPIServer)
+	if err != nil {
+		return err
+	}
+	cfg.Events, cfg.Metrics = events, reg
 	// Deliberate override: raft timings ten times shorter than the
 	// binary's (100/1000 ms), so that a simulated apiserver's etcd elects
 	// itself sooner on every start and restart (bring-up and restart
@@ -174,6 +180,10 @@ func (c *Cluster) StartKVStoreMesh() error {
 }
 
 func (c *Cluster) startKVStoreMeshLocked() error {
+	reg, events, err := c.mesh.registry(c.spec.Name, "", event.ComponentKVStoreMesh)
+	if err != nil {
+		return err
+	}
 	km, err := kvstoremesh.New(kvstoremesh.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		ConfigDir:      c.kvstoremeshConfigDir(),
@@ -181,6 +191,7 @@ func (c *Cluster) startKVStoreMeshLocked() error {
 		Local:          c.srv.Client(),
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		Logger: c.log.With("component", "kvstoremesh"),
+		Events: events, Metrics: reg,
 	})
 	if err != nil {
 		return err
@@ -273,3 +284,20 @@ func (c *Cluster) KVStoreCount(ctx context.Context, prefix string) (int, error) 
 	kvs, err := c.KVStoreList(ctx, prefix)
 	return len(kvs), err
 }
+
+// KVStoreMeshStatus returns what the cluster's kvstoremesh knows of every
+// remote cluster (its cache, and its remote connections); ok is false when
+// kvstoremesh is not running.
+func (c *Cluster) KVStoreMeshStatus() (st []kvstoremesh.ClusterStatus, conns []remote.ClusterStatus, ok bool) {
+	c.mu.Lock()
+	km := c.km
+	c.mu.Unlock()
+	if km == nil {
+		return nil, nil, false
+	}
+	return km.Status(), km.Remotes(), true
+}
+
+// UsesKVStoreMesh reports whether the cluster's agents read the remote
+// clusters through kvstoremesh.
+func (c *Cluster) UsesKVStoreMesh() bool { return c.mesh.spec.KVStoreMesh }

@@ -23,10 +23,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 	"github.com/meshbed/meshbed/sim/kube"
@@ -82,6 +85,14 @@ type Mesh struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// events collects every component's decision events (the components
+	// record them; the mesh only keeps them).
+	events *event.Log
+
+	// registries holds each component's metrics (under mu); a component
+	// that starts gets a new one.
+	registries map[component]*prometheus.Registry
 
 	mu         sync.Mutex
 	blackholes []blackhole
@@ -183,7 +194,8 @@ func New(ctx context.Context, spec Spec) (_ *Mesh, err error) {
 	}
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m := &Mesh{spec: spec, log: spec.Logger, dir: dir, tls: pki.Dir(filepath.Join(dir, "tls")),
-		byName: map[string]*Cluster{}, ruled: map[*netns.NS]bool{}, ctx: mctx, cancel: cancel}
+		byName: map[string]*Cluster{}, ruled: map[*netns.NS]bool{}, ctx: mctx, cancel: cancel,
+		events: event.NewLog(0), registries: map[component]*prometheus.Registry{}}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -285,4 +297,13 @@ func (m *Mesh) peersOf(c *Cluster) []*Cluster {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].spec.Name < out[j].spec.Name })
 	return out
+}
+
+// Events returns the decision events the mesh's components recorded at or
+// after since, in time order.
+func (m *Mesh) Events(since time.Time) []event.Event { return m.events.Since(since) }
+
+// recorder is the event recorder of one component of the mesh.
+func (m *Mesh) recorder(cluster, node, component string) event.Recorder {
+	return event.Scope(m.events, cluster, node, component)
 }

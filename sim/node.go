@@ -15,6 +15,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/sim/workload"
@@ -101,6 +102,11 @@ func (c *Cluster) newNode(i int) (*Node, error) {
 		n.ns.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if err := c.mesh.registerDatapath(c.spec.Name, name, n.dp.Datapath().Collector(nil)); err != nil {
+		n.dp.Close()
+		n.ns.Close()
+		return nil, fmt.Errorf("%s: metrics: %w", name, err)
+	}
 	return n, nil
 }
 
@@ -140,6 +146,10 @@ func (n *Node) StartAgent() error {
 	}
 	c := n.cluster
 	log := c.log.With("node", n.name)
+	reg, events, err := c.mesh.registry(c.spec.Name, n.name, event.ComponentAgent)
+	if err != nil {
+		return fmt.Errorf("agent on %s: %w", n.name, err)
+	}
 	mgr, err := remote.New(remote.Config{
 		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
 		Dir:            c.agentConfigDir(),
@@ -147,6 +157,8 @@ func (n *Node) StartAgent() error {
 		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
 		SyncTimeout: simSyncTimeout,
 		Logger:      log.With("component", "remote"),
+		Events:      events,
+		Metrics:     reg, SourceNode: n.name,
 	})
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
@@ -160,6 +172,7 @@ func (n *Node) StartAgent() error {
 	cfg.StateDir = n.stateDir()
 	cfg.WireguardPubKey = n.dp.PublicKey()
 	cfg.Logger = log.With("component", "agent")
+	cfg.Events, cfg.Metrics = events, reg
 	if c.mesh.spec.FailStatic {
 		cfg.Mode = service.ModeFailStatic
 	}

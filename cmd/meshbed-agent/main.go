@@ -26,7 +26,9 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -39,8 +41,7 @@ type options struct {
 	nodeIP, underlayIf, routing                               string
 	failStatic, policyAllClusters, allowLocalhost, masquerade bool
 	healthInterval, healthTimeout, syncTimeout                time.Duration
-	logLevel                                                  string
-	flowsAddr                                                 string
+	logLevel, flowsAddr, prometheusAddr                       string
 }
 
 func main() {
@@ -88,6 +89,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
 		"TCP address on which the agent serves its flow stream (also served on --state-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
+	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", agent.DefaultPrometheusServeAddr, fmt.Sprintf("serve Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.AgentPort))
 	return cmd
 }
 
@@ -151,10 +153,19 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer dp.Close()
+	reg := metrics.NewProcessRegistry()
+	if err := reg.Register(dp.Datapath().Collector(nil)); err != nil {
+		return err
+	}
+	events, err := event.Counted(event.Scope(event.Logger(log), o.clusterName, o.nodeName, event.ComponentAgent), reg)
+	if err != nil {
+		return err
+	}
 	mgr, err := remote.New(remote.Config{
 		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
 		Dir: o.configDir, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
-		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"),
+		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"), Events: events,
+		Metrics: reg, SourceNode: o.nodeName,
 	})
 	if err != nil {
 		return err
@@ -171,8 +182,12 @@ func run(ctx context.Context, o options) error {
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.Logger = log.With("component", "agent")
+	cfg.Events, cfg.Metrics = events, reg
 	a, err := agent.New(cfg)
 	if err != nil {
+		return err
+	}
+	if err := metrics.Serve(ctx, o.prometheusAddr, reg, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	flows := flow.NodeHandler(ctx, a.Flows)

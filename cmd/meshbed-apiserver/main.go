@@ -27,7 +27,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/pki"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -39,7 +41,7 @@ type options struct {
 	remoteClusters                                              []string
 	heartbeat, configPoll                                       time.Duration
 	identityGCInterval, identityHeartbeatTimeout                time.Duration
-	logLevel                                                    string
+	logLevel, prometheusAddr                                    string
 }
 
 func main() {
@@ -80,6 +82,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.identityHeartbeatTimeout, "identity-heartbeat-timeout", d.IdentityHeartbeatTimeout, "how long an identity must stay unused before it is deleted and withdrawn from the mesh")
 	f.StringVar(&o.dataDir, "data-dir", "", "etcd data directory, wiped on start (default: a temporary directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", apiserver.DefaultPrometheusServeAddr, fmt.Sprintf("serve the mesh-apiserver's and kvstoremesh's Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.APIServerPort))
 	return cmd
 }
 
@@ -170,6 +173,11 @@ func run(ctx context.Context, o options) error {
 	cfg.HeartbeatInterval = o.heartbeat
 	cfg.IdentityGCInterval, cfg.IdentityHeartbeatTimeout = o.identityGCInterval, o.identityHeartbeatTimeout
 	cfg.Logger = log.With("component", "apiserver")
+	reg := metrics.NewProcessRegistry()
+	if cfg.Events, err = event.Counted(event.Scope(event.Logger(log), o.clusterName, "", event.ComponentAPIServer), reg); err != nil {
+		return err
+	}
+	cfg.Metrics = reg
 	srv, err := apiserver.New(cfg)
 	if err != nil {
 		return err
@@ -178,6 +186,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer srv.Close()
+	if err := metrics.Serve(ctx, o.prometheusAddr, reg, log.With("component", "metrics")); err != nil {
+		return err
+	}
 	log.Info("mesh-apiserver serving", "cluster", o.clusterName, "id", o.clusterID, "endpoints", srv.Endpoints(), "remote-readers", readers)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -200,6 +211,9 @@ func run(ctx context.Context, o options) error {
 			ConfigDir:            o.configDir,
 			Local:                srv.Client(),
 			Logger:               log.With("component", "kvstoremesh"),
+			// The apiserver's counter counts kvstoremesh's events too.
+			Events:  event.Scope(cfg.Events, o.clusterName, "", event.ComponentKVStoreMesh),
+			Metrics: reg,
 		})
 		if err != nil {
 			cancel()

@@ -87,16 +87,29 @@ pick the files up without a restart once the kubelet has updated the Secrets
 	var status clustermesh.StatusOptions
 	var probe bool
 	var probeCADir string
+	var simCluster, simName, output string
 	statusCmd := &cobra.Command{
-		Use:   "status --context CTX [--wait]",
+		Use:   "status --context CTX [--wait] | --cluster C [--name MESH]",
 		Short: "Show whether the cluster's meshbed is ready and its remote clusters synced",
 		Long: `Checks the agents and the mesh-apiserver, the certificates, the configured
 remote clusters and, unless --probe=false, asks the mesh-apiserver (through
 its node port, with a short-lived certificate from --ca-dir) whether
 kvstoremesh has synced each remote cluster. Exits 1 when something is not
-ready; with --wait, retries until everything is or --wait-timeout passes.`,
+ready; with --wait, retries until everything is or --wait-timeout passes.
+
+With --cluster, reads a running simulated mesh (meshbed sim up, --name)
+instead: for kvstoremesh and for every agent of the cluster, each remote
+cluster, whether it is connected and synced, how many nodes, services,
+identities and endpoints came from it, and for how long it has been synced
+(or not). Exits 1 when a remote is not synced or a component is stopped.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if simCluster != "" {
+				if status.Context != "" {
+					return &exitError{2, errors.New("--cluster (a simulated mesh) and --context (a real cluster) exclude each other")}
+				}
+				return clustermeshStatusSim(cmd, simName, simCluster, output)
+			}
 			status.Kubeconfig = kubeconfig
 			if status.Context == "" {
 				return &exitError{2, errors.New("--context is required")}
@@ -121,6 +134,9 @@ ready; with --wait, retries until everything is or --wait-timeout passes.`,
 	statusCmd.Flags().DurationVar(&status.Interval, "interval", 2*time.Second, "how often --wait checks")
 	statusCmd.Flags().BoolVar(&probe, "probe", true, "ask the mesh-apiserver whether remote clusters are synced (needs --ca-dir with ca.key and a route to the node addresses)")
 	statusCmd.Flags().StringVar(&probeCADir, "ca-dir", defaultCADir(), "directory of the mesh CA, for --probe")
+	statusCmd.Flags().StringVar(&simCluster, "cluster", "", "a cluster of a running simulated mesh (instead of --context)")
+	statusCmd.Flags().StringVar(&simName, "name", "default", "with --cluster: the name of the simulated mesh")
+	statusCmd.Flags().StringVarP(&output, "output", "o", "summary", "with --cluster: summary or json")
 	cmd.AddCommand(statusCmd)
 	return cmd
 }

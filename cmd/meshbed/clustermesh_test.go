@@ -21,6 +21,7 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
@@ -568,10 +569,17 @@ func TestIntegrationCertificatesWorkWithAPIServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer kv.Close()
-			v, found, err := kv.Get(t.Context(), wire.ClusterConfigKey("cluster1"))
-			if err != nil || !found {
-				t.Fatalf("read cluster1's cluster-config: found %v, %v", found, err)
-			}
+			// The apiserver writes its cluster-config once it runs; Synced
+			// does not wait for that write.
+			var v []byte
+			testenv.Eventually(t, 10*time.Second, func() error {
+				var found bool
+				var err error
+				if v, found, err = kv.Get(t.Context(), wire.ClusterConfigKey("cluster1")); err != nil || !found {
+					return fmt.Errorf("read cluster1's cluster-config: found %v, %v", found, err)
+				}
+				return nil
+			})
 			if cc, err := wire.DecodeClusterConfig(wire.ClusterConfigKey("cluster1"), v, "cluster1"); err != nil || cc.ID != 1 {
 				t.Errorf("cluster-config %s: %v", v, err)
 			}

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
@@ -39,7 +40,7 @@ func simCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sim", Short: "Keep a simulated mesh running and drive it by hand"}
 	cmd.PersistentFlags().StringVar(&name, "name", "default", "name of the simulated mesh (several may run at once)")
 
-	var file, logFile string
+	var file, logFile, promAddr string
 	var verbose bool
 	up := &cobra.Command{
 		Use:   "up -f FILE",
@@ -52,12 +53,13 @@ func simCmd() *cobra.Command {
 			if os.Geteuid() != 0 {
 				return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
 			}
-			return simUp(cmd, name, file, logFile, verbose)
+			return simUp(cmd, name, file, logFile, promAddr, verbose)
 		},
 	}
 	up.Flags().StringVarP(&file, "file", "f", "", "scenario file whose topology and manifests to bring up (its steps are not run)")
 	up.Flags().StringVar(&logFile, "log-file", "", "write the mesh components' logs to this file")
 	up.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
+	up.Flags().StringVar(&promAddr, "prometheus-serve-addr", "", "also serve every component's metrics (cluster, node and component labels added) at /metrics on this address, e.g. 127.0.0.1:9962")
 	cmd.AddCommand(up)
 
 	step := func(use, short string, args cobra.PositionalArgs, build func(cmd *cobra.Command, args []string) (map[string]any, error)) *cobra.Command {
@@ -174,11 +176,12 @@ func simCmd() *cobra.Command {
 	bpf.AddCommand(lb)
 	cmd.AddCommand(bpf)
 	cmd.AddCommand(simObserveCmd(&name))
+	cmd.AddCommand(metricsCmd(&name))
 	return cmd
 }
 
 // simUp runs the mesh and serves the control socket until interrupted.
-func simUp(cmd *cobra.Command, name, file, logFile string, verbose bool) error {
+func simUp(cmd *cobra.Command, name, file, logFile, promAddr string, verbose bool) error {
 	sc, err := scenarios.Load(file)
 	if err != nil {
 		return &exitError{2, err}
@@ -217,6 +220,9 @@ func simUp(cmd *cobra.Command, name, file, logFile string, verbose bool) error {
 	defer s.Close()
 	srv := &http.Server{Handler: &control{file: file, raw: raw, s: s, mesh: tgt.Mesh()}, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
+	if err := metrics.Serve(ctx, promAddr, tgt.Mesh(), logger); err != nil {
+		return &exitError{2, err}
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "mesh %q is up; drive it with `meshbed sim --name %s ...`; Ctrl-C tears it down\n", name, name)
 	<-ctx.Done()
 	srv.Close()
@@ -248,6 +254,11 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return c.mesh.FlowObservers(req.Cluster, req.Node)
 		}).ServeHTTP(w, r)
 		return
+	case "/metrics":
+		c.serveMetrics(w, r)
+		return
+	case "/clustermesh":
+		v, err = c.clustermesh(r)
 	default:
 		http.NotFound(w, r)
 		return

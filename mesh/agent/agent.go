@@ -34,8 +34,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/policy"
@@ -51,6 +54,10 @@ var CiliumNetworkPolicies = schema.GroupVersionResource{Group: "cilium.io", Vers
 const (
 	DefaultSyncTimeout = 30 * time.Second
 	DefaultCoalesce    = 5 * time.Millisecond
+	// DefaultPrometheusServeAddr is the meshbed-agent binary's
+	// --prometheus-serve-addr: empty, metrics not served, as Cilium's
+	// agent (the Kind manifests set :9962).
+	DefaultPrometheusServeAddr = ""
 )
 
 // DefaultConfig is the agent's configuration before the environment
@@ -121,6 +128,18 @@ type Config struct {
 	StateDir string
 
 	Logger *slog.Logger
+	// Events receives the agent's decisions (BackendsWithdrawn and
+	// BackendsRestored, AffinityFallback and AffinityRestored,
+	// PolicyApplied and PolicyRejected) and its life cycle
+	// (ComponentStarted once it programs its node, ComponentStopped when
+	// Run returns). The caller scopes it to the cluster, node and
+	// component (event.Scope) and gives the same recorder to the agent's
+	// remote.Manager; nil discards them.
+	Events event.Recorder
+	// Metrics, when set, receives the agent's metrics (metrics.go); give
+	// the same registry to the agent's remote.Manager for Cilium's
+	// clustermesh series.
+	Metrics prometheus.Registerer
 }
 
 // Remote is the agent's view of the remote clusters (a *remote.Manager).
@@ -168,6 +187,7 @@ type Agent struct {
 	lastErr   error
 	decisions []service.Decision
 	applied   chan struct{} // closed and replaced after every Apply
+	metrics   agentMetrics
 }
 
 // New validates cfg and returns an agent; Run starts it.
@@ -198,6 +218,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	log := cfg.Logger.With("cluster", cfg.ClusterName, "node", cfg.NodeName)
 	ids, err := identity.NewCache(cfg.Dynamic, identity.Config{
 		Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID,
@@ -251,6 +272,9 @@ func New(cfg Config) (*Agent, error) {
 	ids.AddHandler(a.localIdentity)
 	if err := a.newFlowObserver(); err != nil {
 		return nil, err
+	}
+	if err := a.registerMetrics(cfg.Metrics); err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
 	return a, nil
 }
@@ -319,6 +343,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("Restored endpoints", "count", restored)
 	}
 	a.log.Info("Agent started", "podCIDR", a.ipam.cidr)
+	a.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: fmt.Sprintf("agent started (pod CIDR %s, %d endpoints restored)", a.ipam.cidr, restored)})
+	defer a.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "agent stopped"})
 
 	if a.flows != nil {
 		wg.Go(func() {
@@ -383,9 +409,12 @@ func (a *Agent) rebuild() {
 	if prev == nil {
 		prev = a.cfg.Restored
 	}
+	var res service.Result
 	if a.synced {
-		res := service.Merge(a.mergeInputLocked())
+		in := a.mergeInputLocked()
+		res = service.Merge(in)
 		s.Services = res.Services
+		a.recordDecisionsLocked(in, res)
 		a.decisions = res.Decisions
 		warns = append(warns, res.Warnings...)
 	} else if prev != nil {
@@ -405,6 +434,9 @@ func (a *Agent) rebuild() {
 		a.log.Warn("Service merge", "err", w)
 	}
 	err := a.cfg.Datapath.Apply(s)
+	if err == nil {
+		a.withdrawnLocked(res)
+	}
 	if err != nil {
 		a.log.Error("Datapath apply failed; will retry", "err", err)
 		go func() {
@@ -415,6 +447,18 @@ func (a *Agent) rebuild() {
 	a.last, a.lastErr = s, err
 	close(a.applied)
 	a.applied = make(chan struct{})
+}
+
+// recordDecisionsLocked records the decision events of a merge: what
+// changed since the previous one (service.Events).
+func (a *Agent) recordDecisionsLocked(in *service.Input, res service.Result) {
+	clusters := make(map[uint32]string, len(in.Remote))
+	for _, r := range in.Remote {
+		clusters[r.ID] = r.Name
+	}
+	for _, e := range service.Events(a.decisions, res.Decisions, res.Services, clusters) {
+		a.cfg.Events.Record(e)
+	}
 }
 
 // State returns the last desired state handed to the datapath, whether the
@@ -595,18 +639,18 @@ func (a *Agent) policyHandler(src policy.Source) cache.ResourceEventHandlerFuncs
 		p, err := decode(obj)
 		a.mu.Lock()
 		defer a.mu.Unlock()
+		if err == nil {
+			_, err = a.policies.UpsertPolicy(p)
+		}
 		if err != nil {
 			ref := refOf(src, obj)
 			a.badPolicy[ref] = err
 			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
+			a.cfg.Events.Record(event.Event{Kind: event.PolicyRejected, Policy: ref.String(),
+				Message: "the last good version, if any, stays in force: " + err.Error()})
 			return
 		}
-		if _, err := a.policies.UpsertPolicy(p); err != nil {
-			ref := refOf(src, obj)
-			a.badPolicy[ref] = err
-			a.log.Error("Rejected policy; the last good version stays in force", "policy", ref, "err", err)
-			return
-		}
+		a.cfg.Events.Record(event.Event{Kind: event.PolicyApplied, Policy: refOf(src, obj).String()})
 		delete(a.badPolicy, refOf(src, obj))
 		delete(a.warnings, refOf(src, obj))
 		for _, w := range p.Warnings {

@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/policy"
@@ -20,6 +21,9 @@ type remoteCluster struct {
 	nodes          map[string]*wire.Node
 	ipcache        map[netip.Addr]*wire.IPIdentityPair
 	identities     map[uint32]wire.Labels
+	// lostAt is when the cluster was reported unreachable, until the
+	// withdrawal of its backends is applied (meshbed_backends_withdraw_seconds).
+	lostAt time.Time
 }
 
 func newRemoteCluster() *remoteCluster {
@@ -139,6 +143,10 @@ func (s *sink) Reachable(cluster string, reachable bool) {
 	s.with(cluster, false, func(rc *remoteCluster) {
 		if rc.reachable != reachable {
 			(*Agent)(s).log.Info("Remote cluster reachability changed", "remote", cluster, "reachable", reachable)
+			rc.lostAt = time.Time{}
+			if !reachable {
+				rc.lostAt = time.Now()
+			}
 		}
 		rc.reachable = reachable
 	})

@@ -69,6 +69,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/pki"
@@ -87,6 +90,11 @@ const (
 	// clustermesh config directory for the remote readers' users.
 	DefaultConfigPollInterval = 10 * time.Second
 )
+
+// DefaultPrometheusServeAddr is the meshbed-apiserver binary's
+// --prometheus-serve-addr: empty, metrics not served (the Kind manifests
+// set :9963).
+const DefaultPrometheusServeAddr = ""
 
 // DefaultConfig is the mesh-apiserver's configuration before the
 // environment (names, clients, TLS and data directories, remote readers,
@@ -159,6 +167,14 @@ type Config struct {
 
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+	// Events receives the apiserver's life cycle: ComponentStarted once
+	// Start has etcd serving, ComponentStopped when Close stops it. The
+	// caller scopes it to its cluster and component; nil discards them.
+	Events event.Recorder
+	// Metrics, when set, receives the apiserver's metrics:
+	// cilium_clustermesh_apiserver_kvstore_operations_duration_seconds for
+	// the etcd calls of its export (scope "local").
+	Metrics prometheus.Registerer
 }
 
 // Server is a mesh-apiserver.
@@ -178,6 +194,7 @@ type Server struct {
 	ids    *identity.Cache
 	alloc  *identity.Allocator
 	synced chan struct{}
+	ops    *kvstore.Operations
 }
 
 // New checks cfg and returns a Server; nothing runs until Start.
@@ -230,7 +247,13 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh-apiserver: %w", err)
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
+	ops, err := kvstore.NewOperations(cfg.Metrics, "cilium_clustermesh_apiserver_kvstore_operations_duration_seconds")
+	if err != nil {
+		return nil, fmt.Errorf("mesh-apiserver: metrics: %w", err)
+	}
 	return &Server{
+		ops:    ops,
 		cfg:    cfg,
 		logger: logger,
 		ids:    ids,
@@ -273,6 +296,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	lc := s.LocalConfig(rootTLS)
 	lc.Logger = s.logger
+	lc.DialOptions = append(lc.DialOptions, s.ops.DialOption("local"))
 	// The client lives until Close, not until ctx (which only bounds the
 	// start).
 	s.root, err = kvstore.Connect(context.WithoutCancel(ctx), lc)
@@ -285,6 +309,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("mesh-apiserver of cluster %q: %w", s.cfg.ClusterName, err)
 	}
 	s.writer = kvstore.NewWriter(s.root, kvstore.WriterConfig{LeaseTTL: s.cfg.LeaseTTL})
+	s.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: "mesh-apiserver started, etcd serving at " + s.endpoint})
 	return nil
 }
 
@@ -387,7 +412,12 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	return s.stopLocked()
+	running := s.etcd != nil
+	err := s.stopLocked()
+	if running {
+		s.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "mesh-apiserver stopped with its etcd"})
+	}
+	return err
 }
 
 func (s *Server) stopLocked() error {

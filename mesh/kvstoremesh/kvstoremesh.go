@@ -60,6 +60,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -112,6 +115,16 @@ type Config struct {
 
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+	// Events receives kvstoremesh's decisions (its remote connections'
+	// RemoteLost and RemoteRestored) and its life cycle
+	// (ComponentStarted when Run starts, ComponentStopped when it
+	// returns), scoped by the caller to its cluster and component; nil
+	// discards them.
+	Events event.Recorder
+	// Metrics, when set, receives kvstoremesh's metrics: those of its
+	// remote connections under Cilium's cilium_kvstoremesh_* names (see
+	// package remote).
+	Metrics prometheus.Registerer
 }
 
 // Mesh mirrors the remote clusters into the local etcd. Create it with New
@@ -281,6 +294,7 @@ func New(cfg Config) (*Mesh, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	cfg.Events = event.OrDiscard(cfg.Events)
 	mgr, err := remote.New(remote.Config{
 		ClusterName:          cfg.ClusterName,
 		ClusterID:            cfg.ClusterID,
@@ -296,6 +310,9 @@ func New(cfg Config) (*Mesh, error) {
 		KeepAliveTimeout:     cfg.KeepAliveTimeout,
 		RequestTimeout:       cfg.RequestTimeout,
 		Logger:               log,
+		Events:               cfg.Events,
+		Metrics:              cfg.Metrics,
+		MetricsSubsystem:     "kvstoremesh",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kvstoremesh: %w", err)
@@ -324,6 +341,8 @@ func (m *Mesh) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.runCtx = ctx
 	m.mu.Unlock()
+	m.cfg.Events.Record(event.Event{Kind: event.ComponentStarted, Message: "kvstoremesh started"})
+	defer m.cfg.Events.Record(event.Event{Kind: event.ComponentStopped, Message: "kvstoremesh stopped"})
 	m.wg.Go(func() {
 		t := time.NewTimer(m.cfg.OrphanSweepDelay)
 		defer t.Stop()

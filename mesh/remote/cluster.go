@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -59,8 +60,15 @@ type cluster struct {
 	canaryPresent bool
 	grace         *time.Timer
 	lastErr       error
-	rejected      int // remote values rejected by validation
-	stores        map[wire.Resource]*store
+	// lossReason says why the cluster became unreachable, for the
+	// RemoteLost event; lostAt is when it was lost (zero: not lost).
+	lossReason string
+	lostAt     time.Time
+	// failures and lastFailure count losses and failed sessions.
+	failures    int
+	lastFailure time.Time
+	rejected    int // remote values rejected by validation
+	stores      map[wire.Resource]*store
 }
 
 func newCluster(m *Manager, name string) *cluster {
@@ -134,7 +142,25 @@ func (c *cluster) status() ClusterStatus {
 		LastErr:        c.lastErr,
 		Rejected:       c.rejected,
 		Since:          c.since,
+		Failures:       c.failures,
+		LastFailure:    c.lastFailure,
+		Entries:        c.entriesLocked(),
 	}
+}
+
+// entriesLocked counts the accepted entries of every resource.
+func (c *cluster) entriesLocked() map[wire.Resource]int {
+	out := make(map[wire.Resource]int, len(c.stores))
+	for r, st := range c.stores {
+		out[r] = len(st.entries)
+	}
+	return out
+}
+
+// failureLocked counts a loss or a failed session.
+func (c *cluster) failureLocked() {
+	c.failures++
+	c.lastFailure = time.Now()
 }
 
 // run owns one connection (one config) until ctx ends: a client, its
@@ -153,7 +179,7 @@ func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 			// beyond how fast a healed partition should be noticed.
 			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: max(cfg.MaxBackoff, 2*time.Second),
-		})}, cfg.dialOptions...),
+		}), c.m.metrics.dialOption(c.name)}, cfg.dialOptions...),
 		Logger: c.logger,
 	})
 	if err != nil {
@@ -293,6 +319,8 @@ func (c *cluster) session(ctx context.Context, client *kvstore.Client, sid uint6
 	}
 	if cached {
 		wg.Go(func() { c.monitorCanary(rctx, client, sid) })
+	} else {
+		wg.Go(func() { c.m.metrics.watchHeartbeat(rctx, client, c.name) })
 	}
 	changed := make(chan struct{})
 	wg.Go(func() {
@@ -338,6 +366,7 @@ func (c *cluster) failed(err error) {
 		c.logger.Debug("Remote cluster session failed again; retrying", "error", err)
 	}
 	c.lastErr = err
+	c.failureLocked()
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		c.up, c.current = false, false
 	}
@@ -396,6 +425,9 @@ func (c *cluster) onHealth(s kvstore.Status) {
 		return
 	}
 	if was && !s.Reachable {
+		if c.current && !s.LastActivity.IsZero() {
+			c.m.metrics.lossDetected(c.name, time.Since(s.LastActivity))
+		}
 		c.loseLocked(fmt.Sprintf("health probe: %v", s.Err))
 		return
 	}
@@ -419,6 +451,8 @@ func (c *cluster) loseLocked(reason string) {
 	}
 	c.logger.Warn("Remote cluster lost", "reason", reason)
 	c.current = false
+	c.lossReason = reason
+	c.failureLocked()
 	c.recomputeLocked()
 	if c.sessReaders {
 		// Events its readers deliver until they stop may predate the
@@ -449,6 +483,24 @@ func (c *cluster) recomputeLocked() {
 		c.logger.Warn("Remote cluster unreachable")
 	}
 	c.sink.Reachable(c.name, ok)
+	// The events come after the sink has the news, so that what they
+	// announce has been handed on.
+	switch {
+	case !ok:
+		reason := c.lossReason
+		if reason == "" {
+			reason = "cluster unusable"
+			if c.lastErr != nil {
+				reason = c.lastErr.Error()
+			}
+		}
+		c.lossReason, c.lostAt = "", c.since
+		c.m.cfg.Events.Record(event.Event{Time: c.since, Kind: event.RemoteLost, Remote: c.name, Message: reason})
+	case !c.lostAt.IsZero():
+		c.m.cfg.Events.Record(event.Event{Time: c.since, Kind: event.RemoteRestored, Remote: c.name,
+			Message: fmt.Sprintf("resynced %.2fs after the loss", c.since.Sub(c.lostAt).Seconds())})
+		c.lostAt = time.Time{}
+	}
 }
 
 // watchConfig returns true when the cluster-config changes from cc (a

@@ -147,8 +147,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -250,6 +252,22 @@ type Config struct {
 	// Logger receives diagnostics (rejected values, connection changes);
 	// nil discards them.
 	Logger *slog.Logger
+	// Metrics, when set, receives the Manager's metrics (see metrics.go):
+	// Cilium's cilium_<MetricsSubsystem>_remote_cluster* series and
+	// cilium_kvstore_operations_duration_seconds, and meshbed's loss
+	// detection and propagation lag. MetricsSubsystem is "clustermesh"
+	// (an agent, the default) or "kvstoremesh"; SourceNode names the node
+	// of an agent (Cilium's source_node_name label).
+	Metrics          prometheus.Registerer
+	MetricsSubsystem string
+	SourceNode       string
+
+	// Events receives the Manager's decisions: event.RemoteLost when a
+	// cluster that was reachable becomes unreachable, event.RemoteRestored
+	// when a lost cluster is reachable again (its state resynced). The
+	// caller scopes it to its cluster, node and component (event.Scope);
+	// nil discards them.
+	Events event.Recorder
 
 	// dialOptions are added to every remote connection's gRPC options;
 	// tests use it to slow chosen calls down.
@@ -285,6 +303,13 @@ type ClusterStatus struct {
 	Rejected int
 	// Since is when Reachable last changed.
 	Since time.Time
+	// Failures counts the losses and failed sessions of the cluster since
+	// it was configured; LastFailure is when the last one happened.
+	Failures    int
+	LastFailure time.Time
+	// Entries counts the accepted entries per resource (nodes, services,
+	// identities, ip: the endpoints).
+	Entries map[wire.Resource]int
 }
 
 // Manager runs the connections to every configured remote cluster.
@@ -305,6 +330,8 @@ type Manager struct {
 
 	// files caches the config directory between polls; owned by Run.
 	files *configFiles
+
+	metrics *metrics // never nil; its parts are no-ops without a registry
 }
 
 // New returns a Manager; it does nothing until Run.
@@ -340,7 +367,11 @@ func New(cfg Config) (*Manager, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Manager{
+	cfg.Events = event.OrDiscard(cfg.Events)
+	if cfg.MetricsSubsystem == "" {
+		cfg.MetricsSubsystem = "clustermesh"
+	}
+	m := &Manager{
 		cfg:        cfg,
 		logger:     logger,
 		clusters:   map[string]*cluster{},
@@ -349,7 +380,12 @@ func New(cfg Config) (*Manager, error) {
 		pending:    map[string]bool{},
 		synced:     make(chan struct{}),
 		files:      newConfigFiles(),
-	}, nil
+	}
+	var err error
+	if m.metrics, err = newMetrics(m, cfg.Metrics); err != nil {
+		return nil, fmt.Errorf("remote clusters: metrics: %w", err)
+	}
+	return m, nil
 }
 
 // Run watches the config directory and runs the connections until ctx is

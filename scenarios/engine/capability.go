@@ -50,6 +50,9 @@ func Needs(st *scenarios.Step) []Capability {
 	if len(st.Expect.KVStore) > 0 {
 		caps = append(caps, CapExpectKVStore)
 	}
+	if len(st.Expect.Events) > 0 {
+		caps = append(caps, CapExpectEvents)
+	}
 	return caps
 }
 

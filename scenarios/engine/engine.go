@@ -104,6 +104,7 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 		r.report.Substitutions = s.Substitutions()
 	}
 	fin := r.final(ctx)
+	r.collectEvents(ctx)
 	r.report.Final = fin
 	r.progress.Final(fin)
 	passed := fin.Passed
@@ -112,6 +113,7 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 	}
 	r.report.Passed = passed
 	r.report.DurationSeconds = seconds(time.Since(r.start))
+	r.explain()
 	r.progress.End(r.report)
 	return r.report
 }
@@ -154,6 +156,9 @@ type runner struct {
 	traffic map[string]*stream
 
 	warned map[string]bool // warnings already in the report
+	// stepBegin is when the running step began (events expectations
+	// count from there).
+	stepBegin time.Time
 }
 
 func seconds(d time.Duration) float64 {
@@ -192,6 +197,7 @@ func (r *runner) step(ctx context.Context, st *scenarios.Step) scenarios.StepRep
 	rep := scenarios.StepReport{Name: st.Name, Action: st.Action().ActionName(),
 		Responses: map[string]int{}, StartSeconds: seconds(time.Since(r.start))}
 	begin := time.Now()
+	r.stepBegin = begin
 	deadline := begin.Add(st.Expect.Within)
 	_, retryAction := st.Action().(*scenarios.Curl)
 	act, err := actionOf(st, r)
@@ -272,6 +278,9 @@ func (r *runner) check(ctx context.Context, st *scenarios.Step, out outcome) []s
 		if err := r.checkKVStore(ctx, k); err != nil {
 			fails = append(fails, err.Error())
 		}
+	}
+	if len(e.Events) > 0 {
+		fails = append(fails, r.checkEvents(ctx, r.stepBegin, e.Events)...)
 	}
 	return fails
 }

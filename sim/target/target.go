@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
@@ -417,3 +418,15 @@ var (
 	_ engine.Capturer  = (*Target)(nil)
 	_ engine.NodeAdder = (*Target)(nil)
 )
+
+var _ engine.EventSource = (*Target)(nil)
+
+// Events implements engine.EventSource: the decision events the mesh's
+// components recorded.
+func (t *Target) Events(_ context.Context, since time.Time) ([]event.Event, error) {
+	m, err := t.up()
+	if err != nil {
+		return nil, err
+	}
+	return m.Events(since), nil
+}
