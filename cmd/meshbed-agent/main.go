@@ -88,7 +88,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
-		"TCP address on which the agent serves its flow stream (also served on --cni-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
+		"TCP address on which the agent serves its flow stream (also served on --state-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
 	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", agent.DefaultPrometheusServeAddr, fmt.Sprintf("serve Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.AgentPort))
 	return cmd
 }
@@ -191,9 +191,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	flows := flow.NodeHandler(ctx, a.Flows)
-	defer serveCNI(ctx, a, *cniSocket, map[string]http.Handler{flow.Path: flows}, log.With("component", "cni"))()
+	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
+	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, flows, log.With("component", "state"))()
 	defer serveFlows(ctx, o.flowsAddr, flows, log.With("component", "flows"))()
-	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, log.With("component", "state"))()
 	return a.Run(ctx)
 }
 

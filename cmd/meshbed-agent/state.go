@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/flow"
 )
 
 // DefaultStateSocket is where the agent reports its node's state.
@@ -54,11 +55,14 @@ func report(node string, a nodeReader, dp backReader) (*state.NodeReport, error)
 // serveState serves GET /v1/state on the unix socket path until ctx ends or
 // the returned function is called; like the CNI server it retries a socket
 // it cannot bind and never fails the agent.
-func serveState(ctx context.Context, node string, a nodeReader, dp backReader, path string, log *slog.Logger) (stop func()) {
+func serveState(ctx context.Context, node string, a nodeReader, dp backReader, path string, flows http.Handler, log *slog.Logger) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
 	mux := http.NewServeMux()
+	if flows != nil {
+		mux.Handle(flow.Path, flows)
+	}
 	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, _ *http.Request) {
 		r, err := report(node, a, dp)
 		if err != nil {

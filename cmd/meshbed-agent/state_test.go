@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/internal/testenv"
+	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/mesh/flow/relay"
 )
 
 type fakeNode struct{ desired *state.State }
@@ -30,7 +33,7 @@ func (fakeNode) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
 func TestStateSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	f := fakeNode{desired: &state.State{Nodes: []state.Node{{Name: "n1"}}}}
-	stop := serveState(t.Context(), "n1", f, f, sock, slog.New(slog.DiscardHandler))
+	stop := serveState(t.Context(), "n1", f, f, sock, nil, slog.New(slog.DiscardHandler))
 	defer stop()
 	var out bytes.Buffer
 	testenv.Eventually(t, 5e9, func() error { out.Reset(); return printState(t.Context(), sock, &out) })
@@ -46,4 +49,22 @@ func TestStateSocket(t *testing.T) {
 	if err := printState(t.Context(), filepath.Join(t.TempDir(), "none.sock"), &out); err == nil || !strings.Contains(err.Error(), "no agent at") {
 		t.Errorf("no agent: %v", err)
 	}
+}
+
+// The state socket serves the flow stream too (what `meshbed observe`
+// reads on a node); without an observer it says so in one line.
+func TestStateSocketServesFlows(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	f := fakeNode{desired: &state.State{}}
+	flows := flow.NodeHandler(t.Context(), func() *flow.Observer { return nil })
+	stop := serveState(t.Context(), "n1", f, f, sock, flows, slog.New(slog.DiscardHandler))
+	defer stop()
+	src := relay.SocketSource(sock)
+	testenv.Eventually(t, 5e9, func() error {
+		err := src.Get(t.Context(), flow.Request{Last: 1}, func(flow.Record) error { return nil })
+		if err == nil || err.Error() != flow.ErrNoObserver.Error() {
+			return fmt.Errorf("flows on the state socket: %v, want %q", err, flow.ErrNoObserver)
+		}
+		return nil
+	})
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshbed/meshbed/kind"
-	"github.com/meshbed/meshbed/kind/cni"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/flow/relay"
@@ -150,6 +149,10 @@ func observeCmd(clients clustermesh.ClientFactory) *cobra.Command {
 	o.flags(cmd, false)
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
 	cmd.Flags().StringVar(&kctx, "context", "", "kubeconfig context of the cluster")
-	cmd.Flags().StringVar(&socket, "socket", cni.DefaultSocket, "without --context: the socket of the agent of this node")
+	cmd.Flags().StringVar(&socket, "socket", agentSocket, "without --context: the socket of the agent of this node")
 	return cmd
 }
+
+// agentSocket is meshbed-agent's --state-socket default, its local control
+// socket, where it serves flows too.
+const agentSocket = "/var/run/meshbed/agent.sock"

@@ -6,10 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 )
 
 func runObserve(t *testing.T, factory clustermesh.ClientFactory, args ...string) (string, error) {

@@ -346,7 +346,9 @@ func TestStreamEndsWithObserver(t *testing.T) {
 	ran := make(chan error)
 	go func() { ran <- o.Run(ctx) }()
 	ended := make(chan error)
-	go func() { ended <- Stream(context.Background(), []*Observer{o}, Request{Follow: true}, func(Record) error { return nil }) }()
+	go func() {
+		ended <- Stream(context.Background(), []*Observer{o}, Request{Follow: true}, func(Record) error { return nil })
+	}()
 	eventually(t, "subscribed", func() bool { o.mu.Lock(); defer o.mu.Unlock(); return len(o.subs) == 1 })
 	cancel()
 	if err := <-ran; err != nil {
