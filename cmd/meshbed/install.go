@@ -74,7 +74,7 @@ func (o installOptions) validate() error {
 		// The rest (image, pull policy, log level) is checked by Render,
 		// which names the value; map it to the flags.
 		if _, err := kind.Render(o.values); err != nil {
-			errs = append(errs, fmt.Errorf("--image, --image-pull-policy or --log-level: %w", err))
+			errs = append(errs, fmt.Errorf("--image, --image-pull-policy, --log-level or --encryption: %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -107,6 +107,8 @@ With --dry-run, prints the manifests instead (kubectl apply -f - takes them).`,
 	f.StringVar(&o.values.Image, "image", kind.DefaultImage, "image with meshbed-agent, meshbed-apiserver and meshbed-cni")
 	f.StringVar(&o.values.ImagePullPolicy, "image-pull-policy", "IfNotPresent", "Always, IfNotPresent or Never")
 	f.StringVar(&o.values.LogLevel, "log-level", "info", "log level of the agent and the mesh-apiserver")
+	f.StringVar(&o.values.Encryption, "encryption", "none", "transparent encryption between nodes: none or wireguard (the kernel module where the nodes have it, else userspace over /dev/net/tun)")
+	f.BoolVar(&o.values.EncryptionStrict, "encryption-strict", false, "with --encryption wireguard: refuse traffic to nodes without a WireGuard key instead of sending it in clear")
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the manifests instead of applying them")
 	return cmd
 }
