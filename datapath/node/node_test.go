@@ -160,7 +160,7 @@ func TestRestartKeepsWireGuardKeyAndPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := Config{NS: ns, NodeIP: netip.MustParseAddr("172.31.3.10"), ClusterID: 1, Routing: state.Native, UnderlayIf: "ul0",
-		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Logger:     slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Encryption: Encryption{Mode: EncryptionWireGuard, StateDir: t.TempDir(), Impl: wireguard.Userspace}}
 	peerKey := "2ZYyxfKd1q6XxjRjFo0xzEyo3RbNX1Fz5YcK0ZPfcmc="
 	s := &state.State{Nodes: []state.Node{
