@@ -35,7 +35,7 @@ generate-check: generate
 bench:
 	hack/bench.sh
 
-# make scenario NAME=failover [REPORT=dir]
+# make scenario NAME=failover [TARGET=sim|kind] [REPORT=dir] [KEEP=1]
 scenario:
 	hack/scenario.sh $(NAME)
 

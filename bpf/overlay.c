@@ -20,7 +20,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 SEC("tc")
 int from_overlay(struct __sk_buff *skb)
 {
-	struct flow_event ev = { .obs = OBS_FROM_OVERLAY };
+	struct flow_event ev = { .obs = OBS_FROM_OVERLAY, .tunnel = TUNNEL_RX };
 	struct bpf_tunnel_key key = {};
 	struct pkt p = {};
 	struct endpoint *ep;

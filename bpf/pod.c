@@ -2,6 +2,9 @@
 /*
  * pod.c: the programs on a pod's host-side veth.
  *
+ * Flow events (events.h): drops, and the first packet of each connection
+ * where it leaves this program (into a local pod, the tunnel or the stack).
+ *
  * from_container (tcx ingress: packets the pod sends) does, in order:
  * source check, service load balancing (DNAT), destination lookup (local
  * endpoint or ipcache), connection tracking, egress policy by destination
@@ -41,6 +44,7 @@ static __always_inline int encap(struct __sk_buff *skb, const struct node_config
 	key.tunnel_id = identity & IDENTITY_MASK;
 	key.remote_ipv4 = bpf_ntohl(endpoint);
 	key.tunnel_ttl = 64;
+	ev->tunnel = TUNNEL_TX;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(skb, ev, p, DROP_TUNNEL_FAILED);
 	trace(skb, cfg, ev, p, REASON_FWD_TUNNEL);
@@ -85,6 +89,7 @@ int from_container(struct __sk_buff *skb)
 		ev.orig_daddr = lb.orig_daddr;
 		ev.orig_dport = lb.orig_dport;
 		ev.backend_id = lb.backend_id;
+		ev.backend_cluster = lb.backend_cluster;
 		if (ret == LB_NO_BACKEND)
 			return drop(skb, &ev, &p, DROP_NO_BACKEND);
 		if (ret == LB_NAT_FAILED)
@@ -112,14 +117,16 @@ int from_container(struct __sk_buff *skb)
 	if (st == CT_NEW)
 		ct_create(&p, CT_SCOPE_EGRESS, lb.backend_id, lb.rev_nat_id);
 	if (st == CT_NEW || lb.new_conn) {
-		if (peer.cluster_id && peer.cluster_id != cfg->cluster_id) {
+		if (peer.cluster_id && peer.cluster_id != cfg->cluster_id)
 			metric_count(REASON_REMOTE_CLUSTER, skb->len);
-			event_emit(skb, &ev, &p, VERDICT_FORWARDED, REASON_REMOTE_CLUSTER);
-		} else if (lb.new_conn) {
+		else if (lb.new_conn)
 			metric_count(REASON_SERVICE, skb->len);
-			event_emit(skb, &ev, &p, VERDICT_FORWARDED, REASON_SERVICE);
-		}
 	}
+	/* The connection's flow event goes out where the packet leaves
+	 * (trace() below, or to_endpoint for a local pod), when it is known
+	 * whether it entered the tunnel. */
+	if (st == CT_NEW || lb.new_conn || (st == CT_ESTABLISHED && ct_opens(&p)))
+		ev.flags |= FLOW_F_NEW;
 
 	if (dst)
 		return to_endpoint(skb, &p, dst, src->identity, &ev, cfg, DELIVER_REDIRECT);

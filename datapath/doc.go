@@ -33,7 +33,7 @@
 //	endpoints  hash       pod IP -> ifindex, identity, endpoint ID, flags  65536
 //	policy     LPM trie   {identity, endpoint, dir, proto, port} -> allow  262144
 //	metrics    per-CPU    reason -> packets, bytes                         64
-//	events     ring buf   flow events                                      256 KiB (Options.EventBufferBytes)
+//	events     ring buf   flow events: drops, first packet of a connection 256 KiB (Options.EventBufferBytes)
 //	config     array      node settings (VXLAN ifindex, routing, cluster)  1
 //
 // The agent-written hash maps and tries are not preallocated, so a node pays

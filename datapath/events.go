@@ -7,157 +7,53 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
+	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/state"
 )
 
-// Reason says why a packet was forwarded or dropped; it indexes the
-// datapath's counters and is carried by flow events (enum reason in
-// bpf/lib/events.h).
-type Reason uint8
-
-// Reasons.
-const (
-	ReasonForwardedLocal  Reason = 1 // redirected to a pod on this node
-	ReasonForwardedTunnel Reason = 2 // encapsulated towards another node
-	ReasonForwardedStack  Reason = 3 // handed to the host stack
-	ReasonService         Reason = 8 // new connection load-balanced to a backend
-	ReasonRemoteCluster   Reason = 9 // new connection to another cluster
-
-	ReasonPolicyEgress   Reason = 16
-	ReasonPolicyIngress  Reason = 17
-	ReasonNoBackend      Reason = 18 // service without active backends
-	ReasonInvalidSource  Reason = 19 // source IP not the pod behind the veth
-	ReasonMalformed      Reason = 20
-	ReasonNoTunnelKey    Reason = 21 // overlay packet without tunnel metadata
-	ReasonNoTunnelDevice Reason = 22 // tunnel routing but no overlay attached
-	ReasonNATFailed      Reason = 23
-	ReasonTunnelFailed   Reason = 24
-
-	ReasonEventsLost Reason = 32 // ring buffer full: events were dropped
+// The event types live in package monitor, which the control plane may
+// import; these names keep the datapath's API whole.
+type (
+	Reason  = monitor.Reason
+	Verdict = monitor.Verdict
+	Point   = monitor.Point
+	Event   = monitor.Event
 )
 
-var reasonNames = map[Reason]string{
-	ReasonForwardedLocal:  "forwarded-local",
-	ReasonForwardedTunnel: "forwarded-tunnel",
-	ReasonForwardedStack:  "forwarded-stack",
-	ReasonService:         "service",
-	ReasonRemoteCluster:   "remote-cluster",
-	ReasonPolicyEgress:    "policy-denied-egress",
-	ReasonPolicyIngress:   "policy-denied-ingress",
-	ReasonNoBackend:       "no-backend",
-	ReasonInvalidSource:   "invalid-source",
-	ReasonMalformed:       "malformed",
-	ReasonNoTunnelKey:     "no-tunnel-key",
-	ReasonNoTunnelDevice:  "no-tunnel-device",
-	ReasonNATFailed:       "nat-failed",
-	ReasonTunnelFailed:    "tunnel-failed",
-	ReasonEventsLost:      "events-lost",
-}
-
-func (r Reason) String() string {
-	if n, ok := reasonNames[r]; ok {
-		return n
-	}
-	return fmt.Sprintf("reason-%d", uint8(r))
-}
-
-// IsDrop reports whether the reason is a drop.
-func (r Reason) IsDrop() bool { return r >= ReasonPolicyEgress && r < ReasonEventsLost }
-
-// Verdict is what happened to the packet of a flow event.
-type Verdict uint8
-
-// Verdicts.
+// Reasons, verdicts and observation points (see package monitor).
 const (
-	Forwarded Verdict = 1
-	Dropped   Verdict = 2
+	ReasonForwardedLocal  = monitor.ReasonForwardedLocal
+	ReasonForwardedTunnel = monitor.ReasonForwardedTunnel
+	ReasonForwardedStack  = monitor.ReasonForwardedStack
+	ReasonService         = monitor.ReasonService
+	ReasonRemoteCluster   = monitor.ReasonRemoteCluster
+	ReasonPolicyEgress    = monitor.ReasonPolicyEgress
+	ReasonPolicyIngress   = monitor.ReasonPolicyIngress
+	ReasonNoBackend       = monitor.ReasonNoBackend
+	ReasonInvalidSource   = monitor.ReasonInvalidSource
+	ReasonMalformed       = monitor.ReasonMalformed
+	ReasonNoTunnelKey     = monitor.ReasonNoTunnelKey
+	ReasonNoTunnelDevice  = monitor.ReasonNoTunnelDevice
+	ReasonNATFailed       = monitor.ReasonNATFailed
+	ReasonTunnelFailed    = monitor.ReasonTunnelFailed
+	ReasonEventsLost      = monitor.ReasonEventsLost
+
+	Forwarded = monitor.Forwarded
+	Dropped   = monitor.Dropped
+
+	FromContainer = monitor.FromContainer
+	ToContainer   = monitor.ToContainer
+	FromOverlay   = monitor.FromOverlay
 )
 
-func (v Verdict) String() string {
-	switch v {
-	case Forwarded:
-		return "FORWARDED"
-	case Dropped:
-		return "DROPPED"
-	}
-	return fmt.Sprintf("verdict-%d", uint8(v))
-}
-
-// Point is where in the datapath a packet was seen.
-type Point uint8
-
-// Observation points.
-const (
-	FromContainer Point = 1 // pod egress (host veth ingress)
-	ToContainer   Point = 2 // pod ingress via the host stack (host veth egress)
-	FromOverlay   Point = 3 // VXLAN device ingress
-)
-
-func (p Point) String() string {
-	switch p {
-	case FromContainer:
-		return "from-container"
-	case ToContainer:
-		return "to-container"
-	case FromOverlay:
-		return "from-overlay"
-	}
-	return fmt.Sprintf("point-%d", uint8(p))
-}
-
-// Event is one flow event: a packet with a verdict of interest.
-type Event struct {
-	// Monotonic is the kernel's monotonic clock when the packet was seen.
-	Monotonic time.Duration
-	Verdict   Verdict
-	Reason    Reason
-	Point     Point
-	Protocol  state.Protocol
-	// Source and Destination as on the wire at the verdict (Destination is
-	// the backend after service translation).
-	Source, Destination netip.AddrPort
-	// Frontend is the service address the client used; invalid if the
-	// packet did not go through a service.
-	Frontend netip.AddrPort
-	// Service is the service's name (namespace/name) and BackendID the
-	// backend chosen, when the packet went through a service.
-	Service   string
-	RevNATID  uint16
-	BackendID uint32
-	// Identities and clusters of both ends (0 when unknown).
-	SourceIdentity, DestinationIdentity uint32
-	SourceCluster, DestinationCluster   uint32
-	// TunnelEndpoint is the node the packet was tunnelled to or from.
-	TunnelEndpoint netip.Addr
-	// EndpointID is the local endpoint the packet left or was going to.
-	EndpointID uint16
-	Ifindex    uint32
-}
-
-func (e Event) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s %s -> %s", e.Point, e.Verdict, e.Reason, e.Source, e.Destination)
-	fmt.Fprintf(&b, " %s identity %d@%d -> %d@%d", e.Protocol, e.SourceIdentity, e.SourceCluster, e.DestinationIdentity, e.DestinationCluster)
-	if e.Frontend.IsValid() {
-		name := e.Service
-		if name == "" {
-			name = fmt.Sprintf("rev-nat-%d", e.RevNATID)
-		}
-		fmt.Fprintf(&b, " service %s %s backend %d", name, e.Frontend, e.BackendID)
-	}
-	if e.TunnelEndpoint.IsValid() {
-		fmt.Fprintf(&b, " tunnel %s", e.TunnelEndpoint)
-	}
-	if e.EndpointID != 0 {
-		fmt.Fprintf(&b, " endpoint %d", e.EndpointID)
-	}
-	return b.String()
-}
+// flow_event.flags (bpf/lib/events.h).
+const flowFlagNew = 1 << 0
 
 // flowEventSize is sizeof(struct flow_event).
 var flowEventSize = binary.Size(podFlowEvent{})
@@ -175,6 +71,9 @@ func decodeEvent(raw []byte) (Event, error) {
 	ev := Event{
 		Monotonic:           time.Duration(fe.Timestamp),
 		Verdict:             Verdict(fe.Verdict),
+		New:                 fe.Flags&flowFlagNew != 0,
+		Tunnel:              monitor.Tunnel(fe.Tunnel),
+		BackendCluster:      uint32(fe.BackendCluster),
 		Reason:              Reason(fe.Reason),
 		Point:               Point(fe.Obs),
 		Protocol:            state.Protocol(fe.Proto),
@@ -202,10 +101,19 @@ func decodeEvent(raw []byte) (Event, error) {
 type EventReader struct {
 	d  *Datapath
 	rb *ringbuf.Reader
+
+	mu       sync.Mutex
+	deadline time.Time
 }
 
 // ErrReaderClosed is returned by EventReader.Read after Close.
-var ErrReaderClosed = errors.New("event reader closed")
+var ErrReaderClosed = monitor.ErrReaderClosed
+
+// EventPollInterval bounds how long an event waits for its reader. The
+// datapath wakes the reader only once a batch has accumulated (a wake-up
+// per event would cost the datapath microseconds per connection), so the
+// reader also looks for events this often.
+const EventPollInterval = 50 * time.Millisecond
 
 // Events opens a reader of flow events. Events are consumed: with two
 // readers each event goes to one of them.
@@ -223,33 +131,83 @@ func (d *Datapath) Events() (*EventReader, error) {
 }
 
 // Read blocks until the next event, the deadline (os.ErrDeadlineExceeded)
-// or Close (ErrReaderClosed).
+// or Close (ErrReaderClosed). An event is returned at most
+// EventPollInterval after the datapath wrote it.
 func (r *EventReader) Read() (Event, error) {
-	rec, err := r.rb.Read()
-	if errors.Is(err, ringbuf.ErrClosed) {
-		return Event{}, ErrReaderClosed
+	for {
+		r.mu.Lock()
+		user := r.deadline
+		r.mu.Unlock()
+		poll := time.Now().Add(EventPollInterval)
+		if !user.IsZero() && user.Before(poll) {
+			poll = user
+		}
+		r.rb.SetDeadline(poll)
+		rec, err := r.rb.Read()
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return Event{}, ErrReaderClosed
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if !user.IsZero() && !time.Now().Before(user) {
+				return Event{}, err
+			}
+			continue
+		}
+		if err != nil {
+			return Event{}, fmt.Errorf("read flow event: %w", err)
+		}
+		ev, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			return Event{}, err
+		}
+		ev.Time = wallTime(ev.Monotonic)
+		if ev.RevNATID != 0 {
+			r.d.mu.Lock()
+			ev.Service = r.d.prog.revNat[ev.RevNATID]
+			r.d.mu.Unlock()
+		}
+		return ev, nil
 	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return Event{}, err
-	}
-	if err != nil {
-		return Event{}, fmt.Errorf("read flow event: %w", err)
-	}
-	ev, err := decodeEvent(rec.RawSample)
-	if err != nil {
-		return Event{}, err
-	}
-	if ev.RevNATID != 0 {
-		r.d.mu.Lock()
-		ev.Service = r.d.prog.revNat[ev.RevNATID]
-		r.d.mu.Unlock()
-	}
-	return ev, nil
 }
 
-// SetDeadline makes Read return os.ErrDeadlineExceeded after t; the zero
-// time removes the deadline.
-func (r *EventReader) SetDeadline(t time.Time) { r.rb.SetDeadline(t) }
+// wallTime converts a CLOCK_MONOTONIC reading (bpf_ktime_get_ns) into
+// wall-clock time, by the current offset between the two clocks.
+func wallTime(mono time.Duration) time.Time {
+	var ts unix.Timespec
+	now := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return now
+	}
+	return now.Add(mono - time.Duration(ts.Nano()))
+}
+
+// LostEvents is how many flow events the datapath could not write because
+// the ring buffer was full, since it was loaded (monitor.Source).
+func (d *Datapath) LostEvents() (uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, ErrClosed
+	}
+	var perCPU []podMetric
+	if err := d.pod.Metrics.Lookup(uint32(ReasonEventsLost), &perCPU); err != nil {
+		return 0, fmt.Errorf("datapath: read lost events: %w", err)
+	}
+	var n uint64
+	for _, m := range perCPU {
+		n += m.Packets
+	}
+	return n, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t, once the
+// events written before t are read; the zero time removes the deadline. It
+// applies to the next Read.
+func (r *EventReader) SetDeadline(t time.Time) {
+	r.mu.Lock()
+	r.deadline = t
+	r.mu.Unlock()
+}
 
 // Close releases the reader and unblocks Read.
 func (r *EventReader) Close() error { return r.rb.Close() }

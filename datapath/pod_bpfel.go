@@ -70,13 +70,15 @@ type podFlowEvent struct {
 	RevNatId       uint16
 	SrcCluster     uint16
 	DstCluster     uint16
+	BackendCluster uint16
 	EndpointId     uint16
 	Proto          uint8
 	Verdict        uint8
 	Reason         uint8
 	Obs            uint8
+	Tunnel         uint8
+	Flags          uint8
 	Pad            uint16
-	Pad2           uint32
 }
 
 type podIpcacheKey struct {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/internal/testenv"
 )
@@ -188,7 +189,8 @@ func backend(ip netip.Addr, port uint16, proto state.Protocol, cluster uint32) s
 }
 
 func TestServiceTranslation(t *testing.T) {
-	e := newProgEnv(t, Options{Trace: true})
+	// Not in trace mode: each first packet must report its connection.
+	e := newProgEnv(t, Options{})
 	s := baseState()
 	s.Services = []state.Service{
 		{Name: "default/local", Frontend: state.Frontend{IP: vip, Port: 80, Protocol: state.TCP},
@@ -210,14 +212,16 @@ func TestServiceTranslation(t *testing.T) {
 		dst     netip.AddrPort
 		reason  Reason // event expected for the packet
 		tunnel  netip.Addr
+		service bool   // the event names the service
+		backend uint32 // cluster of the backend chosen
 	}{
-		{"TCP to local backend", tcp(clientIP, vip, 40000, 80, tcpSYN), tcActRedirect, ap(serverIP, 8080), ReasonService, netip.Addr{}},
-		{"TCP to remote backend is tunnelled", tcp(clientIP, vip, 40001, 81, tcpSYN), tcActRedirect, ap(remoteIP, 9090), ReasonService, node2},
-		{"UDP to local backend", udp(clientIP, vip, 40002, 53), tcActRedirect, ap(serverIP, 5353), ReasonService, netip.Addr{}},
-		{"backend in another cluster", tcp(clientIP, vip, 40003, 82, tcpSYN), tcActRedirect, ap(foreignIP, 80), ReasonRemoteCluster, node3},
-		{"port miss is not translated", tcp(clientIP, vip, 40004, 84, tcpSYN), tcActOK, ap(vip, 84), ReasonForwardedStack, netip.Addr{}},
-		{"protocol miss is not translated", udp(clientIP, vip, 40005, 80), tcActOK, ap(vip, 80), ReasonForwardedStack, netip.Addr{}},
-		{"no backend drops", tcp(clientIP, vip, 40006, 83, tcpSYN), tcActShot, ap(vip, 83), ReasonNoBackend, netip.Addr{}},
+		{"TCP to local backend", tcp(clientIP, vip, 40000, 80, tcpSYN), tcActRedirect, ap(serverIP, 8080), ReasonForwardedLocal, netip.Addr{}, true, 1},
+		{"TCP to remote backend is tunnelled", tcp(clientIP, vip, 40001, 81, tcpSYN), tcActRedirect, ap(remoteIP, 9090), ReasonForwardedTunnel, node2, true, 1},
+		{"UDP to local backend", udp(clientIP, vip, 40002, 53), tcActRedirect, ap(serverIP, 5353), ReasonForwardedLocal, netip.Addr{}, true, 1},
+		{"backend in another cluster", tcp(clientIP, vip, 40003, 82, tcpSYN), tcActRedirect, ap(foreignIP, 80), ReasonForwardedTunnel, node3, true, 2},
+		{"port miss is not translated", tcp(clientIP, vip, 40004, 84, tcpSYN), tcActOK, ap(vip, 84), ReasonForwardedStack, netip.Addr{}, false, 0},
+		{"protocol miss is not translated", udp(clientIP, vip, 40005, 80), tcActOK, ap(vip, 80), ReasonForwardedStack, netip.Addr{}, false, 0},
+		{"no backend drops", tcp(clientIP, vip, 40006, 83, tcpSYN), tcActShot, ap(vip, 83), ReasonNoBackend, netip.Addr{}, true, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,19 +240,26 @@ func TestServiceTranslation(t *testing.T) {
 			if ev.Destination != tt.dst {
 				t.Errorf("event destination %s, want %s", ev.Destination, tt.dst)
 			}
-			if tt.reason == ReasonService || tt.reason == ReasonRemoteCluster || tt.reason == ReasonNoBackend {
+			if dropped := tt.reason.IsDrop(); ev.New == dropped {
+				t.Errorf("event new=%v on a packet dropped=%v: %s", ev.New, dropped, ev)
+			}
+			if tt.service {
 				if ev.Frontend != tt.pkt.dst {
 					t.Errorf("event frontend %s, want %s", ev.Frontend, tt.pkt.dst)
 				}
 				if ev.Service == "" {
 					t.Errorf("event without service name: %s", ev)
 				}
+				if ev.BackendCluster != tt.backend {
+					t.Errorf("event backend cluster %d, want %d: %s", ev.BackendCluster, tt.backend, ev)
+				}
 			}
 			if tt.tunnel.IsValid() {
-				tev := e.event(t, func(ev Event) bool { return ev.Reason == ReasonForwardedTunnel })
-				if tev.TunnelEndpoint != tt.tunnel || tev.SourceIdentity != clientIdentity {
-					t.Errorf("tunnelled to %s with VNI %d, want %s and %d", tev.TunnelEndpoint, tev.SourceIdentity, tt.tunnel, clientIdentity)
+				if ev.Tunnel != monitor.TunnelTx || ev.TunnelEndpoint != tt.tunnel || ev.SourceIdentity != clientIdentity {
+					t.Errorf("tunnel %s to %s with VNI %d, want to-tunnel %s and %d", ev.Tunnel, ev.TunnelEndpoint, ev.SourceIdentity, tt.tunnel, clientIdentity)
 				}
+			} else if ev.Tunnel != monitor.NoTunnel {
+				t.Errorf("event crosses the tunnel (%s): %s", ev.Tunnel, ev)
 			}
 		})
 	}

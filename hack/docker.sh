@@ -54,7 +54,27 @@ install_docker() {
 	command -v dockerd >/dev/null 2>&1 || die "docker.io installed, but there is no dockerd on PATH"
 }
 
+# kind_limits raises the inotify limits that Kind's nodes exhaust (each
+# node's systemd, containerd and kubelet take inotify instances): with the
+# default 128 instances, the seventh or eighth node container of a machine
+# exits while booting (Kind's known issue "too many open files").
+kind_limits() {
+	local key want have
+	for kv in fs.inotify.max_user_instances=512 fs.inotify.max_user_watches=524288; do
+		key=${kv%=*} want=${kv#*=}
+		have=$(sysctl -n "$key" 2>/dev/null || echo 0)
+		if [ "$have" -lt "$want" ]; then
+			if sysctl -qw "$key=$want" 2>/dev/null; then
+				echo "hack/docker.sh: $key $have -> $want (Kind nodes need it)" >&2
+			else
+				echo "hack/docker.sh: $key is $have; Kind nodes may fail to boot (as root: sysctl -w $key=$want)" >&2
+			fi
+		fi
+	done
+}
+
 start() {
+	kind_limits
 	if ours_running; then
 		DOCKER_HOST=unix://$sock answering && return 0
 		die "our dockerd (PID $(cat "$pidfile")) runs but does not answer at $sock; see $logfile"

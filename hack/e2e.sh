@@ -65,24 +65,7 @@ export NODE_IMAGE
 
 step="meshbed images"
 log "meshbed's images (FROM scratch, no registry)"
-imgdir=$(mktemp -d)
-trap 'rc=$?; rm -rf "$imgdir"; (exit $rc); fail' EXIT
-# scratch_image NAME DIR: import DIR as a one-layer image tagged by a hash
-# of its content (never latest); prints the reference.
-scratch_image() {
-	local name=$1 dir=$2 tag
-	tag=e2e-$(cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-	if ! docker image inspect "$name:$tag" >/dev/null 2>&1; then
-		tar -C "$dir" --owner=0 --group=0 -cf - . | docker import - "$name:$tag" >/dev/null
-	fi
-	echo "$name:$tag"
-}
-mkdir -p "$imgdir/meshbed/usr/local/bin" "$imgdir/meshbed/tmp" "$imgdir/demo/usr/local/bin"
-chmod 1777 "$imgdir/meshbed/tmp"
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$imgdir/meshbed/usr/local/bin/" ./cmd/meshbed-agent ./cmd/meshbed-apiserver ./cmd/meshbed-cni
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$imgdir/demo/usr/local/bin/" ./cmd/meshbed-demo
-MESHBED_IMAGE=$(scratch_image meshbed/meshbed "$imgdir/meshbed")
-DEMO_IMAGE=$(scratch_image meshbed/demo "$imgdir/demo")
+eval "$(hack/meshbed-images.sh)"
 export MESHBED_IMAGE DEMO_IMAGE
 echo "$MESHBED_IMAGE $DEMO_IMAGE" >&2
 

@@ -50,7 +50,12 @@ hash_inputs() {
 
 gov=$(go env GOVERSION)
 bins_key=$(printf '%s\n' "$k8s $etcd $coredns $gov $(hash_inputs kind/node/build-bins.sh cmd/meshbed-pause)" | sha256sum | cut -c1-16)
-node_key=$(printf '%s\n' "$bins_key $suite $(hash_inputs hack/kind-node-image.sh kind/node cmd/meshbed-runc go.mod go.sum)" | sha256sum | cut -c1-16)
+# meshbed-runc is built first and its binary hashed (a -trimpath build is
+# reproducible): a go.mod change that does not touch it keeps the image.
+runc_dir=$(mktemp -d)
+trap 'rc=$?; rm -rf "$runc_dir"; [ $rc -eq 0 ] || log "FAILED${step:+ at step \"$step\"} (exit $rc)"' EXIT
+GOFLAGS= CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$runc_dir/meshbed-runc" ./cmd/meshbed-runc
+node_key=$(printf '%s\n' "$bins_key $suite $(hash_inputs hack/kind-node-image.sh kind/node) $(sha256sum <"$runc_dir/meshbed-runc" | cut -c1-16)" | sha256sum | cut -c1-16)
 bins=$cache/bins-$bins_key
 archive=$cache/node-$node_key.tar
 label=io.meshbed.kind-node.key
@@ -101,7 +106,7 @@ fi
 [ "$("$bins/kubeadm" version -o short)" = "$k8s" ] || die "$bins/kubeadm is not $k8s"
 
 work=$(mktemp -d "$cache/work.XXXXXX")
-trap 'rc=$?; rm -rf "$work"; [ $rc -eq 0 ] || log "FAILED${step:+ at step \"$step\"} (exit $rc)"' EXIT
+trap 'rc=$?; rm -rf "$work" "$runc_dir"; [ $rc -eq 0 ] || log "FAILED${step:+ at step \"$step\"} (exit $rc)"' EXIT
 
 # --- the images kubeadm asks for ------------------------------------------------
 step="control-plane images"
@@ -158,7 +163,7 @@ cp -a kind/node/rootfs/. "$ov/"
 sed -i "s|@PAUSE_IMAGE@|$pause_image|" "$ov/etc/containerd/config.toml"
 install -d "$ov/usr/bin" "$ov/usr/local/bin"
 install -m 0755 "$bins/kubeadm" "$bins/kubelet" "$bins/kubectl" "$ov/usr/bin/"
-GOFLAGS= CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ov/usr/local/bin/meshbed-runc" ./cmd/meshbed-runc || die "go build ./cmd/meshbed-runc"
+install -m 0755 "$runc_dir/meshbed-runc" "$ov/usr/local/bin/meshbed-runc"
 echo "$k8s" >"$ov/kind/version"
 pkgs=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,conntrack,iproute2,procps,kmod,ca-certificates,ethtool,socat,util-linux,mount
 mmdebstrap --quiet --variant=minbase --include="$pkgs" \

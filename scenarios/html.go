@@ -30,6 +30,8 @@ type htmlView struct {
 	Name              string
 	Passed            bool
 	Seed              int64
+	Target            string
+	Substitutions     []string
 	BringUp, Duration string
 	Final             FinalReport
 	FinalSeconds      string
@@ -93,7 +95,7 @@ func num(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) }
 // traffic stream and a table of the steps.
 func (r *Report) WriteHTML(w io.Writer) error {
 	v := htmlView{
-		Name: r.Scenario, Passed: r.Passed, Seed: r.Seed,
+		Name: r.Scenario, Target: r.Target, Passed: r.Passed, Seed: r.Seed, Substitutions: r.Substitutions,
 		BringUp: secs(r.BringUpSeconds), Duration: secs(r.DurationSeconds),
 		Final: r.Final, FinalSeconds: secs(r.Final.Seconds),
 		Palette: palette, W: svgWidth, H: svgHeight, Warnings: r.Warnings,
@@ -303,11 +305,14 @@ span.ok{color:#2e7d32;font-weight:600}span.bad{color:#c62828;font-weight:600}.ba
 </head>
 <body>
 <h1>{{.Name}} <span class="badge {{if .Passed}}ok{{else}}bad{{end}}">{{if .Passed}}PASS{{else}}FAIL{{end}}</span></h1>
-<p class="facts">seed {{.Seed}} · bring-up {{.BringUp}} · run {{.Duration}} · final check
+<p class="facts">{{if .Target}}target {{.Target}} · {{end}}seed {{.Seed}} · bring-up {{.BringUp}} · run {{.Duration}} · final check
 <span class="{{if .Final.Passed}}ok{{else}}bad{{end}}">{{if .Final.Passed}}passed{{else}}failed{{end}}</span> in {{.FinalSeconds}}{{if .Final.Message}}: {{.Final.Message}}{{end}}</p>
 {{if .Warnings}}
 <h2>Warnings</h2>
 <ul>{{range .Warnings}}<li>{{.}}</li>{{end}}</ul>
+{{end}}{{if .Substitutions}}
+<h2>Images replaced</h2>
+<ul>{{range .Substitutions}}<li>{{.}}</li>{{end}}</ul>
 {{end}}{{if .Timelines}}
 <h2>Traffic</h2>
 <p class="legend">answered by {{range .Legend}}<span class="key"><span class="swatch {{.Class}}"></span>{{.Name}}</span>{{end}}<span class="key"><span class="swatch fail"></span>failed</span></p>

@@ -16,7 +16,9 @@ import (
 // StepReport.StartSeconds and the Stream times are on the run clock, which
 // starts (at 0) when the first step starts, after bring-up.
 type Report struct {
-	Scenario        string       `json:"scenario"`
+	Scenario string `json:"scenario"`
+	// Target is where it ran: "sim" or "kind".
+	Target          string       `json:"target"`
 	Passed          bool         `json:"passed"`
 	Seed            int64        `json:"seed"`
 	BringUpSeconds  float64      `json:"bringUpSeconds"`
@@ -30,6 +32,9 @@ type Report struct {
 	// the scenario ran, such as a policy enforced with less than it says
 	// (DNS rules enforced at L4 only). Omitted when there are none.
 	Warnings []string `json:"warnings,omitempty"`
+	// Substitutions are the images a target replaced by meshbed's own
+	// (Kind: no registry), one line each. Omitted when there are none.
+	Substitutions []string `json:"substitutions,omitempty"`
 }
 
 // StepReport is the result of one step.

@@ -32,7 +32,7 @@ func fixedReport() *Report {
 	}
 	responses, errs := s.Totals()
 	return &Report{
-		Scenario: "failover", Passed: false, Seed: 1, BringUpSeconds: 3.2, DurationSeconds: 11.8,
+		Scenario: "failover", Target: "sim", Passed: false, Seed: 1, BringUpSeconds: 3.2, DurationSeconds: 11.8,
 		Steps: []StepReport{
 			{Name: "cluster1 clients reach both clusters", Action: "curl", Passed: true, Seconds: 0.9,
 				HeldAfterSeconds: 1.4, Responses: map[string]int{"cluster1": 52, "cluster2": 48}},
@@ -123,7 +123,7 @@ func TestReportJSONFields(t *testing.T) {
 		got  []string
 		want []string
 	}{
-		{"report", keys(doc.Top), []string{"bringUpSeconds", "durationSeconds", "final", "passed", "scenario", "seed", "steps", "streams"}},
+		{"report", keys(doc.Top), []string{"bringUpSeconds", "durationSeconds", "final", "passed", "scenario", "seed", "steps", "streams", "target"}},
 		{"step", keys(doc.Steps[2]), []string{"action", "errors", "heldAfterSeconds", "maxOutageSeconds", "message", "name", "passed", "responses", "seconds", "startSeconds"}},
 		{"final", keys(doc.Final), []string{"passed", "seconds"}},
 	} {

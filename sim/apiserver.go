@@ -35,7 +35,7 @@ func (c *Cluster) prepareTLS() error {
 		return err
 	}
 	const validity = 24 * time.Hour
-	if err := apiserver.IssueServerTLS(dir, c.mesh.ca, c.spec.Name, []net.IP{c.apiIP.AsSlice()}, validity); err != nil {
+	if err := pki.IssueServerTLS(dir, c.mesh.ca, c.spec.Name, []net.IP{c.apiIP.AsSlice()}, validity); err != nil {
 		return fmt.Errorf("apiserver certificates: %w", err)
 	}
 	reader := pki.RemoteUser(c.spec.Name)

@@ -180,19 +180,7 @@ func (n *Node) ReadState() (NodeState, error) {
 		ns.Running = true
 		ns.Desired, _, _ = a.State()
 	}
-	entries, err := n.dp.Datapath().DumpServices()
-	if err != nil {
-		return ns, fmt.Errorf("dump services: %w", err)
-	}
-	for _, e := range entries {
-		svc := state.Service{Name: e.Name, Frontend: e.Frontend}
-		for _, b := range e.Backends {
-			svc.Backends = append(svc.Backends, b.Backend)
-		}
-		ns.Services = append(ns.Services, svc)
-	}
-	if ns.IPCache, err = n.dp.Datapath().DumpIPCache(); err != nil {
-		return ns, fmt.Errorf("dump ipcache: %w", err)
-	}
-	return ns, nil
+	var err error
+	ns.Services, ns.IPCache, err = n.dp.ReadBack()
+	return ns, err
 }

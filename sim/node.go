@@ -93,7 +93,7 @@ func (c *Cluster) newNode(i int) (*Node, error) {
 	}
 	n.dp, err = node.New(node.Config{
 		NS: n.ns, NodeIP: ip, UnderlayIf: n.port.IfName, ClusterID: c.spec.ID,
-		Routing: c.mesh.spec.Routing, Logger: c.log.With("node", name),
+		Routing: c.mesh.spec.Routing, Masquerade: node.DefaultMasquerade, Logger: c.log.With("node", name),
 		Encryption: node.Encryption{Mode: c.mesh.spec.Encryption, Strict: c.mesh.spec.EncryptionStrict,
 			StateDir: n.stateDir()},
 	})
@@ -156,6 +156,7 @@ func (n *Node) StartAgent() error {
 	cfg.ClusterName, cfg.ClusterID, cfg.NodeName = c.spec.Name, c.spec.ID, n.name
 	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
+	cfg.Monitor = n.dp
 	cfg.StateDir = n.stateDir()
 	cfg.WireguardPubKey = n.dp.PublicKey()
 	cfg.Logger = log.With("component", "agent")

@@ -55,6 +55,11 @@ typedef _Bool bool;
 /* bpf_skb_set_tunnel_key flags */
 #define BPF_F_ZERO_CSUM_TX (1ULL << 1)
 
+/* bpf_ringbuf_output flags and bpf_ringbuf_query fields */
+#define BPF_RB_NO_WAKEUP (1ULL << 0)
+#define BPF_RB_FORCE_WAKEUP (1ULL << 1)
+#define BPF_RB_AVAIL_DATA 0
+
 /* tc / tcx verdicts. With tcx, TC_ACT_OK ends the program chain and passes. */
 #define TC_ACT_UNSPEC (-1)
 #define TC_ACT_OK 0

@@ -51,6 +51,15 @@ static __always_inline void ct_key_from(struct ct_key *k, const struct pkt *p, _
 	k->pad = 0;
 }
 
+/* ct_opens reports whether p opens a connection whatever the table says: a
+ * SYN without ACK. On a tuple the table still holds (a client that reused
+ * its port while the old entry was closing) it is a new connection, and
+ * ct_touch reopens the entry; flow events must report it as new too. */
+static __always_inline bool ct_opens(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 static __always_inline bool ct_expired(const struct ct_entry *e, __u8 proto, __u64 now)
 {
 	__u64 lifetime = CT_LIFETIME_OTHER;

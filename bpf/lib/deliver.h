@@ -25,11 +25,13 @@
 #define DELIVER_REDIRECT 0
 #define DELIVER_PASS 1
 
+/* trace counts a forwarded packet and reports it if it is the first of a
+ * connection (FLOW_F_NEW), or of any packet in trace mode. */
 static __always_inline void trace(struct __sk_buff *skb, const struct node_config *cfg,
 				  struct flow_event *ev, const struct pkt *p, __u8 reason)
 {
 	metric_count(reason, skb->len);
-	if (cfg->flags & CFG_TRACE)
+	if ((ev->flags & FLOW_F_NEW) || (cfg->flags & CFG_TRACE))
 		event_emit(skb, ev, p, VERDICT_FORWARDED, reason);
 }
 
@@ -57,6 +59,8 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt *p, con
 		return drop(skb, ev, p, DROP_POLICY_INGRESS);
 	}
 
+	if (st == CT_NEW || (st == CT_ESTABLISHED && ct_opens(p)))
+		ev->flags |= FLOW_F_NEW;
 	if (st == CT_NEW) {
 		ct_create(p, CT_SCOPE_INGRESS, 0, 0);
 	} else if (st == CT_REPLY && ce && ce->rev_nat_id) {

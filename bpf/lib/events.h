@@ -1,10 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * events.h: what the datapath tells the agent about packets. Every verdict
- * increments a per-CPU counter (no atomics, no contention); verdicts of
- * interest (drops, new connections through a service or to another cluster,
- * or everything in trace mode) also go to a ring buffer as a flow_event with
- * the identities, clusters, service and backend involved.
+ * increments a per-CPU counter (no atomics, no contention). Flow events go
+ * to a ring buffer with the identities, clusters, service, backend and
+ * tunnel involved, but, as Cilium's monitor aggregation does, only for the
+ * packets that matter: every drop, and the first packet of each connection
+ * (the one that creates its conntrack entry) at each observation point.
+ * Packets of established connections emit nothing, unless the datapath runs
+ * in trace mode (every forwarded packet, for debugging).
+ *
+ * The ring buffer never makes the datapath wait: when it is full the event
+ * is lost and counted (METRIC_EVENTS_LOST). The reader is not woken for
+ * every event either (a wake-up costs microseconds); it is woken once a
+ * batch has accumulated and otherwise polls.
  */
 #pragma once
 
@@ -43,6 +51,17 @@ enum reason {
 #define OBS_TO_CONTAINER 2
 #define OBS_FROM_OVERLAY 3
 
+/* Whether the packet goes into or came out of the tunnel. */
+#define TUNNEL_NONE 0
+#define TUNNEL_TX 1 /* encapsulated towards another node */
+#define TUNNEL_RX 2 /* decapsulated from another node */
+
+/* flow_event.flags */
+#define FLOW_F_NEW (1U << 0) /* the first packet of a connection */
+
+/* The reader is woken once this much is waiting in the ring buffer. */
+#define EVENTS_WAKEUP_BYTES (16 * 1024)
+
 struct metric {
 	__u64 packets;
 	__u64 bytes;
@@ -62,7 +81,7 @@ struct flow_event {
 	__be32 saddr;
 	__be32 daddr;
 	__be32 orig_daddr; /* service frontend, 0 if none */
-	__be32 tunnel_endpoint;
+	__be32 tunnel_endpoint; /* node tunnelled to or from */
 	__u32 src_identity; /* = the VNI on tunnelled packets */
 	__u32 dst_identity;
 	__u32 backend_id;
@@ -73,13 +92,15 @@ struct flow_event {
 	__u16 rev_nat_id; /* service */
 	__u16 src_cluster;
 	__u16 dst_cluster;
-	__u16 endpoint_id; /* local endpoint the packet left or reaches */
+	__u16 backend_cluster; /* cluster of the backend chosen, 0 if none */
+	__u16 endpoint_id;     /* local endpoint the packet left or reaches */
 	__u8 proto;
 	__u8 verdict;
 	__u8 reason;
 	__u8 obs;
+	__u8 tunnel; /* TUNNEL_* */
+	__u8 flags;  /* FLOW_F_* */
 	__u16 pad;
-	__u32 pad2;
 };
 
 struct {
@@ -102,6 +123,8 @@ static __always_inline void metric_count(__u32 reason, __u32 len)
 static __noinline void event_emit(struct __sk_buff *skb, struct flow_event *ev,
 				  const struct pkt *p, __u8 verdict, __u8 reason)
 {
+	__u64 wakeup;
+
 	ev->timestamp = bpf_ktime_get_ns();
 	ev->saddr = p->saddr;
 	ev->daddr = p->daddr;
@@ -111,15 +134,19 @@ static __noinline void event_emit(struct __sk_buff *skb, struct flow_event *ev,
 	ev->verdict = verdict;
 	ev->reason = reason;
 	ev->ifindex = skb->ifindex;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0) < 0)
+	wakeup = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES ?
+			 BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup) < 0)
 		metric_count(METRIC_EVENTS_LOST, 0);
 }
+
 
 /* drop counts, reports and returns the verdict that drops the packet. */
 static __always_inline int drop(struct __sk_buff *skb, struct flow_event *ev,
 				const struct pkt *p, __u8 reason)
 {
 	metric_count(reason, skb->len);
+	ev->flags &= ~FLOW_F_NEW; /* what was new did not get through */
 	event_emit(skb, ev, p, VERDICT_DROPPED, reason);
 	return TC_ACT_SHOT;
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -91,13 +92,16 @@ func toCNI(ep agent.Endpoint) cni.Endpoint {
 // server stops), it logs and tries again every second, while the agent
 // keeps serving the endpoints it has; new pods wait, and the runtime retries
 // them. An empty path disables it.
-func serveCNI(ctx context.Context, a agentEndpoints, path string, log *slog.Logger) (stop func()) {
+func serveCNI(ctx context.Context, a agentEndpoints, path string, mounts map[string]http.Handler, log *slog.Logger) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	srv := cni.NewServer(cniBackend{a}, log)
+	for pattern, h := range mounts {
+		srv.Mount(pattern, h)
+	}
 	go func() {
 		defer close(done)
 		for {

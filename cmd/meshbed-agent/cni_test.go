@@ -93,7 +93,7 @@ func runAgent(t *testing.T, dp state.Datapath, pl state.Plumber) *agent.Agent {
 func startCNI(t *testing.T, a agentEndpoints) (client *cni.Client, sock string) {
 	t.Helper()
 	sock = filepath.Join(t.TempDir(), "run", "cni.sock")
-	stop := serveCNI(context.Background(), a, sock, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	stop := serveCNI(context.Background(), a, sock, nil, slog.New(slog.NewTextHandler(t.Output(), nil)))
 	t.Cleanup(stop)
 	return cni.NewClient(sock), sock
 }
@@ -207,7 +207,7 @@ func TestServeCNIRetriesAndStops(t *testing.T) {
 	}
 	failures := make(chan string, 16)
 	log := slog.New(&notifyHandler{Handler: slog.NewTextHandler(t.Output(), nil), msgs: failures})
-	stop := serveCNI(context.Background(), unreadyAgent{}, sock, log)
+	stop := serveCNI(context.Background(), unreadyAgent{}, sock, nil, log)
 	select {
 	case msg := <-failures:
 		if !strings.Contains(msg, "CNI server down") {
@@ -235,7 +235,7 @@ func TestServeCNIRetriesAndStops(t *testing.T) {
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket after stop: %v", err)
 	}
-	if stop := serveCNI(context.Background(), unreadyAgent{}, "", nil); stop == nil {
+	if stop := serveCNI(context.Background(), unreadyAgent{}, "", nil, nil); stop == nil {
 		t.Error("disabled server returned no stop function")
 	} else {
 		stop()

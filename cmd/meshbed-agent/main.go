@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,21 +27,22 @@ import (
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/datapath/wireguard"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
 type options struct {
-	clusterName, nodeName, kubeconfig, configDir, stateDir string
-	bpfPinDir                                              string
-	clusterID, maxConnected                                uint32
-	nodeIP, underlayIf, routing                            string
-	failStatic, policyAllClusters, allowLocalhost          bool
-	healthInterval, healthTimeout, syncTimeout             time.Duration
-	logLevel                                               string
-	encryption, wireguardImpl                              string
-	encryptionStrict                                       bool
+	clusterName, nodeName, kubeconfig, configDir, stateDir    string
+	bpfPinDir                                                 string
+	clusterID, maxConnected                                   uint32
+	nodeIP, underlayIf, routing                               string
+	failStatic, policyAllClusters, allowLocalhost, masquerade bool
+	healthInterval, healthTimeout, syncTimeout                time.Duration
+	logLevel, flowsAddr                                       string
+	encryption, wireguardImpl                                 string
+	encryptionStrict                                          bool
 }
 
 func main() {
@@ -63,6 +67,7 @@ func newCommand() *cobra.Command {
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
+	cmd.AddCommand(stateCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
@@ -75,6 +80,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
 	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
+	f.BoolVar(&o.masquerade, "enable-ipv4-masquerade", node.DefaultMasquerade, "masquerade what pods send outside the mesh's pod networks to the node's address (needed to reach other nodes' host network through kube-proxy)")
 	f.BoolVar(&o.failStatic, "fail-static", d.Mode == service.ModeFailStatic, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
 	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", d.PolicyAllClusters, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
 	f.BoolVar(&o.allowLocalhost, "allow-localhost", d.PolicyAllowLocalhost, "the node may always reach its pods whatever the policy (kubelet probes)")
@@ -85,6 +91,8 @@ func newCommand() *cobra.Command {
 	f.BoolVar(&o.encryptionStrict, "encryption-strict", false, "with --encryption=wireguard: refuse traffic to nodes that publish no usable WireGuard key (older agents) instead of sending it in clear")
 	f.StringVar(&o.wireguardImpl, "wireguard-impl", "auto", "auto (the kernel module where it exists, else userspace over /dev/net/tun), kernel or userspace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
+		"TCP address on which the agent serves its flow stream (also served on --cni-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
 	return cmd
 }
 
@@ -171,7 +179,8 @@ func run(ctx context.Context, o options) error {
 	}
 	defer host.Close()
 	dp, err := node.New(node.Config{NS: host, NodeIP: nodeIP, UnderlayIf: o.underlayIf,
-		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Encryption: enc, Logger: log.With("component", "datapath")})
+		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Masquerade: o.masquerade, Encryption: enc,
+		Logger: log.With("component", "datapath")})
 	if err != nil {
 		return err
 	}
@@ -192,6 +201,7 @@ func run(ctx context.Context, o options) error {
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
 	cfg.NodeName, cfg.Kube, cfg.Dynamic = o.nodeName, kube, dyn
 	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = dp, dp, mgr, dp.Programmed()
+	cfg.Monitor = dp
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
 	cfg.WireguardPubKey = dp.PublicKey()
@@ -200,6 +210,40 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
+	flows := flow.NodeHandler(ctx, a.Flows)
+	defer serveCNI(ctx, a, *cniSocket, map[string]http.Handler{flow.Path: flows}, log.With("component", "cni"))()
+	defer serveFlows(ctx, o.flowsAddr, flows, log.With("component", "flows"))()
+	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, log.With("component", "state"))()
 	return a.Run(ctx)
+}
+
+// defaultFlowsAddr is Hubble's port: the agent runs on the host network, and
+// loopback keeps the stream off the node network (port-forwards reach it).
+var defaultFlowsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(flow.DefaultPort))
+
+// serveFlows serves the flow stream on addr until ctx ends or the returned
+// function is called. Like the CNI server it never fails the agent: a port
+// that cannot be bound is logged, and flows stay on the CNI socket.
+func serveFlows(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func()) {
+	if addr == "" {
+		return func() {}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Error("Flow stream not served on TCP", "address", addr, "err", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		log.Info("Serving flows", "address", l.Addr())
+		if err := flow.Serve(ctx, l, h); err != nil {
+			log.Error("Flow server stopped", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

@@ -20,7 +20,7 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	tlsDir := t.TempDir()
-	if err := apiserver.IssueServerTLS(pki.Dir(tlsDir), ca, "cluster1", []net.IP{net.ParseIP("10.0.0.1")}, time.Hour); err != nil {
+	if err := pki.IssueServerTLS(pki.Dir(tlsDir), ca, "cluster1", []net.IP{net.ParseIP("10.0.0.1")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	cmd := newCommand()

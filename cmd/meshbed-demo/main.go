@@ -13,6 +13,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,6 +65,7 @@ func echo(args []string) error {
 	fs := flag.NewFlagSet("echo", flag.ExitOnError)
 	cluster := fs.String("cluster", "", "cluster name to answer with")
 	port := fs.Int("port", 80, "TCP port")
+	quiet := fs.Duration("drain-quiet", 2*time.Second, "on SIGTERM, keep answering until no connection has opened or closed for this long")
 	_ = fs.Parse(args)
 	if *cluster == "" {
 		return errors.New("--cluster is required")
@@ -75,6 +77,13 @@ func echo(args []string) error {
 	e := workload.ServeEcho(*cluster, os.Getenv("NODE_NAME"), os.Getenv("POD_NAME"), []net.Listener{ln})
 	fmt.Fprintf(os.Stderr, "meshbed-demo echo: cluster %s on :%d\n", *cluster, *port)
 	waitSignal()
+	// SIGTERM: drain as the simulator's echo does (keep answering until
+	// the load balancers have moved on), bounded by the kubelet's grace
+	// period, which ends with SIGKILL anyway.
+	fmt.Fprintln(os.Stderr, "meshbed-demo echo: draining")
+	if err := e.Drain(context.Background(), *quiet); err != nil {
+		fmt.Fprintln(os.Stderr, "meshbed-demo echo:", err)
+	}
 	return e.Close()
 }
 
@@ -90,6 +99,7 @@ func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
 	count := fs.Int("count", 1, "requests, one after another")
 	timeout := fs.Duration("timeout", 2*time.Second, "bound of each request")
+	stdin := fs.Bool("stdin", false, "one request per line read from stdin (instead of --count), until EOF: a client others drive")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 {
 		return errors.New("want one URL")
@@ -97,14 +107,30 @@ func get(args []string) error {
 	url := fs.Arg(0)
 	var d net.Dialer
 	c := workload.NewClient(d.DialContext, *timeout)
-	enc := json.NewEncoder(os.Stdout)
-	for i := 0; i < *count; i++ {
+	out := bufio.NewWriter(os.Stdout)
+	enc := json.NewEncoder(out)
+	one := func() error {
 		r := c.Get(context.Background(), url)
 		l := Line{Cluster: r.Cluster, Pod: r.Pod, Millis: r.Duration.Milliseconds()}
 		if r.Err != nil {
 			l.Error = r.Err.Error()
 		}
 		if err := enc.Encode(l); err != nil {
+			return err
+		}
+		return out.Flush()
+	}
+	if *stdin {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if err := one(); err != nil {
+				return err
+			}
+		}
+		return sc.Err()
+	}
+	for i := 0; i < *count; i++ {
+		if err := one(); err != nil {
 			return err
 		}
 	}

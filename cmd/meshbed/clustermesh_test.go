@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/apiserver"
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -98,13 +99,13 @@ func (c *testCluster) tlsHash(t *testing.T) string {
 	return d.Spec.Template.Annotations[kind.TLSHashAnnotation]
 }
 
-func factoryOf(clusters map[string]*testCluster) clientFactory {
-	return func(_, kctx string) (*clusterClients, error) {
+func factoryOf(clusters map[string]*testCluster) clustermesh.ClientFactory {
+	return func(_, kctx string) (*clustermesh.Clients, error) {
 		c, ok := clusters[kctx]
 		if !ok {
 			return nil, fmt.Errorf("context %q does not exist", kctx)
 		}
-		return &clusterClients{Kube: c.kube}, nil
+		return &clustermesh.Clients{Kube: c.kube}, nil
 	}
 }
 
@@ -184,8 +185,8 @@ func TestEnable(t *testing.T) {
 		}
 	}
 	hash := c1.tlsHash(t)
-	if hash == "" || hash != hashData(srv) {
-		t.Errorf("mesh-apiserver TLS hash %q, want the Secret's %q", hash, hashData(srv))
+	if hash == "" || hash != clustermesh.HashData(srv) {
+		t.Errorf("mesh-apiserver TLS hash %q, want the Secret's %q", hash, clustermesh.HashData(srv))
 	}
 	if !strings.Contains(out, "restarted") {
 		t.Errorf("output does not say the mesh-apiserver restarts:\n%s", out)
@@ -235,7 +236,7 @@ func TestEnableErrors(t *testing.T) {
 }
 
 // enabledPair returns two installed and enabled clusters.
-func enabledPair(t *testing.T) (c1, c2 *testCluster, factory clientFactory) {
+func enabledPair(t *testing.T) (c1, c2 *testCluster, factory clustermesh.ClientFactory) {
 	t.Helper()
 	c1 = newTestCluster(t, "cluster1", 1, "10.11.0.50", "172.18.0.2", "172.18.0.3")
 	c2 = newTestCluster(t, "cluster2", 2, "10.21.0.60", "172.18.0.4", "172.18.0.5")
@@ -355,9 +356,9 @@ func TestConnectErrors(t *testing.T) {
 	fresh := newTestCluster(t, "cluster3", 3, "10.41.0.1", "172.18.0.10")
 	otherCA := newTestCluster(t, "cluster4", 4, "10.51.0.1", "172.18.0.11")
 	all := map[string]*testCluster{"twin": twin, "fresh": fresh, "other-ca": otherCA}
-	combined := func(_, kctx string) (*clusterClients, error) {
+	combined := func(_, kctx string) (*clustermesh.Clients, error) {
 		if c, ok := all[kctx]; ok {
-			return &clusterClients{Kube: c.kube}, nil
+			return &clustermesh.Clients{Kube: c.kube}, nil
 		}
 		return factory("", kctx)
 	}
@@ -414,22 +415,21 @@ func TestStatus(t *testing.T) {
 	c1, _, factory := enabledPair(t)
 	syncedAfter := 0 // probe calls before cluster2 is synced
 	calls := 0
-	probe := func(_ context.Context, c *clusterInfo, remotes []string) (map[string]remoteSync, error) {
+	probe := func(_ context.Context, c *clustermesh.Cluster, remotes []string) (map[string]clustermesh.RemoteSync, error) {
 		calls++
-		if c.name != "cluster1" || !slices.Equal(remotes, []string{"cluster2"}) {
-			return nil, fmt.Errorf("probe of %s for %v", c.name, remotes)
+		if c.Name() != "cluster1" || !slices.Equal(remotes, []string{"cluster2"}) {
+			return nil, fmt.Errorf("probe of %s for %v", c.Name(), remotes)
 		}
-		return map[string]remoteSync{"cluster2": {ID: 2, Synced: calls > syncedAfter}}, nil
+		return map[string]clustermesh.RemoteSync{"cluster2": {ID: 2, Synced: calls > syncedAfter}}, nil
 	}
 	status := func(wait bool) (string, error) {
 		var out strings.Builder
-		err := runStatus(t.Context(), &out, factory, probe, statusOptions{context: "kind-c1", wait: wait, waitTimeout: 5e9, interval: 1e6})
+		err := clustermesh.Status(t.Context(), &out, factory, probe, clustermesh.StatusOptions{Context: "kind-c1", Wait: wait, WaitTimeout: 5e9, Interval: 1e6})
 		return out.String(), err
 	}
 	notReady := func(out string, err error, want string) {
 		t.Helper()
-		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, want) {
+		if !errors.Is(err, clustermesh.ErrNotReady) || !strings.Contains(out, want) {
 			t.Errorf("status: %v, output:\n%s\nwant exit 1 and %q", err, out, want)
 		}
 	}
@@ -458,11 +458,11 @@ func TestStatus(t *testing.T) {
 	}
 
 	// A failing probe is a problem, reported with its reason.
-	failing := func(context.Context, *clusterInfo, []string) (map[string]remoteSync, error) {
+	failing := func(context.Context, *clustermesh.Cluster, []string) (map[string]clustermesh.RemoteSync, error) {
 		return nil, errors.New("connection refused")
 	}
 	var b strings.Builder
-	err = runStatus(t.Context(), &b, factory, failing, statusOptions{context: "kind-c1", waitTimeout: 1})
+	err = clustermesh.Status(t.Context(), &b, factory, failing, clustermesh.StatusOptions{Context: "kind-c1", WaitTimeout: 1})
 	notReady(b.String(), err, "mesh-apiserver: connection refused")
 }
 
@@ -480,11 +480,11 @@ func TestProbeKVStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := probeKVStore(t.Context(), kvstore.Config{Endpoints: srv.Endpoints()}, []string{"cluster2", "cluster3", "cluster4"})
+	got, err := clustermesh.ProbeKVStore(t.Context(), kvstore.Config{Endpoints: srv.Endpoints()}, []string{"cluster2", "cluster3", "cluster4"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]remoteSync{"cluster2": {ID: 2, Synced: true}, "cluster3": {ID: 3}, "cluster4": {}}
+	want := map[string]clustermesh.RemoteSync{"cluster2": {ID: 2, Synced: true}, "cluster3": {ID: 3}, "cluster4": {}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("probe = %v, want %v", got, want)
 	}
@@ -492,7 +492,7 @@ func TestProbeKVStore(t *testing.T) {
 	if _, err := srv.Client().Put(t.Context(), wire.ClusterConfigKey("cluster5"), `{"id":`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := probeKVStore(t.Context(), kvstore.Config{Endpoints: srv.Endpoints()}, []string{"cluster5"}); err == nil {
+	if _, err := clustermesh.ProbeKVStore(t.Context(), kvstore.Config{Endpoints: srv.Endpoints()}, []string{"cluster5"}); err == nil {
 		t.Error("a malformed cluster-config was accepted")
 	}
 }

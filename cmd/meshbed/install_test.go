@@ -16,11 +16,12 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 
 	"github.com/meshbed/meshbed/kind"
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 )
 
 // runCLI runs the install and clustermesh commands, with factory for
 // clients, and returns what they print.
-func runCLI(t *testing.T, factory clientFactory, args ...string) (string, error) {
+func runCLI(t *testing.T, factory clustermesh.ClientFactory, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "meshbed", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(installCmd(factory), clustermeshCmd(factory))
@@ -33,8 +34,8 @@ func runCLI(t *testing.T, factory clientFactory, args ...string) (string, error)
 }
 
 // noClients fails the test if a command connects to a cluster.
-func noClients(t *testing.T) clientFactory {
-	return func(_, kctx string) (*clusterClients, error) {
+func noClients(t *testing.T) clustermesh.ClientFactory {
+	return func(_, kctx string) (*clustermesh.Clients, error) {
 		t.Errorf("connected to context %q", kctx)
 		return nil, errors.New("no cluster in this test")
 	}
@@ -91,11 +92,11 @@ func fakeDynamic() *dynamicfake.FakeDynamicClient {
 // created, then replaced, except what install must keep.
 func TestInstallApplies(t *testing.T) {
 	dyn := fakeDynamic()
-	factory := func(_, kctx string) (*clusterClients, error) {
+	factory := func(_, kctx string) (*clustermesh.Clients, error) {
 		if kctx != "kind-c1" {
 			return nil, fmt.Errorf("unknown context %q", kctx)
 		}
-		return &clusterClients{Dynamic: dyn}, nil
+		return &clustermesh.Clients{Dynamic: dyn}, nil
 	}
 	args := []string{"install", "--context", "kind-c1", "--cluster-name", "cluster1", "--cluster-id", "1"}
 	out, err := runCLI(t, factory, args...)
@@ -108,8 +109,8 @@ func TestInstallApplies(t *testing.T) {
 	}
 	get := func(o *unstructured.Unstructured) *unstructured.Unstructured {
 		t.Helper()
-		res := resources[o.GroupVersionKind()]
-		got, err := dyn.Resource(res.gvr).Namespace(o.GetNamespace()).Get(t.Context(), o.GetName(), metav1.GetOptions{})
+		gvr, _ := clustermesh.ResourceOf(o.GroupVersionKind())
+		got, err := dyn.Resource(gvr).Namespace(o.GetNamespace()).Get(t.Context(), o.GetName(), metav1.GetOptions{})
 		if err != nil {
 			t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
 		}
@@ -142,8 +143,8 @@ func TestInstallApplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, o := range []*unstructured.Unstructured{secret, svc, dep} {
-		res := resources[o.GroupVersionKind()]
-		if _, err := dyn.Resource(res.gvr).Namespace(o.GetNamespace()).Update(t.Context(), o, metav1.UpdateOptions{}); err != nil {
+		gvr, _ := clustermesh.ResourceOf(o.GroupVersionKind())
+		if _, err := dyn.Resource(gvr).Namespace(o.GetNamespace()).Update(t.Context(), o, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -184,7 +185,7 @@ func find(t *testing.T, objs []*unstructured.Unstructured, kindName, name string
 
 func TestApplyRejectsUnknownKinds(t *testing.T) {
 	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "x"}}}
-	if _, err := applyObject(t.Context(), fakeDynamic(), u); err == nil || !strings.Contains(err.Error(), "not supported") {
+	if _, err := clustermesh.ApplyObject(t.Context(), fakeDynamic(), u); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("apply of a Pod: %v", err)
 	}
 }

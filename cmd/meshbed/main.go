@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/spf13/cobra"
 )
 
@@ -26,7 +27,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(scenarioCmd(), simCmd(), installCmd(kubeClients), clustermeshCmd(kubeClients))
+	root.AddCommand(scenarioCmd(), simCmd(), installCmd(clustermesh.KubeClients), clustermeshCmd(clustermesh.KubeClients), observeCmd(clustermesh.KubeClients))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshbed:", err)
 		var ee *exitError

@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	kindtarget "github.com/meshbed/meshbed/kind/target"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	simtarget "github.com/meshbed/meshbed/sim/target"
@@ -33,19 +36,18 @@ func scenarioCmd() *cobra.Command {
 			return nil
 		},
 	})
-	var reportDir, logFile string
+	var reportDir, logFile, targetName string
 	var keep, verbose bool
+	var kindOpts kindtarget.Options
+	var contexts []string
 	run := &cobra.Command{
 		Use:   "run FILE",
-		Short: "Run a scenario in the simulator (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
+		Short: "Run a scenario in the simulator or on Kind clusters (exit 0 pass, 1 an expectation failed, 2 invalid file or environment)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc, err := scenarios.Load(args[0])
 			if err != nil {
 				return &exitError{2, err}
-			}
-			if os.Geteuid() != 0 {
-				return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -55,13 +57,38 @@ func scenarioCmd() *cobra.Command {
 			}
 			defer closeLog()
 			opts := engine.Options{Progress: cmd.OutOrStdout()}
-			if keep {
-				opts.Keep = func() {
-					fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
-					<-ctx.Done()
+			var target engine.Target
+			switch targetName {
+			case "sim":
+				if len(contexts) > 0 {
+					return &exitError{2, errors.New("--context: only with --target kind")}
 				}
+				if os.Geteuid() != 0 {
+					return &exitError{2, errors.New("the simulator needs root: it creates network namespaces and loads BPF programs (run with sudo)")}
+				}
+				if keep {
+					opts.Keep = func() {
+						fmt.Fprintln(cmd.OutOrStdout(), "mesh kept running; press Ctrl-C to tear it down")
+						<-ctx.Done()
+					}
+				}
+				target = simtarget.New(simtarget.Options{Logger: logger})
+			case "kind":
+				if kindOpts.Contexts, err = parseContexts(contexts); err != nil {
+					return &exitError{2, err}
+				}
+				kindOpts.Keep, kindOpts.Logger = keep, logger
+				kt := kindtarget.New(kindOpts)
+				if err := kt.Check(sc); err != nil {
+					return &exitError{2, fmt.Errorf("%s: target kind: %w", args[0], err)}
+				}
+				// Pods start and agents sync in seconds, not milliseconds.
+				opts.SettleTimeout = 5 * time.Minute
+				target = kt
+			default:
+				return &exitError{2, fmt.Errorf("--target %q: want sim or kind", targetName)}
 			}
-			rep, err := engine.Run(ctx, sc, simtarget.New(simtarget.Options{Logger: logger}), opts)
+			rep, err := engine.Run(ctx, sc, target, opts)
 			if err != nil {
 				return &exitError{2, err}
 			}
@@ -78,11 +105,39 @@ func scenarioCmd() *cobra.Command {
 		},
 	}
 	run.Flags().StringVar(&reportDir, "report", "", "write report.json and report.html into this directory")
-	run.Flags().BoolVar(&keep, "keep", false, "keep the mesh running after the run until Ctrl-C")
+	run.Flags().BoolVar(&keep, "keep", false, "sim: keep the mesh running after the run until Ctrl-C; kind: do not delete the clusters created")
+	run.Flags().StringVar(&targetName, "target", "sim", "where to run: sim (the simulator) or kind (Kind clusters)")
+	run.Flags().StringArrayVar(&contexts, "context", nil, "kind: CLUSTER=CONTEXT, an existing cluster with meshbed installed for each cluster of the topology (repeat; none: create Kind clusters meshbed-<cluster>)")
+	run.Flags().StringVar(&kindOpts.Kubeconfig, "kubeconfig", "", "kind: kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	run.Flags().StringVar(&kindOpts.CADir, "ca-dir", defaultCADir(), "kind: directory of the mesh CA")
+	run.Flags().StringVar(&kindOpts.NodeImage, "node-image", os.Getenv("NODE_IMAGE"), "kind: node image of created clusters (default $NODE_IMAGE)")
+	run.Flags().StringVar(&kindOpts.MeshbedImage, "meshbed-image", os.Getenv("MESHBED_IMAGE"), "kind: meshbed's image (default $MESHBED_IMAGE)")
+	run.Flags().StringVar(&kindOpts.DemoImage, "demo-image", os.Getenv("DEMO_IMAGE"), "kind: the echo and client image that replaces workload images (default $DEMO_IMAGE)")
 	run.Flags().StringVar(&logFile, "log-file", "", "write the mesh components' logs to this file")
 	run.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the mesh components' logs on stderr")
 	cmd.AddCommand(run)
 	return cmd
+}
+
+// parseContexts reads --context CLUSTER=CONTEXT flags.
+func parseContexts(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	var errs []error
+	for _, f := range flags {
+		name, kctx, ok := strings.Cut(f, "=")
+		switch {
+		case !ok || name == "" || kctx == "":
+			errs = append(errs, fmt.Errorf("--context %q: want CLUSTER=CONTEXT", f))
+		case m[name] != "":
+			errs = append(errs, fmt.Errorf("--context %q: cluster %s given twice", f, name))
+		default:
+			m[name] = kctx
+		}
+	}
+	return m, errors.Join(errs...)
 }
 
 func componentLogger(file string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {

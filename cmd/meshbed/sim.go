@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	"github.com/meshbed/meshbed/sim"
@@ -172,6 +173,7 @@ func simCmd() *cobra.Command {
 	})
 	bpf.AddCommand(lb)
 	cmd.AddCommand(bpf)
+	cmd.AddCommand(simObserveCmd(&name))
 	return cmd
 }
 
@@ -241,6 +243,11 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v, err = c.kvstore(r)
 	case "/bpf/lb":
 		v, err = c.lb(r)
+	case flow.Path:
+		flow.Handler(r.Context(), func(req flow.Request) ([]*flow.Observer, error) {
+			return c.mesh.FlowObservers(req.Cluster, req.Node)
+		}).ServeHTTP(w, r)
+		return
 	default:
 		http.NotFound(w, r)
 		return

@@ -18,6 +18,8 @@ import (
 
 	"github.com/meshbed/meshbed/datapath"
 	"github.com/meshbed/meshbed/datapath/endpoint"
+	"github.com/meshbed/meshbed/datapath/masq"
+	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/overlay"
 	"github.com/meshbed/meshbed/datapath/state"
@@ -45,6 +47,10 @@ type Config struct {
 	// datapath.DefaultBPFFS if PinPath is under it and none is. Empty: no
 	// pinning (the simulator).
 	PinPath string
+	// Masquerade makes what the node's pods send outside the mesh's pod
+	// networks leave with the node's address (package masq); the agent's
+	// --enable-ipv4-masquerade, DefaultMasquerade unless told otherwise.
+	Masquerade bool
 	// Encryption of traffic to other nodes; the zero value encrypts
 	// nothing (and removes a WireGuard device an earlier configuration
 	// left).
@@ -84,6 +90,10 @@ type Encryption struct {
 	Impl wireguard.Impl
 }
 
+// DefaultMasquerade is on, as in Cilium: without it a pod cannot reach the
+// host network of another node through kube-proxy (see package masq).
+const DefaultMasquerade = true
+
 // Node is a node's datapath.
 type Node struct {
 	cfg   Config
@@ -95,6 +105,7 @@ type Node struct {
 
 	mu         sync.Mutex
 	remotes    []overlay.Remote
+	masq       *masq.Config     // last synced; nil before the first
 	peers      []wireguard.Peer // last synced without error
 	programmed *state.State     // last state applied without error
 }
@@ -183,6 +194,18 @@ func New(cfg Config) (*Node, error) {
 // Datapath returns the BPF side, for dumps and flow events.
 func (n *Node) Datapath() *datapath.Datapath { return n.dp }
 
+// Events opens a reader of the node's flow events (monitor.Source).
+func (n *Node) Events() (monitor.Reader, error) {
+	r, err := n.dp.Events()
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// LostEvents is how many flow events the datapath lost (monitor.Source).
+func (n *Node) LostEvents() (uint64, error) { return n.dp.LostEvents() }
+
 // Apply programs the maps (attaching to new endpoint interfaces, which live
 // in the node namespace) and makes the routes to other nodes' pod CIDRs
 // match s.Nodes.
@@ -201,6 +224,15 @@ func (n *Node) Apply(s *state.State) error {
 			n.remotes = remotes
 		}
 	}
+	if n.cfg.Masquerade {
+		if m, ok := masqConfig(n.cfg.NodeIP, s.Nodes); ok && (n.masq == nil || !equalMasq(*n.masq, m)) {
+			if merr := masq.Sync(n.cfg.NS, m); merr != nil {
+				err = errors.Join(err, merr)
+			} else {
+				n.masq = &m
+			}
+		}
+	}
 	if n.wg != nil {
 		peers := peersFromNodes(n.cfg.NodeIP, s.Nodes)
 		if !slices.Equal(peers, n.peers) {
@@ -214,6 +246,35 @@ func (n *Node) Apply(s *state.State) error {
 		}
 	}
 	return err
+}
+
+// masqConfig is the masquerade configuration for the node at self: its
+// own pod CIDR as the source, every node's as the pod networks. ok is false
+// while the node itself is not in nodes.
+func masqConfig(self netip.Addr, nodes []state.Node) (masq.Config, bool) {
+	var m masq.Config
+	for _, nd := range nodes {
+		if !nd.PodCIDR.Addr().Is4() {
+			continue
+		}
+		p := nd.PodCIDR.Masked()
+		if nd.IP == self {
+			m.Local = p
+		}
+		m.PodCIDRs = append(m.PodCIDRs, p)
+	}
+	slices.SortFunc(m.PodCIDRs, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	m.PodCIDRs = slices.Compact(m.PodCIDRs)
+	return m, m.Local.IsValid()
+}
+
+func equalMasq(a, b masq.Config) bool {
+	return a.Local == b.Local && slices.Equal(a.PodCIDRs, b.PodCIDRs)
 }
 
 // peersFromNodes lists every node but self as a WireGuard peer.
@@ -305,9 +366,10 @@ func (n *Node) Close() error {
 // pins (datapath.Datapath.Restored), nil if nothing was pinned.
 func (n *Node) Restored() *state.State { return n.dp.Restored() }
 
-// Remove detaches the programs and removes the pins (uninstall).
+// Remove detaches the programs, removes the pins, the masquerade rules
+// and the WireGuard device (uninstall).
 func (n *Node) Remove() error {
-	err := n.dp.Remove()
+	err := errors.Join(n.dp.Remove(), masq.Remove(n.cfg.NS))
 	if n.wg != nil {
 		err = errors.Join(err, n.wg.Remove())
 	}
@@ -323,4 +385,28 @@ func underDir(path, dir string) bool {
 var (
 	_ state.Datapath = (*Node)(nil)
 	_ state.Plumber  = (*Node)(nil)
+	_ monitor.Source = (*Node)(nil)
 )
+
+// ReadBack reads what the node's BPF maps hold: every service with its
+// active backends in slot order, and the ipcache. It is what the final
+// check compares with the agent's desired state, on every target.
+func (n *Node) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
+	entries, err := n.dp.DumpServices()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump services: %w", err)
+	}
+	var svcs []state.Service
+	for _, e := range entries {
+		svc := state.Service{Name: e.Name, Frontend: e.Frontend}
+		for _, b := range e.Backends {
+			svc.Backends = append(svc.Backends, b.Backend)
+		}
+		svcs = append(svcs, svc)
+	}
+	ipc, err := n.dp.DumpIPCache()
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump ipcache: %w", err)
+	}
+	return svcs, ipc, nil
+}

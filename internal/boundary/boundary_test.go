@@ -25,8 +25,8 @@ var rules = []struct {
 	why       string
 }{
 	{"./mesh/...", []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/vishvananda/netns", module + "datapath"},
-		[]string{module + "datapath/state"},
-		"the control plane hands desired state to the datapath through datapath/state only"},
+		[]string{module + "datapath/state", module + "datapath/monitor"},
+		"the control plane hands desired state to the datapath through datapath/state and reads its flow events through datapath/monitor only"},
 	{"./datapath/...", []string{"k8s.io/", "go.etcd.io/", module + "mesh/"}, nil,
 		"the datapath knows nothing of Kubernetes or the kvstore"},
 	{"./kind/...", []string{"go.etcd.io/etcd/server/"}, nil,

@@ -23,6 +23,8 @@ const maxRequest = 64 << 10
 type Server struct {
 	backend Backend
 	log     *slog.Logger
+	// mounts are the agent's other handlers on the same socket (Mount).
+	mounts map[string]http.Handler
 
 	mu sync.Mutex
 	// owners is the container ID of the sandbox that owns each pod's
@@ -138,9 +140,22 @@ func (s *Server) Get(p Pod, containerID string) (Endpoint, error) {
 	return ep, nil
 }
 
+// Mount serves h for pattern on the same socket: the socket is the agent's
+// local control socket, and the CNI protocol is one of its users (flows are
+// another). Call it before Serve.
+func (s *Server) Mount(pattern string, h http.Handler) {
+	if s.mounts == nil {
+		s.mounts = map[string]http.Handler{}
+	}
+	s.mounts[pattern] = h
+}
+
 // Handler is the HTTP side of the Server.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	for pattern, h := range s.mounts {
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("POST /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxRequest))
 		if err != nil {

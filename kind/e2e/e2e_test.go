@@ -74,7 +74,7 @@ type run struct {
 	t                                 *testing.T
 	provider                          *cluster.Provider
 	nodeImage, meshbedImage, demoImag string
-	cli, dir, kubeconfig, caDir       string
+	cli, dir, kubeconfig, caDir, repo string
 	start                             time.Time
 	clusters                          []*kcluster
 	figures                           []string
@@ -122,6 +122,7 @@ func TestKindMesh(t *testing.T) {
 		cli:          env(t, "MESHBED", filepath.Join(repo, "bin", "meshbed")),
 		dir:          env(t, "E2E_DIR", filepath.Join(repo, "bin", "e2e")),
 		start:        time.Now(),
+		repo:         repo,
 		encryption:   e2eEncryption(t),
 	}
 	if s := os.Getenv("E2E_START"); s != "" {
@@ -168,6 +169,13 @@ func TestKindMesh(t *testing.T) {
 	}
 	r.figure("seconds from make e2e start to the demo passing", time.Since(r.start).Seconds())
 	r.step("memory of the Kind node containers", r.memory)
+	// The scenario files on these clusters, through the engine's Kind
+	// target (issue 9): the same files the simulator runs.
+	for _, name := range []string{"failover", "partition-recovery"} {
+		r.step("scenario "+name+" on Kind (meshbed scenario run --target kind)", func(ctx context.Context) error {
+			return r.scenario(ctx, name)
+		})
+	}
 	r.report()
 }
 
@@ -248,6 +256,22 @@ func (r *run) meshbed(ctx context.Context, args ...string) error {
 	return nil
 }
 
+// scenario runs scenarios/NAME.yaml on the two clusters with the CLI's
+// Kind target, its report in E2E_DIR/scenario-NAME.
+func (r *run) scenario(ctx context.Context, name string) error {
+	args := []string{"scenario", "run", filepath.Join(r.repo, "scenarios", name+".yaml"), "--target", "kind",
+		"--report", filepath.Join(r.dir, "scenario-"+name), "--ca-dir", r.caDir, "--demo-image", r.demoImag}
+	for _, c := range r.clusters {
+		args = append(args, "--context", c.name+"="+c.context)
+	}
+	start := time.Now()
+	if err := r.meshbed(ctx, args...); err != nil {
+		return err
+	}
+	r.figure("seconds, scenario "+name+" on Kind", time.Since(start).Seconds())
+	return nil
+}
+
 // --- clusters ---------------------------------------------------------------
 
 func (r *run) cleanPrevious(context.Context) error {
@@ -288,7 +312,7 @@ func (r *run) createClusters(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := r.provider.Create(c.kind,
+		if err := kind.Create(r.provider, c.kind, r.kubeconfig,
 			cluster.CreateWithRawConfig(raw),
 			cluster.CreateWithNodeImage(r.nodeImage),
 			cluster.CreateWithKubeconfigPath(r.kubeconfig),

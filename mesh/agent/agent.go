@@ -34,7 +34,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/meshbed/meshbed/datapath/monitor"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/policy"
 	"github.com/meshbed/meshbed/mesh/remote"
@@ -79,6 +81,9 @@ type Config struct {
 
 	Datapath state.Datapath
 	Plumber  state.Plumber
+	// Monitor is the node datapath's flow events; the agent observes them
+	// (Flows) when set.
+	Monitor monitor.Source
 	// Remote delivers the state of remote clusters; nil runs a single
 	// cluster.
 	Remote Remote
@@ -148,6 +153,7 @@ type Agent struct {
 
 	dirty  chan struct{}
 	runCtx context.Context // for work started by informer events
+	flows  *flow.Observer  // nil without Config.Monitor
 
 	mu        sync.Mutex
 	remotes   map[string]*remoteCluster
@@ -243,6 +249,9 @@ func New(cfg Config) (*Agent, error) {
 	_, _ = a.npInf.AddEventHandler(a.policyHandler(policy.SourceNetworkPolicy))
 	_, _ = a.nsInf.AddEventHandler(a.namespaceHandler())
 	ids.AddHandler(a.localIdentity)
+	if err := a.newFlowObserver(); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -311,6 +320,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("Agent started", "podCIDR", a.ipam.cidr)
 
+	if a.flows != nil {
+		wg.Go(func() {
+			if err := a.flows.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("Flow observer stopped", "err", err)
+			}
+		})
+	}
 	if a.cfg.Remote != nil {
 		wg.Go(func() {
 			if err := a.cfg.Remote.Run(ctx, (*sink)(a)); err != nil && ctx.Err() == nil {

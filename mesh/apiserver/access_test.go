@@ -32,7 +32,7 @@ func TestAccessMatrix(t *testing.T) {
 	servers := map[string]*Server{}
 	for i, name := range clusters {
 		dir := pki.Dir(t.TempDir())
-		if err := IssueServerTLS(dir, ca, name, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
+		if err := pki.IssueServerTLS(dir, ca, name, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 		other := clusters[1-i]

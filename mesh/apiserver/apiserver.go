@@ -126,7 +126,7 @@ type Config struct {
 	ListenAddress string
 	// TLSDir holds ca.crt, server.crt/.key (the etcd server certificate,
 	// valid for localhost and the listen address) and admin.crt/.key (a
-	// client certificate for pki.AdminUser(ClusterName)). IssueServerTLS
+	// client certificate for pki.AdminUser(ClusterName)). pki.IssueServerTLS
 	// writes them.
 	TLSDir pki.Dir
 	// DataDir is where etcd keeps its data and socket; empty means a new
@@ -446,7 +446,7 @@ func (s *Server) LocalDialer() func(ctx context.Context, addr string) (net.Conn,
 // LocalConfig is a kvstore configuration that reaches this etcd through
 // the local socket, presenting the client certificate in tlsConfig (see
 // pki.ClientTLSConfig; its ServerName is set to "localhost", which server
-// certificates from IssueServerTLS carry).
+// certificates from pki.IssueServerTLS carry).
 func (s *Server) LocalConfig(tlsConfig *tls.Config) kvstore.Config {
 	tc := tlsConfig.Clone()
 	tc.ServerName = localServerName

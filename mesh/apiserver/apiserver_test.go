@@ -48,7 +48,7 @@ func newMesh(t *testing.T) *mesh {
 		t.Fatal(err)
 	}
 	dir := pki.Dir(t.TempDir())
-	if err := IssueServerTLS(dir, ca, "cluster1", []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
+	if err := pki.IssueServerTLS(dir, ca, "cluster1", []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	return &mesh{ca: ca, dir: dir}
@@ -761,7 +761,7 @@ func BenchmarkStartAndSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := pki.Dir(b.TempDir())
-	if err := IssueServerTLS(dir, ca, "cluster1", nil, time.Hour); err != nil {
+	if err := pki.IssueServerTLS(dir, ca, "cluster1", nil, time.Hour); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -83,10 +82,10 @@ func rolePermissions(cluster string) map[string][]grant {
 	}
 }
 
-// localServerName is the name the apiserver checks the server certificate
+// localServerName (pki.LocalServerName) is the name the apiserver checks the server certificate
 // against on its own unix-socket connection; server certificates issued
-// with IssueServerTLS carry it.
-const localServerName = "localhost"
+// with pki.IssueServerTLS carry it.
+const localServerName = pki.LocalServerName
 
 // startEtcd starts the embedded etcd. Its listeners are bound here, on the
 // calling goroutine's thread, so in its network namespace.
@@ -239,35 +238,4 @@ func (s *Server) SetRemoteClusters(ctx context.Context, names []string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// IssueServerTLS writes into dir what cluster's apiserver needs besides the
-// CA certificate: the etcd server pair ("server", valid for localhost,
-// loopback and ips) and the apiserver's own client pair (pki.AdminPair, user
-// pki.AdminUser(cluster)). The CA certificate is written too, without its
-// key.
-func IssueServerTLS(dir pki.Dir, ca *pki.CA, cluster string, ips []net.IP, validity time.Duration) error {
-	all := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-	for _, ip := range ips {
-		if !slices.ContainsFunc(all, ip.Equal) {
-			all = append(all, ip)
-		}
-	}
-	if _, err := os.Stat(dir.CAFile()); errors.Is(err, os.ErrNotExist) {
-		if err := dir.WriteCA(&pki.CA{Cert: ca.Cert}); err != nil {
-			return err
-		}
-	}
-	srv, err := ca.IssueServer("meshbed-apiserver", []string{localServerName}, all, validity)
-	if err != nil {
-		return err
-	}
-	if err := dir.WriteCert(pki.ServerName, srv); err != nil {
-		return err
-	}
-	admin, err := ca.IssueClient(pki.AdminUser(cluster), validity)
-	if err != nil {
-		return err
-	}
-	return dir.WriteCert(pki.AdminPair, admin)
 }

@@ -56,7 +56,7 @@ func testMeshWith(tb testing.TB, n int, logger *slog.Logger, tweak func(*apiserv
 			return d
 		}
 		d := pki.Dir(tb.TempDir())
-		if err := apiserver.IssueServerTLS(d, ca, cluster, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
+		if err := pki.IssueServerTLS(d, ca, cluster, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour); err != nil {
 			tb.Fatal(err)
 		}
 		for _, user := range []string{pki.LocalUser(cluster), pki.RemoteUser(cluster)} {

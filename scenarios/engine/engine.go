@@ -31,6 +31,12 @@ type Options struct {
 	Keep func()
 }
 
+// Substituter is a Target that replaces images (Kind, without a
+// registry); the report lists what it replaced.
+type Substituter interface {
+	Substitutions() []string
+}
+
 // ErrEnvironment wraps failures of the environment (not root, a kernel
 // feature missing, the mesh failing to come up): the scenario could not be
 // judged.
@@ -57,7 +63,7 @@ func Start(ctx context.Context, sc *scenarios.Scenario, t Target, opts Options) 
 	}
 	r := &runner{sc: sc, t: t, opts: opts, progress: scenarios.NewProgress(opts.Progress),
 		traffic: map[string]*stream{}, start: time.Now()}
-	r.report = &scenarios.Report{Scenario: sc.Name, Seed: sc.Seed, Steps: []scenarios.StepReport{}}
+	r.report = &scenarios.Report{Scenario: sc.Name, Target: t.Name(), Seed: sc.Seed, Steps: []scenarios.StepReport{}}
 	r.progress.Begin(sc)
 	err := t.Up(ctx, sc)
 	if err == nil {
@@ -94,6 +100,9 @@ func (s *Session) Finish(ctx context.Context) *scenarios.Report {
 		st.stop()
 	}
 	r.collectWarnings(ctx)
+	if s, ok := r.t.(Substituter); ok {
+		r.report.Substitutions = s.Substitutions()
+	}
 	fin := r.final(ctx)
 	r.report.Final = fin
 	r.progress.Final(fin)

@@ -1,4 +1,4 @@
-package main
+package clustermesh
 
 import (
 	"crypto/x509"

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/internal/testenv"
+)
+
+type fakeNode struct{ desired *state.State }
+
+func (f fakeNode) State() (*state.State, error, bool) { return f.desired, nil, true }
+func (fakeNode) PolicyWarnings() map[string][]string  { return map[string][]string{"default/p": {"w"}} }
+func (fakeNode) PolicyErrors() map[string]error {
+	return map[string]error{"default/q": errors.New("bad")}
+}
+func (fakeNode) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
+	return []state.Service{{Name: "default/s"}}, []state.IPCacheEntry{{Prefix: netip.MustParsePrefix("10.1.0.5/32"), Identity: 7}}, nil
+}
+
+// TestStateSocket: meshbed-agent state prints what the agent and the BPF
+// maps hold, as a state.NodeReport; a missing agent is a clear error.
+func TestStateSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	f := fakeNode{desired: &state.State{Nodes: []state.Node{{Name: "n1"}}}}
+	stop := serveState(t.Context(), "n1", f, f, sock, slog.New(slog.DiscardHandler))
+	defer stop()
+	var out bytes.Buffer
+	testenv.Eventually(t, 5e9, func() error { out.Reset(); return printState(t.Context(), sock, &out) })
+	var r state.NodeReport
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if r.Node != "n1" || r.Desired == nil || len(r.Desired.Nodes) != 1 || len(r.Services) != 1 || len(r.IPCache) != 1 ||
+		r.IPCache[0].Identity != 7 || r.PolicyErrors["default/q"] != "bad" || r.PolicyWarnings["default/p"][0] != "w" {
+		t.Errorf("report = %+v", r)
+	}
+	stop()
+	if err := printState(t.Context(), filepath.Join(t.TempDir(), "none.sock"), &out); err == nil || !strings.Contains(err.Error(), "no agent at") {
+		t.Errorf("no agent: %v", err)
+	}
+}

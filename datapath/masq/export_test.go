@@ -1,0 +1,4 @@
+package masq
+
+// Intervals is intervals, for the external tests.
+var Intervals = intervals
