@@ -70,7 +70,11 @@ type pairNode struct {
 	identity uint32
 }
 
-func newTunnelPair(tb testing.TB) *tunnelPair {
+func newTunnelPair(tb testing.TB) *tunnelPair { return newTunnelPairMTU(tb, 0) }
+
+// newTunnelPairMTU sets the VXLAN devices' (and so the pods') MTU; 0 keeps
+// the default.
+func newTunnelPairMTU(tb testing.TB, vxlanMTU int) *tunnelPair {
 	tb.Helper()
 	under, err := overlay.NewUnderlay(netnstest.New(tb, "tp-underlay"), overlay.DefaultUnderlay)
 	if err != nil {
@@ -90,7 +94,7 @@ func newTunnelPair(tb testing.TB) *tunnelPair {
 		if _, err := under.Attach(n.ns, overlay.PortConfig{Addr: n.ip}); err != nil {
 			tb.Fatal(err)
 		}
-		if n.vxlan, err = overlay.SetupVXLAN(n.ns, overlay.VXLANConfig{NodeIP: n.ip}); err != nil {
+		if n.vxlan, err = overlay.SetupVXLAN(n.ns, overlay.VXLANConfig{NodeIP: n.ip, MTU: vxlanMTU}); err != nil {
 			tb.Fatal(err)
 		}
 		n.podNS = netnstest.New(tb, fmt.Sprintf("tp-pod%d", i+1))

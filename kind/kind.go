@@ -118,6 +118,12 @@ type Values struct {
 	ImagePullPolicy string
 	// LogLevel of both components; empty means info.
 	LogLevel string
+	// Encryption of pod traffic between nodes: "none" (empty) or
+	// "wireguard" (the agent's --encryption).
+	Encryption string
+	// EncryptionStrict refuses traffic to nodes without a WireGuard key
+	// (the agent's --encryption-strict).
+	EncryptionStrict bool
 }
 
 // imageRef is a permissive image reference: [registry[:port]/]path[:tag][@digest].
@@ -139,6 +145,15 @@ func (v Values) withDefaults() (Values, error) {
 	}
 	if v.LogLevel == "" {
 		v.LogLevel = "info"
+	}
+	if v.Encryption == "" {
+		v.Encryption = "none"
+	}
+	switch {
+	case v.Encryption != "none" && v.Encryption != "wireguard":
+		errs = append(errs, fmt.Errorf("encryption %q: want none or wireguard", v.Encryption))
+	case v.EncryptionStrict && v.Encryption != "wireguard":
+		errs = append(errs, errors.New("strict encryption needs encryption wireguard"))
 	}
 	if err := wire.ValidateClusterName(v.ClusterName); err != nil {
 		errs = append(errs, fmt.Errorf("cluster name: %w", err))

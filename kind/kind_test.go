@@ -245,8 +245,17 @@ func TestRBACCoversWhatTheComponentsRead(t *testing.T) {
 			if !allowed(res{identity.GVR.Group, identity.GVR.Resource}, "create") {
 				t.Errorf("%s may not create meshidentities", name)
 			}
+			// The agent patches its own node (its WireGuard key); the
+			// mesh-apiserver writes nothing but identities.
+			patchesNodes := name == AgentName
+			if got := allowed(res{"", "nodes"}, "patch"); got != patchesNodes {
+				t.Errorf("%s may patch nodes: %v, want %v", name, got, patchesNodes)
+			}
 			for _, rule := range role.Rules {
 				for _, verb := range rule.Verbs {
+					if verb == "patch" && patchesNodes && slices.Equal(rule.Resources, []string{"nodes"}) && slices.Equal(rule.APIGroups, []string{""}) {
+						continue
+					}
 					if !slices.Contains([]string{"get", "list", "watch", "create"}, verb) {
 						t.Errorf("%s is granted %q on %v: more than it needs", name, verb, rule.Resources)
 					}
@@ -413,6 +422,8 @@ func TestValuesValidation(t *testing.T) {
 		{"id too large", Values{ClusterName: "c1", ClusterID: 256}, "cluster ID"},
 		{"id 511 needs 511", Values{ClusterName: "c1", ClusterID: 300, MaxConnectedClusters: 300}, "max connected clusters"},
 		{"image with quote", Values{ClusterName: "c1", ClusterID: 1, Image: `x"y`}, "image"},
+		{"unknown encryption", Values{ClusterName: "c1", ClusterID: 1, Encryption: "ipsec"}, `encryption "ipsec"`},
+		{"strict without wireguard", Values{ClusterName: "c1", ClusterID: 1, EncryptionStrict: true}, "strict encryption"},
 		{"image with newline", Values{ClusterName: "c1", ClusterID: 1, Image: "x\n- y"}, "image"},
 		{"pull policy", Values{ClusterName: "c1", ClusterID: 1, ImagePullPolicy: "Sometimes"}, "image pull policy"},
 		{"log level", Values{ClusterName: "c1", ClusterID: 1, LogLevel: "trace"}, "log level"},
@@ -515,6 +526,32 @@ func TestKindConfigs(t *testing.T) {
 		for _, b := range all[i+1:] {
 			if a.Overlaps(b) {
 				t.Errorf("%s overlaps %s", a, b)
+			}
+		}
+	}
+}
+
+func TestEncryptionArgs(t *testing.T) {
+	for _, tc := range []struct {
+		v    Values
+		want []string
+		not  []string
+	}{
+		{Values{ClusterName: "c1", ClusterID: 1}, []string{"--encryption=none"}, []string{"--encryption-strict"}},
+		{Values{ClusterName: "c1", ClusterID: 1, Encryption: "wireguard", EncryptionStrict: true}, []string{"--encryption=wireguard", "--encryption-strict"}, nil},
+	} {
+		y, err := Render(tc.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(string(y), "- "+w+"\n") {
+				t.Errorf("%+v: the agent has no %s", tc.v, w)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(string(y), w) {
+				t.Errorf("%+v: the agent has %s", tc.v, w)
 			}
 		}
 	}

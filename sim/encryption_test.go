@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +119,109 @@ func TestIntegrationEncryption(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pinnedEcho is a global echo service whose one backend runs on node-3.
+const pinnedEcho = `
+apiVersion: v1
+kind: Service
+metadata:
+  name: outpost
+  annotations: {service.cilium.io/global: "true"}
+spec:
+  selector: {name: outpost}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outpost}
+spec:
+  replicas: 1
+  selector: {matchLabels: {name: outpost}}
+  template:
+    metadata: {labels: {name: outpost}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node-3}
+      containers: [{name: outpost, image: meshbed/echo}]
+`
+
+// BenchmarkNewNodeReachableEncrypted is issue 14's third figure: from a
+// node joining cluster1 (AddNode called) to the first answer, through
+// WireGuard, from a pod on it to a client in cluster2. It covers the
+// node's datapath and agent start, its key's way to the other cluster
+// (Node annotation, mesh-apiserver, kvstoremesh, agents), the pod's start
+// on it, and the first handshake. One join per iteration, on a fresh mesh.
+func BenchmarkNewNodeReachableEncrypted(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a mesh per iteration: skipped with -short")
+	}
+	testenv.Privileged(b)
+	var took []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		spec := meshSpec(2, 2)
+		spec.Encryption = node.EncryptionWireGuard
+		m, closeMesh := startMesh(b, spec)
+		deploy(b, m, echoManifest)
+		c1, _ := m.Cluster("cluster1")
+		c2, _ := m.Cluster("cluster2")
+		for _, c := range []*Cluster{c1, c2} {
+			// The Service everywhere; the Deployment waits for node-3.
+			svc := pinnedEcho[:strings.Index(pinnedEcho, "---")]
+			if err := m.Apply(context.Background(), c.Name(), []byte(svc)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		client, _, err := c2.Client("default", "x-wing", 500*time.Millisecond)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		url, err := c2.ResolveURL(ctx, "http://outpost", "default")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		n3, err := c1.AddNode(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Apply(ctx, "cluster1", []byte(pinnedEcho)); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			r := client.Get(ctx, url)
+			if r.Err == nil && r.Node == n3.Name() {
+				break
+			}
+			if ctx.Err() != nil {
+				b.Fatalf("node-3 not reachable from cluster2: %v", r.Err)
+			}
+			time.Sleep(20 * time.Millisecond) // polling the data path, as a client retrying would
+		}
+		took = append(took, time.Since(t0))
+		b.StopTimer()
+		cancel()
+		// Through WireGuard: cluster2's node that sent has a session with node-3.
+		handshake := false
+		for _, n := range c2.Nodes() {
+			peers, _ := n.Datapath().WireGuard().Peers()
+			for _, p := range peers {
+				if p.PublicKey == n3.Datapath().PublicKey() && !p.LastHandshake.IsZero() {
+					handshake = true
+				}
+			}
+		}
+		if !handshake {
+			b.Fatal("answered, but no node of cluster2 has a WireGuard session with node-3")
+		}
+		if err := closeMesh(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	slices.Sort(took)
+	b.ReportMetric(took[len(took)/2].Seconds(), "s-to-reachable-p50")
+	b.ReportMetric(took[len(took)-1].Seconds(), "s-to-reachable-max")
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/datapath/wireguard"
 	"github.com/meshbed/meshbed/mesh/agent"
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/flow"
@@ -42,6 +43,8 @@ type options struct {
 	failStatic, policyAllClusters, allowLocalhost, masquerade bool
 	healthInterval, healthTimeout, syncTimeout                time.Duration
 	logLevel, flowsAddr, prometheusAddr                       string
+	encryption, wireguardImpl                                 string
+	encryptionStrict                                          bool
 }
 
 func main() {
@@ -86,6 +89,9 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.healthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
 	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
 	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
+	f.StringVar(&o.encryption, "encryption", string(node.EncryptionNone), "transparent encryption of pod traffic between nodes: none or wireguard (the key is kept in --state-dir and published with the node)")
+	f.BoolVar(&o.encryptionStrict, "encryption-strict", false, "with --encryption=wireguard: refuse traffic to nodes that publish no usable WireGuard key (older agents) instead of sending it in clear")
+	f.StringVar(&o.wireguardImpl, "wireguard-impl", "auto", "auto (the kernel module where it exists, else userspace over /dev/net/tun), kernel or userspace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
 		"TCP address on which the agent serves its flow stream (also served on --state-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
@@ -93,8 +99,35 @@ func newCommand() *cobra.Command {
 	return cmd
 }
 
+// encryptionConfig is the datapath's encryption from the flags.
+func (o options) encryptionConfig() (node.Encryption, error) {
+	var errs []error
+	mode, err := node.ParseEncryptionMode(o.encryption)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--encryption: %w", err))
+	}
+	enc := node.Encryption{Mode: mode, Strict: o.encryptionStrict, StateDir: o.stateDir}
+	switch o.wireguardImpl {
+	case "auto":
+	case string(wireguard.Kernel), string(wireguard.Userspace):
+		enc.Impl = wireguard.Impl(o.wireguardImpl)
+	default:
+		errs = append(errs, fmt.Errorf("--wireguard-impl %q: want auto, kernel or userspace", o.wireguardImpl))
+	}
+	if o.encryptionStrict && mode != node.EncryptionWireGuard {
+		errs = append(errs, errors.New("--encryption-strict needs --encryption=wireguard"))
+	}
+	if mode == node.EncryptionWireGuard && o.stateDir == "" {
+		errs = append(errs, errors.New("--encryption=wireguard needs --state-dir (the private key is kept there)"))
+	}
+	return enc, errors.Join(errs...)
+}
+
 func (o options) validate() (routing state.RoutingMode, nodeIP netip.Addr, err error) {
 	var errs []error
+	if _, err := o.encryptionConfig(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := wire.ValidateClusterName(o.clusterName); err != nil {
 		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
 	}
@@ -130,6 +163,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	enc, _ := o.encryptionConfig() // validated above
 	rest, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
 	if err != nil {
 		return fmt.Errorf("--kubeconfig: %w", err)
@@ -148,7 +182,8 @@ func run(ctx context.Context, o options) error {
 	}
 	defer host.Close()
 	dp, err := node.New(node.Config{NS: host, NodeIP: nodeIP, UnderlayIf: o.underlayIf,
-		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Masquerade: o.masquerade, Logger: log.With("component", "datapath")})
+		ClusterID: o.clusterID, Routing: routing, PinPath: o.bpfPinDir, Masquerade: o.masquerade, Encryption: enc,
+		Logger: log.With("component", "datapath")})
 	if err != nil {
 		return err
 	}
@@ -181,6 +216,7 @@ func run(ctx context.Context, o options) error {
 	cfg.Monitor = dp
 	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
 	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
+	cfg.WireguardPubKey = dp.PublicKey()
 	cfg.Logger = log.With("component", "agent")
 	cfg.Events, cfg.Metrics = events, reg
 	a, err := agent.New(cfg)

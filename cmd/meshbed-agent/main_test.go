@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/meshbed/meshbed/mesh/agent"
@@ -40,5 +41,38 @@ func TestFlagDefaultsAreThePackageDefaults(t *testing.T) {
 	// What the binary always allows by default, the simulator must too.
 	if !d.PolicyAllowLocalhost {
 		t.Error("DefaultConfig().PolicyAllowLocalhost is false; the binary has always allowed the node to reach its pods by default")
+	}
+}
+
+func TestEncryptionFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" valid, else part of the error
+	}{
+		{nil, ""},
+		{[]string{"--encryption=wireguard"}, ""},
+		{[]string{"--encryption=wireguard", "--encryption-strict", "--wireguard-impl=userspace"}, ""},
+		{[]string{"--encryption=ipsec"}, `--encryption: unknown encryption "ipsec"`},
+		{[]string{"--encryption-strict"}, "--encryption-strict needs --encryption=wireguard"},
+		{[]string{"--encryption=wireguard", "--wireguard-impl=boringtun"}, `--wireguard-impl "boringtun"`},
+		{[]string{"--encryption=wireguard", "--state-dir="}, "needs --state-dir"},
+	} {
+		cmd := newCommand()
+		if err := cmd.ParseFlags(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		var o options
+		f := cmd.Flags()
+		o.encryption, _ = f.GetString("encryption")
+		o.encryptionStrict, _ = f.GetBool("encryption-strict")
+		o.wireguardImpl, _ = f.GetString("wireguard-impl")
+		o.stateDir, _ = f.GetString("state-dir")
+		_, err := o.encryptionConfig()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: %v", tc.args, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: got %v, want an error with %q", tc.args, err, tc.want)
+		}
 	}
 }

@@ -35,6 +35,8 @@ With --dry-run, prints the manifests instead (kubectl apply -f - takes them).`,
 	f.StringVar(&o.Values.Image, "image", kind.DefaultImage, "image with meshbed-agent, meshbed-apiserver and meshbed-cni")
 	f.StringVar(&o.Values.ImagePullPolicy, "image-pull-policy", "IfNotPresent", "Always, IfNotPresent or Never")
 	f.StringVar(&o.Values.LogLevel, "log-level", "info", "log level of the agent and the mesh-apiserver")
+	f.StringVar(&o.Values.Encryption, "encryption", "none", "transparent encryption between nodes: none or wireguard (the kernel module where the nodes have it, else userspace over /dev/net/tun)")
+	f.BoolVar(&o.Values.EncryptionStrict, "encryption-strict", false, "with --encryption wireguard: refuse traffic to nodes without a WireGuard key instead of sending it in clear")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the manifests instead of applying them")
 	return cmd
 }

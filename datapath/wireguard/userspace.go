@@ -73,10 +73,19 @@ func startUserspace(cfg Config, log *slog.Logger) (*userDevice, error) {
 		u.dev.Close()
 		return nil, fmt.Errorf("UAPI socket: %w", err)
 	}
-	if u.uapi, err = ipc.UAPIListen(u.uapiName, f); err != nil {
-		f.Close()
+	// Not ipc.UAPIListen: it adds an inotify instance per device to notice
+	// the socket's removal, and inotify instances are few per user (128 by
+	// default, shared with every other process): a simulated mesh of
+	// dozens of nodes runs out. The socket is ours; Close removes it.
+	u.uapi, err = net.FileListener(f)
+	f.Close()
+	if err != nil {
 		u.dev.Close()
+		_ = os.Remove(filepath.Join(uapiDir, u.uapiName+".sock"))
 		return nil, fmt.Errorf("UAPI socket: %w", err)
+	}
+	if ul, ok := u.uapi.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(true)
 	}
 	u.wg.Go(func() {
 		for {

@@ -21,6 +21,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,6 +78,24 @@ type run struct {
 	start                             time.Time
 	clusters                          []*kcluster
 	figures                           []string
+	// encryption is what meshbed install is given: wireguard where the
+	// Kind nodes' kernel (the host's) has the WireGuard module, else none.
+	encryption string
+}
+
+// e2eEncryption picks the encryption of the run: $E2E_ENCRYPTION if set
+// (none or wireguard), else wireguard where the kernel has the module. The
+// userspace fallback would work too, but the point of the Kind run is the
+// kernel path the simulator cannot take here.
+func e2eEncryption(t *testing.T) string {
+	if v := os.Getenv("E2E_ENCRYPTION"); v != "" {
+		return v
+	}
+	if _, err := os.Stat("/sys/module/wireguard"); err != nil {
+		t.Logf("encryption steps skipped: the Kind nodes' kernel has no WireGuard module (/sys/module/wireguard: %v); set E2E_ENCRYPTION=wireguard to run them over the userspace implementation", err)
+		return "none"
+	}
+	return "wireguard"
 }
 
 func env(t *testing.T, key, def string) string {
@@ -104,6 +123,7 @@ func TestKindMesh(t *testing.T) {
 		dir:          env(t, "E2E_DIR", filepath.Join(repo, "bin", "e2e")),
 		start:        time.Now(),
 		repo:         repo,
+		encryption:   e2eEncryption(t),
 	}
 	if s := os.Getenv("E2E_START"); s != "" {
 		if f, err := strconv.ParseFloat(s, 64); err == nil {
@@ -144,6 +164,9 @@ func TestKindMesh(t *testing.T) {
 	r.step("failover: cluster1's backends scaled to zero", r.failover)
 	r.step(`service.cilium.io/shared: "false" hides cluster2's backends from cluster1`, r.sharedFalse)
 	r.step("CiliumNetworkPolicy: x-wing reaches only cluster2's rebel-base", r.policy)
+	if r.encryption == "wireguard" {
+		r.step("every node publishes a WireGuard key (kvstore and Node)", r.wireguardKeys)
+	}
 	r.figure("seconds from make e2e start to the demo passing", time.Since(r.start).Seconds())
 	r.step("memory of the Kind node containers", r.memory)
 	// The scenario files on these clusters, through the engine's Kind
@@ -361,7 +384,7 @@ func (r *run) loadImages(ctx context.Context) error {
 func (r *run) install(ctx context.Context) error {
 	return r.each(func(c *kcluster) error {
 		return r.meshbed(ctx, "install", "--context", c.context, "--cluster-name", c.name,
-			"--cluster-id", strconv.Itoa(c.id), "--image", r.meshbedImage)
+			"--cluster-id", strconv.Itoa(c.id), "--image", r.meshbedImage, "--encryption", r.encryption)
 	})
 }
 
@@ -917,4 +940,23 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// wireguardKeys checks that every node of both clusters carries the
+// WireGuard key annotation its agent publishes, a key that decodes; the
+// demo steps before it ran over the encrypted datapath.
+func (r *run) wireguardKeys(ctx context.Context) error {
+	return r.each(func(c *kcluster) error {
+		nodes, err := c.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes.Items {
+			k := n.Annotations["network.cilium.io/wg-pub-key"]
+			if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
+				return fmt.Errorf("%s/%s: WireGuard key %q does not decode to 32 bytes", c.name, n.Name, k)
+			}
+		}
+		return nil
+	})
 }

@@ -78,7 +78,7 @@ func (o InstallOptions) Validate() error {
 		// The rest (image, pull policy, log level) is checked by Render,
 		// which names the value; map it to the flags.
 		if _, err := kind.Render(o.Values); err != nil {
-			errs = append(errs, fmt.Errorf("--image, --image-pull-policy or --log-level: %w", err))
+			errs = append(errs, fmt.Errorf("--image, --image-pull-policy, --log-level or --encryption: %w", err))
 		}
 	}
 	return errors.Join(errs...)
