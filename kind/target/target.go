@@ -167,6 +167,11 @@ func (t *Target) Check(sc *scenarios.Scenario) error {
 	if tp.Routing == scenarios.RoutingNative {
 		errs = append(errs, errors.New("topology.routing native: meshbed's Kind install routes through the tunnel only"))
 	}
+	if tp.Encryption == scenarios.EncryptionWireGuard {
+		if _, err := os.Stat("/sys/module/wireguard"); err != nil {
+			errs = append(errs, errors.New("topology.encryption wireguard: this kernel has no WireGuard module, and userspace WireGuard inside Kind nodes is untried"))
+		}
+	}
 	if tp.RemoteLoss == scenarios.RemoteLossFailStatic {
 		errs = append(errs, errors.New("topology.remoteLoss fail-static: meshbed's Kind install withdraws unreachable clusters' backends"))
 	}
@@ -411,7 +416,8 @@ func (t *Target) create(ctx context.Context, sc *scenarios.Scenario) error {
 		}
 		if err := clustermesh.Install(ctx, io.Discard, t.factory(), clustermesh.InstallOptions{
 			Kubeconfig: t.kubeconfig(), Context: c.context,
-			Values: kind.Values{ClusterName: name, ClusterID: uint32(c.spec.ID), MaxConnectedClusters: 255, Image: t.opts.MeshbedImage, ImagePullPolicy: "IfNotPresent", LogLevel: "info"},
+			Values: kind.Values{ClusterName: name, ClusterID: uint32(c.spec.ID), MaxConnectedClusters: 255, Image: t.opts.MeshbedImage,
+				ImagePullPolicy: "IfNotPresent", LogLevel: "info", Encryption: string(sc.Topology.Encryption)},
 		}); err != nil {
 			return fmt.Errorf("cluster %s: %w", name, err)
 		}
