@@ -1,11 +1,16 @@
 package kind
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 
 	"sigs.k8s.io/kind/pkg/cluster"
+	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 )
 
 // bootTimeout is how Kind fails when a node's systemd has not reached its
@@ -37,4 +42,36 @@ func Create(p *cluster.Provider, name, kubeconfig string, opts ...cluster.Create
 		}
 	}
 	return fmt.Errorf("kind create cluster %s: nodes did not boot in time, %d attempts: %s", name, CreateAttempts, strings.Join(errs, "; "))
+}
+
+// LoadImages is `kind load docker-image` for images onto every node of the
+// Kind cluster name: docker save of each image, then an import on every node.
+func LoadImages(ctx context.Context, p *cluster.Provider, name string, images ...string) error {
+	dir, err := os.MkdirTemp("", "meshbed-kind-images")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	nodes, err := p.ListInternalNodes(name)
+	if err != nil {
+		return err
+	}
+	for _, img := range images {
+		archive := filepath.Join(dir, "image.tar")
+		if out, err := exec.CommandContext(ctx, "docker", "save", "-o", archive, img).CombinedOutput(); err != nil {
+			return fmt.Errorf("docker save %s: %v: %s", img, err, out)
+		}
+		for _, n := range nodes {
+			f, err := os.Open(archive)
+			if err != nil {
+				return err
+			}
+			err = nodeutils.LoadImageArchive(n, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("kind load docker-image %s on %s: %w", img, n.String(), err)
+			}
+		}
+	}
+	return nil
 }

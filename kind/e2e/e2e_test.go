@@ -52,7 +52,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/remotecommand"
 	"sigs.k8s.io/kind/pkg/cluster"
-	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 	kindcmd "sigs.k8s.io/kind/pkg/cmd"
 
 	"github.com/meshbed/meshbed/kind"
@@ -347,37 +346,12 @@ func (r *run) createClusters(ctx context.Context) error {
 	return nil
 }
 
-// loadImages is `kind load docker-image`: docker save, then ctr import on
-// every node.
+// loadImages is `kind load docker-image` of meshbed's images onto every
+// node of both clusters.
 func (r *run) loadImages(ctx context.Context) error {
-	for _, img := range []string{r.meshbedImage, r.demoImag} {
-		archive := filepath.Join(r.dir, strings.NewReplacer("/", "_", ":", "_").Replace(img)+".tar")
-		if out, err := exec.CommandContext(ctx, "docker", "save", "-o", archive, img).CombinedOutput(); err != nil {
-			return fmt.Errorf("docker save %s: %v: %s", img, err, out)
-		}
-		err := r.each(func(c *kcluster) error {
-			nodes, err := r.provider.ListInternalNodes(c.kind)
-			if err != nil {
-				return err
-			}
-			for _, n := range nodes {
-				f, err := os.Open(archive)
-				if err != nil {
-					return err
-				}
-				err = nodeutils.LoadImageArchive(n, f)
-				f.Close()
-				if err != nil {
-					return fmt.Errorf("kind load docker-image %s on %s: %w", img, n.String(), err)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.each(func(c *kcluster) error {
+		return kind.LoadImages(ctx, r.provider, c.kind, r.meshbedImage, r.demoImag)
+	})
 }
 
 // --- meshbed ------------------------------------------------------------------

@@ -37,7 +37,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -64,7 +63,6 @@ import (
 	kindv1alpha4 "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/kind/pkg/cluster"
 	"sigs.k8s.io/kind/pkg/cluster/nodes"
-	"sigs.k8s.io/kind/pkg/cluster/nodeutils"
 
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/kind"
@@ -411,7 +409,7 @@ func (t *Target) create(ctx context.Context, sc *scenarios.Scenario) error {
 			return fmt.Errorf("cluster %s: kind create cluster %s: %w", name, c.kind, err)
 		}
 		log.Info("Kind cluster created", "cluster", name, "took", time.Since(start).Round(time.Millisecond))
-		if err := t.loadImages(ctx, c); err != nil {
+		if err := kind.LoadImages(ctx, t.provider, c.kind, t.opts.MeshbedImage, t.opts.DemoImage); err != nil {
 			return err
 		}
 		if err := clustermesh.Install(ctx, io.Discard, t.factory(), clustermesh.InstallOptions{
@@ -448,37 +446,6 @@ func ensureKindNetwork(ctx context.Context) error {
 		"-o", "com.docker.network.bridge.enable_ip_masquerade=true", "kind").CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "already exists") {
 		return fmt.Errorf("docker network create kind: %v: %s", err, out)
-	}
-	return nil
-}
-
-// loadImages is `kind load docker-image` of meshbed's two images.
-func (t *Target) loadImages(ctx context.Context, c *kcluster) error {
-	dir, err := os.MkdirTemp("", "meshbed-kind-images")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	kn, err := t.provider.ListInternalNodes(c.kind)
-	if err != nil {
-		return err
-	}
-	for _, img := range []string{t.opts.MeshbedImage, t.opts.DemoImage} {
-		archive := filepath.Join(dir, "image.tar")
-		if out, err := exec.CommandContext(ctx, "docker", "save", "-o", archive, img).CombinedOutput(); err != nil {
-			return fmt.Errorf("docker save %s: %v: %s", img, err, out)
-		}
-		for _, n := range kn {
-			f, err := os.Open(archive)
-			if err != nil {
-				return err
-			}
-			err = nodeutils.LoadImageArchive(n, f)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("load %s on %s: %w", img, n.String(), err)
-			}
-		}
 	}
 	return nil
 }
