@@ -47,6 +47,12 @@ const (
 	SecretKVStoreMeshTLS = "meshbed-kvstoremesh-tls"
 	SecretKVStoreMesh    = "meshbed-kvstoremesh"
 	SecretClusterMesh    = "meshbed-clustermesh"
+
+	// AgentStoppedLabel on a node keeps the agent off it: the DaemonSet's
+	// node affinity requires the label's absence, so labelling a node
+	// deletes its agent pod and removing the label brings it back. The
+	// Kind target stops one node's agent this way.
+	AgentStoppedLabel = "meshbed.io/agent-stopped"
 )
 
 // Keys of the ConfigMap.
@@ -213,6 +219,7 @@ type data struct {
 	APIServerTLSDir, KVStoreMeshDir, KVStoreMeshTLSDir       string
 	APIServerPort, APIServerNodePort, APIServerListenPort    int
 	AgentMetricsPort, APIServerMetricsPort                   int
+	AgentStoppedLabel                                        string
 }
 
 // Render validates v and returns the manifests as one multi-document YAML
@@ -231,6 +238,7 @@ func Render(v Values) ([]byte, error) {
 		APIServerTLSDir: APIServerTLSDir, KVStoreMeshDir: KVStoreMeshDir, KVStoreMeshTLSDir: KVStoreMeshTLSDir,
 		APIServerPort: APIServerPort, APIServerNodePort: APIServerNodePort, APIServerListenPort: APIServerListenPort,
 		AgentMetricsPort: AgentMetricsPort, APIServerMetricsPort: APIServerMetricsPort,
+		AgentStoppedLabel: AgentStoppedLabel,
 	}
 	var out bytes.Buffer
 	for i, f := range files {

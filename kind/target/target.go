@@ -17,8 +17,13 @@
 //     their own (MESHBED-PARTITION), between the groups' node addresses; the
 //     control plane is the mesh-apiservers' node port;
 //   - stop/start/restart of the apiserver: its Deployment scaled to zero and
-//     back, or its pod deleted; the agent of a node: its pod deleted
-//     (restart only);
+//     back, or its pod deleted; the agent of a node (or of every node): the
+//     node labelled kind.AgentStoppedLabel, which the DaemonSet's node
+//     affinity keeps the agent off, and the label removed; or its pod
+//     deleted. kvstoremesh runs in the mesh-apiserver's process and is not
+//     stopped alone;
+//   - events: every component container's log followed from the start of
+//     the run, each decision line read back with event.ParseLogLine;
 //   - backends, the final check's node reads: `meshbed-agent state` run in
 //     the node's agent pod; kvstore: the cluster's mesh-apiserver at its
 //     node port with a certificate from the mesh CA.
@@ -109,7 +114,8 @@ type Target struct {
 	partitioned   bool
 	clients       []*podClient
 	substitutions []string
-	stopped       map[string]bool // "cluster/component" stopped by Stop
+	stopped       map[scenarios.Process]bool // stopped by Stop
+	events        *eventCollector
 }
 
 type kcluster struct {
@@ -131,7 +137,7 @@ func New(opts Options) *Target {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Target{opts: opts, clusters: map[string]*kcluster{}, stopped: map[string]bool{},
+	return &Target{opts: opts, clusters: map[string]*kcluster{}, stopped: map[scenarios.Process]bool{},
 		provider: cluster.NewProvider(cluster.ProviderWithDocker())}
 }
 
@@ -142,12 +148,11 @@ func (t *Target) Name() string { return Name }
 func (t *Target) Supports(c engine.Capability) bool {
 	switch c {
 	case engine.CapPartition, engine.CapPartitionData, engine.CapPartitionControl, engine.CapPartitionNode,
-		engine.CapProcessAPIServer, engine.CapExpectBackends, engine.CapExpectKVStore:
+		engine.CapProcessAPIServer, engine.CapProcessAgent, engine.CapExpectBackends, engine.CapExpectKVStore, engine.CapExpectEvents:
 		return true
 	}
-	// One-way cuts, kvstoremesh alone (it runs in the mesh-apiserver's
-	// process) and stopping one node's agent (a DaemonSet pod comes back)
-	// are not done on Kind.
+	// One-way cuts and kvstoremesh alone (it runs in the mesh-apiserver's
+	// process) are not done on Kind.
 	return false
 }
 
@@ -247,6 +252,7 @@ func (t *Target) Up(ctx context.Context, sc *scenarios.Scenario) error {
 	if len(t.order) > 0 {
 		return errors.New("the Kind target is already up")
 	}
+	began := time.Now()
 	if err := t.Check(sc); err != nil {
 		return err
 	}
@@ -263,6 +269,9 @@ func (t *Target) Up(ctx context.Context, sc *scenarios.Scenario) error {
 		if err := t.connectClient(ctx, t.clusters[name]); err != nil {
 			return err
 		}
+	}
+	if err := t.startEvents(began); err != nil {
+		return err
 	}
 	if len(t.opts.Contexts) > 0 {
 		// Clusters that exist may hold what an earlier run left (an
@@ -460,6 +469,9 @@ func (t *Target) Close() error {
 	for _, c := range clients {
 		c.close()
 	}
+	if t.events != nil {
+		t.events.stop()
+	}
 	var errs []error
 	if t.partitioned {
 		errs = append(errs, t.Heal(context.Background()))
@@ -554,9 +566,8 @@ func (t *Target) Recover(ctx context.Context) error {
 	t.mu.Lock()
 	stopped := slices.Collect(maps.Keys(t.stopped))
 	t.mu.Unlock()
-	for _, k := range stopped {
-		cl, comp, _ := strings.Cut(k, "/")
-		errs = append(errs, t.Start(ctx, scenarios.Process{Cluster: cl, Component: scenarios.Component(comp)}))
+	for _, p := range stopped {
+		errs = append(errs, t.Start(ctx, p))
 	}
 	return errors.Join(errs...)
 }
@@ -1083,31 +1094,46 @@ func (t *Target) Heal(context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Stop implements engine.Target for the apiserver: its Deployment scaled
-// to zero.
+// Stop implements engine.Target: the apiserver's Deployment scaled to
+// zero; an agent kept off its node (or every node) by kind.AgentStoppedLabel,
+// which makes the DaemonSet delete its pod. Stop returns once the pods are
+// gone.
 func (t *Target) Stop(ctx context.Context, p scenarios.Process) error {
-	if p.Component != scenarios.ComponentAPIServer {
+	switch p.Component {
+	case scenarios.ComponentAPIServer:
+		if err := t.scaleAPIServer(ctx, p.Cluster, 0); err != nil {
+			return err
+		}
+	case scenarios.ComponentAgent:
+		if err := t.labelAgentNodes(ctx, p, true); err != nil {
+			return err
+		}
+	default:
 		return fmt.Errorf("stop %s: %w", p.Component, engine.ErrUnsupported)
 	}
-	if err := t.scaleAPIServer(ctx, p.Cluster, 0); err != nil {
-		return err
-	}
 	t.mu.Lock()
-	t.stopped[p.Cluster+"/"+string(p.Component)] = true
+	t.stopped[p] = true
 	t.mu.Unlock()
 	return nil
 }
 
-// Start implements engine.Target.
+// Start implements engine.Target; it returns once the component's pods
+// run and are ready.
 func (t *Target) Start(ctx context.Context, p scenarios.Process) error {
-	if p.Component != scenarios.ComponentAPIServer {
+	switch p.Component {
+	case scenarios.ComponentAPIServer:
+		if err := t.scaleAPIServer(ctx, p.Cluster, 1); err != nil {
+			return err
+		}
+	case scenarios.ComponentAgent:
+		if err := t.labelAgentNodes(ctx, p, false); err != nil {
+			return err
+		}
+	default:
 		return fmt.Errorf("start %s: %w", p.Component, engine.ErrUnsupported)
 	}
-	if err := t.scaleAPIServer(ctx, p.Cluster, 1); err != nil {
-		return err
-	}
 	t.mu.Lock()
-	delete(t.stopped, p.Cluster+"/"+string(p.Component))
+	delete(t.stopped, p)
 	t.mu.Unlock()
 	return nil
 }
@@ -1118,34 +1144,164 @@ func (t *Target) scaleAPIServer(ctx context.Context, cluster string, n int) erro
 		return err
 	}
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
-	_, err = c.kube.AppsV1().Deployments(kind.Namespace).Patch(ctx, kind.APIServerName, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-	return err
+	if _, err = c.kube.AppsV1().Deployments(kind.Namespace).Patch(ctx, kind.APIServerName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	return eventually(ctx, 3*time.Minute, func() error {
+		pods, err := componentPods(ctx, c, kind.APIServerName)
+		if err != nil {
+			return err
+		}
+		return podsAre(pods, "", n)
+	})
 }
 
-// Restart implements engine.Target: the component's pods are deleted and
-// come back.
+// agentNodes is the Kubernetes nodes of p: its node, or every node of the
+// cluster.
+func (t *Target) agentNodes(p scenarios.Process) (*kcluster, []string, error) {
+	c, err := t.cluster(p.Cluster)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p.Node == "" {
+		names := make([]string, len(c.nodes))
+		for i, n := range c.nodes {
+			names[i] = n.Name
+		}
+		return c, names, nil
+	}
+	for i, n := range c.nodes {
+		if scenarios.NodeName(i+1) == p.Node {
+			return c, []string{n.Name}, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("cluster %s has no node %s", p.Cluster, p.Node)
+}
+
+// labelAgentNodes sets (stop) or removes kind.AgentStoppedLabel on p's
+// nodes and waits for their agent pods to be gone, or to run ready again.
+func (t *Target) labelAgentNodes(ctx context.Context, p scenarios.Process, stop bool) error {
+	c, nodeNames, err := t.agentNodes(p)
+	if err != nil {
+		return err
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, kind.AgentStoppedLabel)
+	if stop {
+		patch = fmt.Sprintf(`{"metadata":{"labels":{%q:"true"}}}`, kind.AgentStoppedLabel)
+	}
+	for _, n := range nodeNames {
+		if _, err := c.kube.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("%s: node %s: %w", p, n, err)
+		}
+	}
+	want := 1
+	if stop {
+		want = 0
+	}
+	return eventually(ctx, 3*time.Minute, func() error {
+		pods, err := componentPods(ctx, c, kind.AgentName)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodeNames {
+			if err := podsAre(pods, n, want); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+		}
+		return nil
+	})
+}
+
+// componentPods lists the pods of a meshbed component.
+func componentPods(ctx context.Context, c *kcluster, name string) ([]corev1.Pod, error) {
+	pods, err := c.kube.CoreV1().Pods(kind.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app.kubernetes.io/name": name}.String()})
+	if err != nil {
+		return nil, err
+	}
+	return pods.Items, nil
+}
+
+// podsAre reports whether the pods (those of node, when not empty) are
+// exactly want pods, all running and ready; for want 0, no pod at all,
+// not even a terminating one.
+func podsAre(pods []corev1.Pod, node string, want int) error {
+	n, ready := 0, 0
+	for i := range pods {
+		if node != "" && pods[i].Spec.NodeName != node {
+			continue
+		}
+		n++
+		if pods[i].DeletionTimestamp == nil && podReady(&pods[i]) {
+			ready++
+		}
+	}
+	where := ""
+	if node != "" {
+		where = " on node " + node
+	}
+	if n != want || ready != want {
+		return fmt.Errorf("%d pods%s (%d ready), want %d ready", n, where, ready, want)
+	}
+	return nil
+}
+
+// Restart implements engine.Target: the component's pods (for an agent,
+// those of its node, or of every node) are deleted and come back; it
+// returns once they run ready again.
 func (t *Target) Restart(ctx context.Context, p scenarios.Process) error {
 	c, err := t.cluster(p.Cluster)
 	if err != nil {
 		return err
 	}
-	var sel string
+	var name string
+	var nodeNames []string
 	switch p.Component {
 	case scenarios.ComponentAPIServer:
-		sel = labels.Set{"app.kubernetes.io/name": kind.APIServerName}.String()
+		name = kind.APIServerName
+	case scenarios.ComponentAgent:
+		name = kind.AgentName
+		if _, nodeNames, err = t.agentNodes(p); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("restart %s: %w", p.Component, engine.ErrUnsupported)
 	}
-	pods, err := c.kube.CoreV1().Pods(kind.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	pods, err := componentPods(ctx, c, name)
 	if err != nil {
 		return err
 	}
-	for _, pod := range pods.Items {
+	old := map[types.UID]bool{}
+	for _, pod := range pods {
+		if nodeNames != nil && !slices.Contains(nodeNames, pod.Spec.NodeName) {
+			continue
+		}
+		old[pod.UID] = true
 		if err := c.kube.CoreV1().Pods(kind.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
 	}
-	return nil
+	return eventually(ctx, 3*time.Minute, func() error {
+		pods, err := componentPods(ctx, c, name)
+		if err != nil {
+			return err
+		}
+		var fresh []corev1.Pod
+		for _, pod := range pods {
+			if old[pod.UID] {
+				return fmt.Errorf("%s: pod %s still there", p, pod.Name)
+			}
+			fresh = append(fresh, pod)
+		}
+		if nodeNames == nil {
+			return podsAre(fresh, "", 1)
+		}
+		for _, n := range nodeNames {
+			if err := podsAre(fresh, n, 1); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+		}
+		return nil
+	})
 }
 
 // --- reads --------------------------------------------------------------------

@@ -183,14 +183,25 @@ func Multi(rs ...Recorder) Recorder {
 	})
 }
 
+// LogMessage is the message of the log line Logger writes for an event;
+// ParseLogLine reads such lines back.
+const LogMessage = "Decision event"
+
 // Logger returns a Recorder that writes every event as one log line (what
-// the binaries do, besides counting them in their metrics).
+// the binaries do, besides counting them in their metrics). The line
+// carries every field of the event, its time as "at" (RFC 3339 with
+// nanoseconds, which the record's own time may round), so that a reader of
+// the component's log (the Kind target) gets the event back whole with
+// ParseLogLine.
 func Logger(log *slog.Logger) Recorder {
 	if log == nil {
 		return Discard
 	}
 	return RecorderFunc(func(e Event) {
 		attrs := []any{"kind", string(e.Kind), "cluster", e.Cluster}
+		if !e.Time.IsZero() {
+			attrs = append(attrs, "at", e.Time.UTC().Format(time.RFC3339Nano))
+		}
 		for _, kv := range [][2]string{{"node", e.Node}, {"component", e.Component}, {"remote", e.Remote},
 			{"service", e.Service}, {"policy", e.Policy}, {"detail", e.Message}} {
 			if kv[1] != "" {
@@ -200,7 +211,7 @@ func Logger(log *slog.Logger) Recorder {
 		if e.Backends > 0 {
 			attrs = append(attrs, "backends", e.Backends)
 		}
-		log.Info("Decision event", attrs...)
+		log.Info(LogMessage, attrs...)
 	})
 }
 
