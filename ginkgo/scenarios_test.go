@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/meshbed/meshbed/internal/testenv"
+	kindtarget "github.com/meshbed/meshbed/kind/target"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
 	simtarget "github.com/meshbed/meshbed/sim/target"
@@ -23,11 +25,32 @@ import (
 // chaosInSuite is how long a chaos step runs in the suite.
 const chaosInSuite = 30 * time.Second
 
+// The target every spec runs on: MESHBED_TARGET=sim (the default) or kind.
+// On kind, MESHBED_KIND_CONTEXTS (cluster1=kind-c1,cluster2=kind-c2) names
+// existing clusters with meshbed installed and connected, with
+// MESHBED_KUBECONFIG and MESHBED_CA_DIR; without contexts each spec
+// creates Kind clusters from its topology (NODE_IMAGE, MESHBED_IMAGE and
+// DEMO_IMAGE as for meshbed scenario run). A file the Kind target cannot
+// run (a topology of other clusters than the contexts', a capability Kind
+// lacks) is skipped with the target's reason.
+var targetName = func() string {
+	if t := os.Getenv("MESHBED_TARGET"); t != "" {
+		return t
+	}
+	return "sim"
+}()
+
 func TestScenarios(t *testing.T) {
-	// Every spec builds a simulated mesh: network namespaces and BPF.
-	testenv.Privileged(t)
+	switch targetName {
+	case "sim":
+		// Every spec builds a simulated mesh: network namespaces and BPF.
+		testenv.Privileged(t)
+	case "kind":
+	default:
+		t.Fatalf("MESHBED_TARGET=%q: want sim or kind", targetName)
+	}
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "Scenarios in the simulator")
+	RunSpecs(t, "Scenarios on target "+targetName)
 }
 
 // scenarioFiles is read when the tree is built, so every file is a spec.
@@ -36,6 +59,30 @@ var scenarioFiles = func() []string {
 	sort.Strings(files)
 	return files
 }()
+
+// newTarget returns the spec's target and the engine options it needs,
+// or a reason to skip the file on it.
+func newTarget(sc *scenarios.Scenario, logger *slog.Logger) (engine.Target, engine.Options, string) {
+	if targetName == "sim" {
+		return simtarget.New(simtarget.Options{Logger: logger}), engine.Options{}, ""
+	}
+	var pairs []string
+	if s := os.Getenv("MESHBED_KIND_CONTEXTS"); s != "" {
+		pairs = strings.Split(s, ",")
+	}
+	contexts, err := kindtarget.ParseContexts(pairs)
+	Expect(err).NotTo(HaveOccurred(), "MESHBED_KIND_CONTEXTS")
+	opts := kindtarget.Options{
+		Kubeconfig: os.Getenv("MESHBED_KUBECONFIG"), Contexts: contexts, CADir: os.Getenv("MESHBED_CA_DIR"),
+		NodeImage: os.Getenv("NODE_IMAGE"), MeshbedImage: os.Getenv("MESHBED_IMAGE"), DemoImage: os.Getenv("DEMO_IMAGE"),
+		Logger: logger,
+	}
+	tgt := kindtarget.New(opts)
+	if err := tgt.Check(sc); err != nil {
+		return nil, engine.Options{}, err.Error()
+	}
+	return tgt, engine.Options{SettleTimeout: kindtarget.SettleTimeout}, ""
+}
 
 var _ = Describe("Scenario files", func() {
 	It("are present", func() {
@@ -53,11 +100,18 @@ var _ = Describe("Scenario files", func() {
 				}
 			}
 			var progress, logs bytes.Buffer
-			runCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			tgt, opts, skip := newTarget(sc, slog.New(slog.NewTextHandler(&logs, nil)))
+			if skip != "" {
+				Skip(fmt.Sprintf("target %s: %s", targetName, skip))
+			}
+			opts.Progress = &progress
+			runCtx, cancel := context.WithTimeout(ctx, 9*time.Minute)
 			defer cancel()
-			tgt := simtarget.New(simtarget.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-			rep, err := engine.Run(runCtx, sc, tgt, engine.Options{Progress: &progress})
+			rep, err := engine.Run(runCtx, sc, tgt, opts)
 			AddReportEntry("progress", progress.String())
+			if err == nil {
+				AddReportEntry("figures", fmt.Sprintf("target %s: bring-up %.1fs, run %.1fs", rep.Target, rep.BringUpSeconds, rep.DurationSeconds))
+			}
 			if err != nil || !rep.Passed {
 				if os.Getenv("MESHBED_SCENARIO_LOGS") != "" {
 					AddReportEntry("logs", logs.String())
@@ -65,6 +119,6 @@ var _ = Describe("Scenario files", func() {
 			}
 			Expect(err).NotTo(HaveOccurred(), "scenario could not run:\n%s", progress.String())
 			Expect(rep.Passed).To(BeTrue(), "scenario failed:\n%s", progress.String())
-		}, NodeTimeout(6*time.Minute))
+		}, NodeTimeout(10*time.Minute))
 	}
 })

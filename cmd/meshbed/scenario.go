@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -140,15 +139,14 @@ func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error 
 		newTarget = func() engine.Target { return simtarget.New(simtarget.Options{Logger: logger}) }
 	case "kind":
 		kindOpts := rf.kindOpts
-		if kindOpts.Contexts, err = parseContexts(rf.contexts); err != nil {
+		if kindOpts.Contexts, err = kindtarget.ParseContexts(rf.contexts); err != nil {
 			return &exitError{2, err}
 		}
 		kindOpts.Keep, kindOpts.Logger = rf.keep, logger
 		if err := kindtarget.New(kindOpts).Check(sc); err != nil {
 			return &exitError{2, fmt.Errorf("%s: target kind: %w", sc.File, err)}
 		}
-		// Pods start and agents sync in seconds, not milliseconds.
-		opts.SettleTimeout = 5 * time.Minute
+		opts.SettleTimeout = kindtarget.SettleTimeout
 		newTarget = func() engine.Target { return kindtarget.New(kindOpts) }
 	default:
 		return &exitError{2, fmt.Errorf("--target %q: want sim or kind", rf.targetName)}
@@ -180,27 +178,6 @@ func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error 
 		return &exitError{1, fmt.Errorf("scenario %s failed", sc.Name)}
 	}
 	return nil
-}
-
-// parseContexts reads --context CLUSTER=CONTEXT flags.
-func parseContexts(flags []string) (map[string]string, error) {
-	if len(flags) == 0 {
-		return nil, nil
-	}
-	m := map[string]string{}
-	var errs []error
-	for _, f := range flags {
-		name, kctx, ok := strings.Cut(f, "=")
-		switch {
-		case !ok || name == "" || kctx == "":
-			errs = append(errs, fmt.Errorf("--context %q: want CLUSTER=CONTEXT", f))
-		case m[name] != "":
-			errs = append(errs, fmt.Errorf("--context %q: cluster %s given twice", f, name))
-		default:
-			m[name] = kctx
-		}
-	}
-	return m, errors.Join(errs...)
 }
 
 func componentLogger(file string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {

@@ -169,9 +169,8 @@ func TestKindMesh(t *testing.T) {
 	r.figure("seconds from make e2e start to the demo passing", time.Since(r.start).Seconds())
 	r.step("memory of the Kind node containers", r.memory)
 	// The scenario files on these clusters, through the engine's Kind
-	// target (issue 9): the same files the simulator runs. (partition-recovery
-	// now expects decision events, which the Kind target cannot collect yet.)
-	for _, name := range []string{"failover", "shared-service"} {
+	// target: the same files the simulator runs, decision events and all.
+	for _, name := range []string{"failover", "partition-recovery", "shared-service", "affinity", "policy"} {
 		r.step("scenario "+name+" on Kind (meshbed scenario run --target kind)", func(ctx context.Context) error {
 			return r.scenario(ctx, name)
 		})

@@ -1493,3 +1493,29 @@ func (t *Target) KVList(ctx context.Context, cluster, prefix string) (map[string
 	defer kv.Close()
 	return kv.ListKeyPrefix(ctx, prefix)
 }
+
+// SettleTimeout is the engine's settle timeout on Kind: pods start and
+// agents sync in seconds, not milliseconds.
+const SettleTimeout = 5 * time.Minute
+
+// ParseContexts reads CLUSTER=CONTEXT pairs (the --context flags, or
+// MESHBED_KIND_CONTEXTS split at commas) into Options.Contexts.
+func ParseContexts(pairs []string) (map[string]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	var errs []error
+	for _, f := range pairs {
+		name, kctx, ok := strings.Cut(f, "=")
+		switch {
+		case !ok || name == "" || kctx == "":
+			errs = append(errs, fmt.Errorf("--context %q: want CLUSTER=CONTEXT", f))
+		case m[name] != "":
+			errs = append(errs, fmt.Errorf("--context %q: cluster %s given twice", f, name))
+		default:
+			m[name] = kctx
+		}
+	}
+	return m, errors.Join(errs...)
+}
