@@ -81,6 +81,25 @@ func scenarioCmd() *cobra.Command {
 	}
 	rf.add(run)
 	cmd.AddCommand(run)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "compare REPORT.json REPORT.json...",
+		Short: "Print the reports of one scenario side by side (e.g. its runs on sim and on kind): bring-up, each step, outages, final check",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var reps []*scenarios.Report
+			for _, a := range args {
+				r, err := scenarios.ReadReport(a)
+				if err != nil {
+					return &exitError{2, err}
+				}
+				reps = append(reps, r)
+			}
+			if err := scenarios.Compare(cmd.OutOrStdout(), reps...); err != nil {
+				return &exitError{2, err}
+			}
+			return nil
+		},
+	})
 	return cmd
 }
 
