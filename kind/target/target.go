@@ -151,8 +151,8 @@ func (t *Target) Supports(c engine.Capability) bool {
 		engine.CapProcessAPIServer, engine.CapProcessAgent, engine.CapExpectBackends, engine.CapExpectKVStore, engine.CapExpectEvents:
 		return true
 	}
-	// One-way cuts and kvstoremesh alone (it runs in the mesh-apiserver's
-	// process) are not done on Kind.
+	// kvstoremesh alone (it runs in the mesh-apiserver's process) is not
+	// stopped on Kind.
 	return false
 }
 
@@ -962,11 +962,10 @@ func internalIP(n *corev1.Node) string {
 // Partition implements engine.Target: in every node of every group, rules
 // that drop what is exchanged with the nodes of the other groups (plane
 // both), all of it but the mesh-apiservers' node ports (data), or only
-// those (control).
+// those (control). With oneWay only the first group's nodes get rules, and
+// only for what they send (as the simulator drops at the sender): traffic
+// from the first group to the others is cut, the other way it flows.
 func (t *Target) Partition(ctx context.Context, groups [][]scenarios.Member, plane scenarios.Plane, oneWay bool) error {
-	if oneWay {
-		return fmt.Errorf("one-way partition: %w", engine.ErrUnsupported)
-	}
 	type side struct {
 		nodes map[string][]string
 		eps   []endpointSet
@@ -983,6 +982,9 @@ func (t *Target) Partition(ctx context.Context, groups [][]scenarios.Member, pla
 	t.partitioned = true
 	t.mu.Unlock()
 	for i, s := range sides {
+		if oneWay && i > 0 {
+			break
+		}
 		var peers []endpointSet
 		for j, o := range sides {
 			if j != i {
@@ -996,7 +998,7 @@ func (t *Target) Partition(ctx context.Context, groups [][]scenarios.Member, pla
 				if err != nil {
 					return err
 				}
-				rules := partitionRules(plane, c.info.NodePort, peers)
+				rules := partitionRules(plane, c.info.NodePort, peers, oneWay)
 				if err := applyRules(kn, rules); err != nil {
 					return fmt.Errorf("partition on %s: %w", node, err)
 				}
@@ -1008,16 +1010,25 @@ func (t *Target) Partition(ctx context.Context, groups [][]scenarios.Member, pla
 
 // partitionRules are the iptables rule specs (after "-A chain") that cut a
 // node from peers; ownPort is the node port of the node's own cluster's
-// mesh-apiserver.
-func partitionRules(plane scenarios.Plane, ownPort int32, peers []endpointSet) [][]string {
+// mesh-apiserver. With sendOnly the rules match only what the node sends
+// to the peers.
+func partitionRules(plane scenarios.Plane, ownPort int32, peers []endpointSet, sendOnly bool) [][]string {
 	var rules [][]string
 	for _, p := range peers {
 		for _, ip := range p.ips {
+			peerPort, own := strconv.Itoa(int(p.nodePort)), strconv.Itoa(int(ownPort))
+			// The control plane: connections to the peer's mesh-apiserver
+			// and from the peer to this cluster's.
 			ctl := [][]string{
-				{"-d", ip, "-p", "tcp", "--dport", strconv.Itoa(int(p.nodePort))},
-				{"-s", ip, "-p", "tcp", "--sport", strconv.Itoa(int(p.nodePort))},
-				{"-s", ip, "-p", "tcp", "--dport", strconv.Itoa(int(ownPort))},
-				{"-d", ip, "-p", "tcp", "--sport", strconv.Itoa(int(ownPort))},
+				{"-d", ip, "-p", "tcp", "--dport", peerPort},
+				{"-d", ip, "-p", "tcp", "--sport", own},
+			}
+			all := [][]string{{"-d", ip}}
+			if !sendOnly {
+				ctl = append(ctl,
+					[]string{"-s", ip, "-p", "tcp", "--sport", peerPort},
+					[]string{"-s", ip, "-p", "tcp", "--dport", own})
+				all = append([][]string{{"-s", ip}}, all...)
 			}
 			switch plane {
 			case scenarios.PlaneControl:
@@ -1030,7 +1041,9 @@ func partitionRules(plane scenarios.Plane, ownPort int32, peers []endpointSet) [
 				}
 				fallthrough
 			default:
-				rules = append(rules, []string{"-s", ip, "-j", "DROP"}, []string{"-d", ip, "-j", "DROP"})
+				for _, r := range all {
+					rules = append(rules, append(r, "-j", "DROP"))
+				}
 			}
 		}
 	}

@@ -20,11 +20,11 @@ func TestPartitionRules(t *testing.T) {
 		}
 		return strings.Join(lines, "\n")
 	}
-	both := flat(partitionRules(scenarios.PlaneBoth, 32380, peers))
+	both := flat(partitionRules(scenarios.PlaneBoth, 32380, peers, false))
 	if both != "-s 172.18.0.9 -j DROP\n-d 172.18.0.9 -j DROP" {
 		t.Errorf("both:\n%s", both)
 	}
-	ctl := flat(partitionRules(scenarios.PlaneControl, 32380, peers))
+	ctl := flat(partitionRules(scenarios.PlaneControl, 32380, peers, false))
 	for _, want := range []string{"-d 172.18.0.9 -p tcp --dport 32379 -j DROP", "-s 172.18.0.9 -p tcp --dport 32380 -j DROP"} {
 		if !strings.Contains(ctl, want) {
 			t.Errorf("control lacks %q:\n%s", want, ctl)
@@ -33,10 +33,20 @@ func TestPartitionRules(t *testing.T) {
 	if strings.Contains(ctl, "-s 172.18.0.9 -j DROP") {
 		t.Errorf("control cuts everything:\n%s", ctl)
 	}
-	data := flat(partitionRules(scenarios.PlaneData, 32380, peers))
+	data := flat(partitionRules(scenarios.PlaneData, 32380, peers, false))
 	// The node ports are let through before everything else is dropped.
 	if i, j := strings.Index(data, "--dport 32379 -j RETURN"), strings.Index(data, "-s 172.18.0.9 -j DROP"); i < 0 || j < 0 || i > j {
 		t.Errorf("data:\n%s", data)
+	}
+	// One way: only what the node sends.
+	for _, plane := range []scenarios.Plane{scenarios.PlaneBoth, scenarios.PlaneData, scenarios.PlaneControl} {
+		rules := flat(partitionRules(plane, 32380, peers, true))
+		if strings.Contains(rules, "-s ") || !strings.Contains(rules, "-d 172.18.0.9") {
+			t.Errorf("one-way %s:\n%s", plane, rules)
+		}
+	}
+	if oneWay := flat(partitionRules(scenarios.PlaneBoth, 32380, peers, true)); oneWay != "-d 172.18.0.9 -j DROP" {
+		t.Errorf("one-way both:\n%s", oneWay)
 	}
 }
 
