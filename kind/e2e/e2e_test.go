@@ -170,7 +170,7 @@ func TestKindMesh(t *testing.T) {
 	r.step("memory of the Kind node containers", r.memory)
 	// The scenario files on these clusters, through the engine's Kind
 	// target: the same files the simulator runs, decision events and all.
-	for _, name := range []string{"failover", "partition-recovery", "shared-service", "affinity", "policy"} {
+	for _, name := range []string{"failover", "partition-recovery", "shared-service", "affinity", "policy", "agent-stop"} {
 		r.step("scenario "+name+" on Kind (meshbed scenario run --target kind)", func(ctx context.Context) error {
 			return r.scenario(ctx, name)
 		})
