@@ -24,7 +24,9 @@ type remoteView struct {
 	Node   string `json:"node,omitempty"`
 	Remote string `json:"remote"`
 	// Connected: the remote's cluster-config was validated by the current
-	// session; Synced: its state is complete and current (reachable).
+	// session and the remote answers its health probe (a partition turns
+	// it to no while the session lives on, retrying); Synced: its state is
+	// complete and current.
 	Connected bool `json:"connected"`
 	Synced    bool `json:"synced"`
 	// Through kvstoremesh (agents of a cluster that runs it).
@@ -53,7 +55,7 @@ type clustermeshView struct {
 }
 
 func viewOf(node string, s remote.ClusterStatus, now time.Time) remoteView {
-	v := remoteView{Node: node, Remote: s.Name, Connected: s.Up, Synced: s.Reachable, Cached: s.Cached,
+	v := remoteView{Node: node, Remote: s.Name, Connected: s.Up && s.Reachable, Synced: s.Reachable, Cached: s.Cached,
 		Nodes: s.Entries[wire.Nodes], Services: s.Entries[wire.Services],
 		Identities: s.Entries[wire.Identities], Endpoints: s.Entries[wire.IP], Failures: s.Failures}
 	if !s.Since.IsZero() {
@@ -82,7 +84,7 @@ func (c *control) clustermesh(r *http.Request) (any, error) {
 		if st, conns, ok := cl.KVStoreMeshStatus(); ok {
 			out.KVStoreMesh = "running"
 			for _, s := range st {
-				v := remoteView{Remote: s.Name, Connected: s.Connected, Synced: s.Reachable && s.Synced, LastError: s.LastError}
+				v := remoteView{Remote: s.Name, Connected: s.Connected && s.Reachable, Synced: s.Reachable && s.Synced, LastError: s.LastError}
 				if s.ConfigError != "" {
 					v.LastError = s.ConfigError
 				}
