@@ -100,7 +100,6 @@ func verdict(ok bool) string {
 	return "FAIL"
 }
 
-
 func truncate(s string, n int) string {
 	if r := []rune(s); len(r) > n {
 		return string(r[:n-1]) + "…"
