@@ -147,7 +147,7 @@ func (t *Target) Name() string { return Name }
 // Supports implements engine.Target.
 func (t *Target) Supports(c engine.Capability) bool {
 	switch c {
-	case engine.CapPartition, engine.CapPartitionData, engine.CapPartitionControl, engine.CapPartitionNode,
+	case engine.CapPartition, engine.CapPartitionData, engine.CapPartitionControl, engine.CapPartitionNode, engine.CapPartitionOneWay,
 		engine.CapProcessAPIServer, engine.CapProcessAgent, engine.CapExpectBackends, engine.CapExpectKVStore, engine.CapExpectEvents:
 		return true
 	}
