@@ -9,7 +9,9 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
@@ -136,6 +138,10 @@ func observeCmd(clients clustermesh.ClientFactory) *cobra.Command {
 			if err != nil {
 				return &exitError{2, err}
 			}
+			// client-go's port-forward logs through klog as its streams
+			// close ("Error closing listener") although nothing failed;
+			// the errors that matter come back from Merge.
+			klog.SetLogger(logr.Discard())
 			agents := relay.Agents{Rest: cc.Rest, Kube: cc.Kube, Namespace: kind.Namespace,
 				Selector: "app.kubernetes.io/name=" + kind.AgentName, Port: flow.DefaultPort}
 			srcs, err := agents.Sources(cmd.Context(), o.node)
