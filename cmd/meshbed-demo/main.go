@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -87,8 +88,11 @@ func echo(args []string) error {
 	return e.Close()
 }
 
-// Line is one request's outcome, as get prints it.
+// Line is one request's outcome, as get prints it. With --stdin, ID is
+// the line that asked for it: requests run concurrently and their lines
+// come out as they finish, so a slow request holds up no other.
 type Line struct {
+	ID      string `json:"id,omitempty"`
 	Cluster string `json:"cluster,omitempty"`
 	Pod     string `json:"pod,omitempty"`
 	Error   string `json:"error,omitempty"`
@@ -99,7 +103,7 @@ func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
 	count := fs.Int("count", 1, "requests, one after another")
 	timeout := fs.Duration("timeout", 2*time.Second, "bound of each request")
-	stdin := fs.Bool("stdin", false, "one request per line read from stdin (instead of --count), until EOF: a client others drive")
+	stdin := fs.Bool("stdin", false, "one request per line read from stdin (instead of --count), until EOF, each started at once and answered with the line as its id: a client others drive")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 {
 		return errors.New("want one URL")
@@ -109,28 +113,45 @@ func get(args []string) error {
 	c := workload.NewClient(d.DialContext, *timeout)
 	out := bufio.NewWriter(os.Stdout)
 	enc := json.NewEncoder(out)
-	one := func() error {
+	var mu sync.Mutex // one line at a time on stdout
+	one := func(id string) error {
 		r := c.Get(context.Background(), url)
-		l := Line{Cluster: r.Cluster, Pod: r.Pod, Millis: r.Duration.Milliseconds()}
+		l := Line{ID: id, Cluster: r.Cluster, Pod: r.Pod, Millis: r.Duration.Milliseconds()}
 		if r.Err != nil {
 			l.Error = r.Err.Error()
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		if err := enc.Encode(l); err != nil {
 			return err
 		}
 		return out.Flush()
 	}
 	if *stdin {
+		var wg sync.WaitGroup
+		errc := make(chan error, 1)
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
-			if err := one(); err != nil {
-				return err
-			}
+			id := sc.Text()
+			wg.Go(func() {
+				if err := one(id); err != nil {
+					select {
+					case errc <- err:
+					default:
+					}
+				}
+			})
+		}
+		wg.Wait()
+		select {
+		case err := <-errc:
+			return err
+		default:
 		}
 		return sc.Err()
 	}
 	for i := 0; i < *count; i++ {
-		if err := one(); err != nil {
+		if err := one(""); err != nil {
 			return err
 		}
 	}

@@ -813,15 +813,19 @@ func podReady(p *corev1.Pod) bool {
 // podClient is one exec session of meshbed-demo get --stdin.
 type podClient struct {
 	name   string
-	mu     sync.Mutex
+	mu     sync.Mutex // stdin, next, waiting, ended
 	stdin  *io.PipeWriter
-	lines  *bufio.Scanner
+	next   uint64
+	ended  error
 	cancel context.CancelFunc
 	done   chan error
+	// waiting holds the request of each id written and not yet answered.
+	waiting map[string]chan line
 }
 
 // line is one line of meshbed-demo get.
 type line struct {
+	ID      string `json:"id"`
 	Cluster string `json:"cluster"`
 	Error   string `json:"error"`
 	Millis  int64  `json:"ms"`
@@ -841,7 +845,8 @@ func startClient(c *kcluster, namespace, pod, container, url string, timeout tim
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	pc := &podClient{name: namespace + "/" + pod, stdin: inW, lines: bufio.NewScanner(outR), cancel: cancel, done: make(chan error, 1)}
+	pc := &podClient{name: namespace + "/" + pod, stdin: inW, cancel: cancel, done: make(chan error, 1), waiting: map[string]chan line{}}
+	go pc.read(outR)
 	var stderr bytes.Buffer
 	go func() {
 		err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: inR, Stdout: outW, Stderr: &stderr})
@@ -861,24 +866,67 @@ func errOr(err, def error) error {
 	return def
 }
 
-// Get implements engine.Client: one request, one line.
-func (p *podClient) Get(ctx context.Context) engine.Result {
+// read hands each line of meshbed-demo get to the request of its id;
+// when the session ends, every request still waiting fails.
+func (p *podClient) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		var l line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			l = line{Error: fmt.Sprintf("client %s printed %q: %v", p.name, sc.Text(), err)}
+		}
+		p.mu.Lock()
+		ch, ok := p.waiting[l.ID]
+		delete(p.waiting, l.ID)
+		p.mu.Unlock()
+		if ok {
+			ch <- l
+		}
+	}
+	err := sc.Err()
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.ended = fmt.Errorf("client %s: %w", p.name, err)
+	for id, ch := range p.waiting {
+		ch <- line{Error: p.ended.Error()}
+		delete(p.waiting, id)
+	}
+	p.mu.Unlock()
+}
+
+// Get implements engine.Client: one request, answered by the line of its
+// id. Requests run concurrently in the pod, as the simulator's do, so a
+// request that waits for its timeout holds up no other.
+func (p *podClient) Get(ctx context.Context) engine.Result {
 	start := time.Now()
-	if _, err := p.stdin.Write([]byte("\n")); err != nil {
+	ch := make(chan line, 1)
+	p.mu.Lock()
+	if p.ended != nil {
+		err := p.ended
+		p.mu.Unlock()
+		return engine.Result{Start: start, Err: err}
+	}
+	p.next++
+	id := strconv.FormatUint(p.next, 10)
+	p.waiting[id] = ch
+	_, err := p.stdin.Write([]byte(id + "\n"))
+	if err != nil {
+		delete(p.waiting, id)
+	}
+	p.mu.Unlock()
+	if err != nil {
 		return engine.Result{Start: start, Err: fmt.Errorf("client %s: %w", p.name, err)}
 	}
-	if !p.lines.Scan() {
-		err := p.lines.Err()
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
-		return engine.Result{Start: start, Duration: time.Since(start), Err: fmt.Errorf("client %s: %w", p.name, err)}
-	}
 	var l line
-	if err := json.Unmarshal(p.lines.Bytes(), &l); err != nil {
-		return engine.Result{Start: start, Duration: time.Since(start), Err: fmt.Errorf("client %s printed %q: %w", p.name, p.lines.Text(), err)}
+	select {
+	case l = <-ch:
+	case <-ctx.Done():
+		p.mu.Lock()
+		delete(p.waiting, id)
+		p.mu.Unlock()
+		return engine.Result{Start: start, Duration: time.Since(start), Err: ctx.Err()}
 	}
 	r := engine.Result{Start: start, Duration: time.Duration(l.Millis) * time.Millisecond, Cluster: l.Cluster}
 	if l.Error != "" {
