@@ -12,7 +12,8 @@
 //     answers with its cluster's name, and every other image meshbed's idle
 //     image (no registry is reachable here); Substitutions lists them;
 //   - curl and traffic: one long-running `meshbed-demo get --stdin` in a pod
-//     of the deployment, one request per line written to it;
+//     of the deployment, one request per line written to it (its id), the
+//     requests running concurrently;
 //   - partition: iptables rules in the Kind node containers, in a chain of
 //     their own (MESHBED-PARTITION), between the groups' node addresses; the
 //     control plane is the mesh-apiservers' node port;
