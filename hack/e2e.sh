@@ -75,5 +75,5 @@ export MESHBED=$PWD/bin/meshbed
 
 step="two Kind clusters and the demo (kind/e2e)"
 log "harness: go test -tags e2e ./kind/e2e/"
-go test -tags e2e -count=1 -v -timeout 80m ./kind/e2e/ -run '^TestKindMesh$'
+go test -tags e2e -count=1 -v -timeout 80m ./kind/e2e/ -run '^(TestStuckPod|TestKindMesh)$'
 log "PASS"

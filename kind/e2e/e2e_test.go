@@ -217,12 +217,55 @@ func eventually(ctx context.Context, d time.Duration, f func() error) error {
 		if err = f(); err == nil {
 			return nil
 		}
+		if errors.Is(err, errStuck) {
+			return err // no wait will help: fail now, with the dump
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("after %s: %w", d, err)
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// errStuck marks a state that waiting does not mend (a container in
+// CrashLoopBackOff): eventually returns at once.
+var errStuck = errors.New("stuck")
+
+// crashLoopRestarts is how many restarts in CrashLoopBackOff make a
+// container stuck rather than starting (at bring-up an agent may restart
+// once or twice while its mesh-apiserver comes up).
+const crashLoopRestarts = 5
+
+// crashLooping lists the pods of the namespaces and reports the first
+// container in CrashLoopBackOff that restarted crashLoopRestarts times.
+func crashLooping(ctx context.Context, kube kubernetes.Interface, namespaces ...string) error {
+	for _, ns := range namespaces {
+		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if err := stuckPod(pods.Items); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func stuckPod(pods []corev1.Pod) error {
+	for _, p := range pods {
+		for _, cs := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+			if w := cs.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" && cs.RestartCount >= crashLoopRestarts {
+				last := ""
+				if t := cs.LastTerminationState.Terminated; t != nil {
+					last = fmt.Sprintf(", last exit code %d (%s)", t.ExitCode, t.Reason)
+				}
+				return fmt.Errorf("%w: pod %s/%s on %s: container %s in CrashLoopBackOff after %d restarts%s",
+					errStuck, p.Namespace, p.Name, p.Spec.NodeName, cs.Name, cs.RestartCount, last)
+			}
+		}
+	}
+	return nil
 }
 
 func (r *run) each(f func(c *kcluster) error) error {
@@ -378,6 +421,9 @@ func (r *run) enable(ctx context.Context) error {
 func (r *run) ready(ctx context.Context) error {
 	return r.each(func(c *kcluster) error {
 		return eventually(ctx, 8*time.Minute, func() error {
+			if err := crashLooping(ctx, c.kube, kind.Namespace, "kube-system"); err != nil {
+				return err
+			}
 			ds, err := c.kube.AppsV1().DaemonSets(kind.Namespace).Get(ctx, kind.AgentName, metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -461,6 +507,9 @@ func (r *run) demo(ctx context.Context) error {
 			}
 		}
 		return eventually(ctx, 5*time.Minute, func() error {
+			if err := crashLooping(ctx, c.kube, demoNS, kind.Namespace); err != nil {
+				return err
+			}
 			if err := deploymentReady(ctx, c.kube, demoNS, "rebel-base"); err != nil {
 				return err
 			}
