@@ -11,7 +11,7 @@ import (
 
 	"github.com/meshbed/meshbed/datapath/endpoint"
 	"github.com/meshbed/meshbed/datapath/state"
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/agent"
 )
 

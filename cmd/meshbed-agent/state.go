@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshbed/meshbed/datapath/state"
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/flow"
 )
 

@@ -1,7 +1,7 @@
 // Command meshbed-cni is meshbed's CNI plugin (spec 1.0.0). The container
 // runtime runs it for every pod sandbox with CNI_COMMAND set; it forwards
 // ADD, DEL and CHECK to the node's agent over a unix socket (package
-// kind/cni) and reports the pod's interface and address. The agent does the
+// mesh/agent/cni) and reports the pod's interface and address. The agent does the
 // plumbing, so the plugin is a thin, stateless client.
 //
 // Without CNI_COMMAND it runs the agent DaemonSet's helpers:
@@ -22,7 +22,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 )
 
 func main() {

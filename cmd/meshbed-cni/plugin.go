@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 )
 
 // pluginType is the plugin's name in a conflist: the binary's file name in

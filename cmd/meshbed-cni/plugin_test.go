@@ -14,7 +14,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/meshbed/meshbed/kind/cni"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 )
 
 func TestParseArgs(t *testing.T) {

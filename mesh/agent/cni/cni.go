@@ -1,7 +1,7 @@
 // Package cni is the protocol between meshbed's CNI plugin (cmd/meshbed-cni,
 // which the container runtime runs on a node for every pod sandbox) and the
 // node's agent (cmd/meshbed-agent), which owns endpoint plumbing: JSON over
-// HTTP over a unix socket on the node (kind.CNISocket).
+// HTTP over a unix socket on the node (DefaultSocket).
 //
 //	POST   /v1/endpoints                    AddRequest → Endpoint
 //	GET    /v1/endpoints/{namespace}/{pod}  → Endpoint (404: unknown)
