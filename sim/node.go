@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshbed/meshbed/daemon"
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/overlay"
@@ -67,6 +68,8 @@ type Pod struct {
 	Node string
 	ns   *netns.NS
 	echo *workload.Echo
+	// sandbox is the container ID the pod's CNI ADD was made for.
+	sandbox string
 }
 
 // Dial connects from inside the pod.
@@ -115,6 +118,12 @@ func (n *Node) stateDir() string {
 	return filepath.Join(n.cluster.mesh.dir, "state", n.cluster.spec.Name, n.name)
 }
 
+// cniSocket is the unix socket on which the node's agent serves the CNI
+// protocol, the simulated kubelet's way in, as meshbed-cni's on a real node.
+func (n *Node) cniSocket() string {
+	return filepath.Join(n.cluster.mesh.dir, "cni", n.cluster.spec.Name, n.name+".sock")
+}
+
 // nodePodCIDR is the i-th /24 of the cluster's pod CIDR.
 func nodePodCIDR(cluster netip.Prefix, i int) (netip.Prefix, error) {
 	a := cluster.Masked().Addr().As4()
@@ -150,40 +159,32 @@ func (n *Node) StartAgent() error {
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
 	}
-	mgr, err := remote.New(remote.Config{
-		ClusterName: c.spec.Name, ClusterID: c.spec.ID,
-		Dir:            c.agentConfigDir(),
-		Dialer:         func(ctx context.Context, addr string) (net.Conn, error) { return n.ns.Dial(ctx, nil, "tcp", addr) },
-		HealthInterval: c.mesh.spec.HealthInterval, HealthTimeout: c.mesh.spec.HealthTimeout,
-		SyncTimeout: simSyncTimeout,
-		Logger:      log.With("component", "remote"),
-		Events:      events,
-		Metrics:     reg, SourceNode: n.name,
-	})
-	if err != nil {
-		return fmt.Errorf("agent on %s: %w", n.name, err)
-	}
-	// The binary's defaults (agent.DefaultConfig), then the environment.
-	cfg := agent.DefaultConfig()
+	// The binary's defaults (daemon.DefaultAgentConfig), then the
+	// environment: the node's namespace, its own CNI socket, no TCP
+	// servers (every node shares the host's loopback).
+	cfg := daemon.DefaultAgentConfig()
 	cfg.ClusterName, cfg.ClusterID, cfg.NodeName = c.spec.Name, c.spec.ID, n.name
-	cfg.Kube, cfg.Dynamic = c.API.Client, c.API.Dynamic
-	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = n.dp, n.dp, mgr, n.dp.Programmed()
-	cfg.Monitor = n.dp
+	cfg.Kube, cfg.Dynamic, cfg.Node = c.API.Client, c.API.Dynamic, n.dp
+	cfg.RemoteDir = c.agentConfigDir()
+	cfg.RemoteDialer = func(ctx context.Context, addr string) (net.Conn, error) { return n.ns.Dial(ctx, nil, "tcp", addr) }
+	cfg.HealthInterval, cfg.HealthTimeout = c.mesh.spec.HealthInterval, c.mesh.spec.HealthTimeout
 	cfg.StateDir = n.stateDir()
-	cfg.WireguardPubKey = n.dp.PublicKey()
-	cfg.Logger = log.With("component", "agent")
+	cfg.CNISocket = n.cniSocket()
+	cfg.StateSocket, cfg.FlowsAddress, cfg.PrometheusAddress = "", "", ""
+	cfg.Logger = log
 	cfg.Events, cfg.Metrics = events, reg
 	if c.mesh.spec.FailStatic {
 		cfg.Mode = service.ModeFailStatic
 	}
 	// Deliberate override, see simSyncTimeout.
 	cfg.SyncTimeout = simSyncTimeout
-	a, err := agent.New(cfg)
+	d, err := daemon.NewAgent(cfg)
 	if err != nil {
 		return fmt.Errorf("agent on %s: %w", n.name, err)
 	}
+	a, mgr := d.Agent(), d.Remote()
 	n.agent, n.remote = a, mgr
-	n.proc = startProc(c.mesh.ctx, log, "agent", a.Run)
+	n.proc = startProc(c.mesh.ctx, log, "agent", d.Run)
 	return nil
 }
 

@@ -10,13 +10,15 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshbed/meshbed/datapath/endpoint"
 	"github.com/meshbed/meshbed/datapath/netns"
-	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/sim/workload"
 )
 
@@ -40,21 +42,26 @@ func (r *kubelet) StartPod(ctx context.Context, pod *corev1.Pod) (netip.Addr, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ep, err := a.AddEndpoint(ctx, agent.EndpointRequest{Namespace: pod.Namespace, Pod: pod.Name, NetNS: ns.Path()})
+	// A new sandbox for every start, as a runtime makes one.
+	sandbox := fmt.Sprintf("%s-%d", pod.UID, sandboxSeq.Add(1))
+	cniPod := cni.Pod{Namespace: pod.Namespace, Name: pod.Name}
+	client := cni.NewClient(n.cniSocket())
+	ep, err := cniAdd(ctx, client, cni.AddRequest{ContainerID: sandbox, NetNS: ns.Path(),
+		IfName: endpoint.PodIfName, Namespace: pod.Namespace, Pod: pod.Name})
 	if err != nil {
 		// A kubelet follows a failed CNI ADD with a DEL, so the agent
 		// forgets whatever it recorded or plumbed before failing.
 		delCtx, cancelDel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancelDel()
-		if derr := a.DeleteEndpoint(delCtx, pod.Namespace, pod.Name); derr != nil {
+		if derr := client.Delete(delCtx, cniPod, sandbox); derr != nil && !errors.Is(derr, errTryAgain) {
 			err = errors.Join(err, fmt.Errorf("CNI DEL after failed ADD: %w", derr))
 		}
 		ns.Close()
 		return netip.Addr{}, err
 	}
-	p := &Pod{Namespace: pod.Namespace, Name: pod.Name, Deployment: ownerDeployment(pod), IP: ep.IP, Node: n.name, ns: ns}
+	p := &Pod{Namespace: pod.Namespace, Name: pod.Name, Deployment: ownerDeployment(pod), IP: ep.IP, Node: n.name, ns: ns, sandbox: sandbox}
 	if echo, err := startWorkload(c.spec.Name, n.name, pod, ns); err != nil {
-		_ = a.DeleteEndpoint(ctx, pod.Namespace, pod.Name)
+		_ = client.Delete(ctx, cniPod, sandbox)
 		ns.Close()
 		return netip.Addr{}, err
 	} else {
@@ -91,13 +98,37 @@ func (r *kubelet) StopPod(ctx context.Context, pod *corev1.Pod) error {
 	if echo != nil {
 		_ = echo.Close()
 	}
-	if err := a.DeleteEndpoint(ctx, pod.Namespace, pod.Name); err != nil {
+	if err := cni.NewClient(n.cniSocket()).Delete(ctx, cni.Pod{Namespace: pod.Namespace, Name: pod.Name}, p.sandbox); err != nil {
 		return err
 	}
 	n.mu.Lock()
 	delete(n.pods, key)
 	n.mu.Unlock()
 	return p.ns.Close()
+}
+
+// sandboxSeq numbers the simulated sandboxes.
+var sandboxSeq atomic.Uint64
+
+// errTryAgain matches the CNI client's error for an agent that is not
+// serving its socket (yet, or while it restarts).
+var errTryAgain = &cni.Error{Code: cni.CodeTryAgainLater}
+
+// cniAdd sends a CNI ADD, retrying while the agent's socket is not served
+// yet (an agent just started binds it as it starts running), as a runtime
+// retries the sandbox.
+func cniAdd(ctx context.Context, c *cni.Client, req cni.AddRequest) (cni.Endpoint, error) {
+	for {
+		ep, err := c.Add(ctx, req)
+		if err == nil || !errors.Is(err, errTryAgain) {
+			return ep, err
+		}
+		select {
+		case <-ctx.Done():
+			return cni.Endpoint{}, err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // drainQuiet is how long a terminating echo server must have seen no

@@ -8,43 +8,38 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshbed/meshbed/daemon"
 	"github.com/meshbed/meshbed/datapath/netns"
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/datapath/wireguard"
-	"github.com/meshbed/meshbed/mesh/agent"
 	"github.com/meshbed/meshbed/mesh/event"
-	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/metrics"
-	"github.com/meshbed/meshbed/mesh/remote"
 	"github.com/meshbed/meshbed/mesh/service"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
+// options are the command's flags: the agent's own (agentConfig, whose
+// defaults are the package's) and those of the datapath and the process.
 type options struct {
-	clusterName, nodeName, kubeconfig, configDir, stateDir    string
-	bpfPinDir                                                 string
-	clusterID, maxConnected                                   uint32
-	nodeIP, underlayIf, routing                               string
-	failStatic, policyAllClusters, allowLocalhost, masquerade bool
-	healthInterval, healthTimeout, syncTimeout                time.Duration
-	logLevel, flowsAddr, prometheusAddr                       string
-	encryption, wireguardImpl                                 string
-	encryptionStrict                                          bool
+	agentConfig                         daemon.AgentConfig
+	clusterName, nodeName, kubeconfig   string
+	bpfPinDir                           string
+	clusterID, maxConnected             uint32
+	nodeIP, underlayIf, routing         string
+	failStatic, masquerade              bool
+	logLevel, encryption, wireguardImpl string
+	encryptionStrict                    bool
 }
 
 func main() {
@@ -58,9 +53,9 @@ func main() {
 }
 
 func newCommand() *cobra.Command {
-	var o options
 	// Every default comes from the package, which the simulator uses too.
-	d := agent.DefaultConfig()
+	o := options{agentConfig: daemon.DefaultAgentConfig()}
+	d := &o.agentConfig
 	cmd := &cobra.Command{
 		Use:           "meshbed-agent",
 		Short:         "The meshbed node agent",
@@ -76,26 +71,30 @@ func newCommand() *cobra.Command {
 	f.Uint32Var(&o.maxConnected, "max-connected-clusters", d.MaxConnectedClusters, "255 or 511; equal on every cluster of the mesh")
 	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name in Kubernetes (default $NODE_NAME)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
-	f.StringVar(&o.configDir, "clustermesh-config", "/var/lib/meshbed/clustermesh", "directory of remote cluster configs, one file per cluster")
-	f.StringVar(&o.stateDir, "state-dir", "/var/run/meshbed/state", "where endpoints are kept across agent restarts")
+	f.StringVar(&d.RemoteDir, "clustermesh-config", "/var/lib/meshbed/clustermesh", "directory of remote cluster configs, one file per cluster")
+	f.StringVar(&d.StateDir, "state-dir", "/var/run/meshbed/state", "where endpoints are kept across agent restarts")
 	f.StringVar(&o.bpfPinDir, "bpf-pin-dir", "/sys/fs/bpf/meshbed", "BPF filesystem directory where maps and program attachments are pinned, so established connections survive agent restarts (empty: no pinning)")
 	f.StringVar(&o.nodeIP, "node-ip", "", "this node's IPv4 address on the node network (the tunnel endpoint)")
 	f.StringVar(&o.underlayIf, "underlay-interface", "eth0", "interface of the node network (native routing)")
 	f.StringVar(&o.routing, "routing", "tunnel", "tunnel (VXLAN) or native")
 	f.BoolVar(&o.masquerade, "enable-ipv4-masquerade", node.DefaultMasquerade, "masquerade what pods send outside the mesh's pod networks to the node's address (needed to reach other nodes' host network through kube-proxy)")
 	f.BoolVar(&o.failStatic, "fail-static", d.Mode == service.ModeFailStatic, "keep an unreachable cluster's backends (Cilium's behaviour) instead of withdrawing them")
-	f.BoolVar(&o.policyAllClusters, "policy-all-clusters", d.PolicyAllClusters, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
-	f.BoolVar(&o.allowLocalhost, "allow-localhost", d.PolicyAllowLocalhost, "the node may always reach its pods whatever the policy (kubelet probes)")
-	f.DurationVar(&o.healthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
-	f.DurationVar(&o.healthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
-	f.DurationVar(&o.syncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
+	f.BoolVar(&d.PolicyAllClusters, "policy-all-clusters", d.PolicyAllClusters, "CiliumNetworkPolicy selectors without a cluster label match every cluster (the pre-1.19 default)")
+	f.BoolVar(&d.PolicyAllowLocalhost, "allow-localhost", d.PolicyAllowLocalhost, "the node may always reach its pods whatever the policy (kubelet probes)")
+	f.DurationVar(&d.HealthInterval, "health-interval", 0, "loss detection: interval of remote health probes (default 500ms)")
+	f.DurationVar(&d.HealthTimeout, "health-timeout", 0, "loss detection: a remote is lost after this long without an answer (default 2s; interval+timeout is the bound)")
+	f.DurationVar(&d.SyncTimeout, "sync-timeout", d.SyncTimeout, "how long to wait for remote services before programming services")
 	f.StringVar(&o.encryption, "encryption", string(node.EncryptionNone), "transparent encryption of pod traffic between nodes: none or wireguard (the key is kept in --state-dir and published with the node)")
 	f.BoolVar(&o.encryptionStrict, "encryption-strict", false, "with --encryption=wireguard: refuse traffic to nodes that publish no usable WireGuard key (older agents) instead of sending it in clear")
 	f.StringVar(&o.wireguardImpl, "wireguard-impl", "auto", "auto (the kernel module where it exists, else userspace over /dev/net/tun), kernel or userspace")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.flowsAddr, "flows-listen-address", defaultFlowsAddr,
+	f.StringVar(&d.CNISocket, "cni-socket", d.CNISocket,
+		"unix socket on which the CNI plugin (meshbed-cni) reaches this agent; empty: no CNI server")
+	f.StringVar(&d.StateSocket, "state-socket", d.StateSocket,
+		"unix socket on which the agent reports what it wants and what the node's BPF maps hold (meshbed-agent state); empty: none")
+	f.StringVar(&d.FlowsAddress, "flows-listen-address", d.FlowsAddress,
 		"TCP address on which the agent serves its flow stream (also served on --state-socket), for `meshbed observe --context` through a port-forward; loopback only by default; empty: none")
-	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", agent.DefaultPrometheusServeAddr, fmt.Sprintf("serve Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.AgentPort))
+	f.StringVar(&d.PrometheusAddress, "prometheus-serve-addr", d.PrometheusAddress, fmt.Sprintf("serve Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.AgentPort))
 	return cmd
 }
 
@@ -106,7 +105,7 @@ func (o options) encryptionConfig() (node.Encryption, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--encryption: %w", err))
 	}
-	enc := node.Encryption{Mode: mode, Strict: o.encryptionStrict, StateDir: o.stateDir}
+	enc := node.Encryption{Mode: mode, Strict: o.encryptionStrict, StateDir: o.agentConfig.StateDir}
 	switch o.wireguardImpl {
 	case "auto":
 	case string(wireguard.Kernel), string(wireguard.Userspace):
@@ -117,7 +116,7 @@ func (o options) encryptionConfig() (node.Encryption, error) {
 	if o.encryptionStrict && mode != node.EncryptionWireGuard {
 		errs = append(errs, errors.New("--encryption-strict needs --encryption=wireguard"))
 	}
-	if mode == node.EncryptionWireGuard && o.stateDir == "" {
+	if mode == node.EncryptionWireGuard && o.agentConfig.StateDir == "" {
 		errs = append(errs, errors.New("--encryption=wireguard needs --state-dir (the private key is kept there)"))
 	}
 	return enc, errors.Join(errs...)
@@ -196,70 +195,16 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := remote.New(remote.Config{
-		ClusterName: o.clusterName, ClusterID: o.clusterID, MaxConnectedClusters: o.maxConnected,
-		Dir: o.configDir, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
-		SyncTimeout: o.syncTimeout, Logger: log.With("component", "remote"), Events: events,
-		Metrics: reg, SourceNode: o.nodeName,
-	})
-	if err != nil {
-		return err
-	}
-	mode := service.ModeWithdraw
-	if o.failStatic {
-		mode = service.ModeFailStatic
-	}
-	cfg := agent.DefaultConfig()
+	cfg := o.agentConfig
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters = o.clusterName, o.clusterID, o.maxConnected
-	cfg.NodeName, cfg.Kube, cfg.Dynamic = o.nodeName, kube, dyn
-	cfg.Datapath, cfg.Plumber, cfg.Remote, cfg.Restored = dp, dp, mgr, dp.Programmed()
-	cfg.Monitor = dp
-	cfg.Mode, cfg.PolicyAllClusters, cfg.PolicyAllowLocalhost = mode, o.policyAllClusters, o.allowLocalhost
-	cfg.SyncTimeout, cfg.StateDir = o.syncTimeout, o.stateDir
-	cfg.WireguardPubKey = dp.PublicKey()
-	cfg.Logger = log.With("component", "agent")
-	cfg.Events, cfg.Metrics = events, reg
-	a, err := agent.New(cfg)
+	cfg.NodeName, cfg.Kube, cfg.Dynamic, cfg.Node = o.nodeName, kube, dyn, dp
+	if o.failStatic {
+		cfg.Mode = service.ModeFailStatic
+	}
+	cfg.Logger, cfg.Events, cfg.Metrics, cfg.Gatherer = log, events, reg, reg
+	a, err := daemon.NewAgent(cfg)
 	if err != nil {
 		return err
 	}
-	if err := metrics.Serve(ctx, o.prometheusAddr, reg, log.With("component", "metrics")); err != nil {
-		return err
-	}
-	flows := flow.NodeHandler(ctx, a.Flows)
-	defer serveCNI(ctx, a, *cniSocket, log.With("component", "cni"))()
-	defer serveState(ctx, o.nodeName, a, dp, *stateSocket, flows, log.With("component", "state"))()
-	defer serveFlows(ctx, o.flowsAddr, flows, log.With("component", "flows"))()
 	return a.Run(ctx)
-}
-
-// defaultFlowsAddr is Hubble's port: the agent runs on the host network, and
-// loopback keeps the stream off the node network (port-forwards reach it).
-var defaultFlowsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(flow.DefaultPort))
-
-// serveFlows serves the flow stream on addr until ctx ends or the returned
-// function is called. Like the CNI server it never fails the agent: a port
-// that cannot be bound is logged, and flows stay on the CNI socket.
-func serveFlows(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func()) {
-	if addr == "" {
-		return func() {}
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		log.Error("Flow stream not served on TCP", "address", addr, "err", err)
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		log.Info("Serving flows", "address", l.Addr())
-		if err := flow.Serve(ctx, l, h); err != nil {
-			log.Error("Flow server stopped", "err", err)
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
 }

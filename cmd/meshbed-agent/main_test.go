@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshbed/meshbed/daemon"
 	"github.com/meshbed/meshbed/mesh/agent"
 	"github.com/meshbed/meshbed/mesh/service"
 )
@@ -14,12 +15,17 @@ import (
 // disagree.
 func TestFlagDefaultsAreThePackageDefaults(t *testing.T) {
 	d := agent.DefaultConfig()
+	dd := daemon.DefaultAgentConfig()
 	want := map[string]string{
 		"max-connected-clusters": fmt.Sprint(d.MaxConnectedClusters),
 		"fail-static":            fmt.Sprint(d.Mode == service.ModeFailStatic),
 		"policy-all-clusters":    fmt.Sprint(d.PolicyAllClusters),
 		"allow-localhost":        fmt.Sprint(d.PolicyAllowLocalhost),
 		"sync-timeout":           d.SyncTimeout.String(),
+		"cni-socket":             dd.CNISocket,
+		"state-socket":           dd.StateSocket,
+		"flows-listen-address":   dd.FlowsAddress,
+		"prometheus-serve-addr":  dd.PrometheusAddress,
 	}
 	f := newCommand().Flags()
 	for name, w := range want {
@@ -66,7 +72,7 @@ func TestEncryptionFlags(t *testing.T) {
 		o.encryption, _ = f.GetString("encryption")
 		o.encryptionStrict, _ = f.GetBool("encryption-strict")
 		o.wireguardImpl, _ = f.GetString("wireguard-impl")
-		o.stateDir, _ = f.GetString("state-dir")
+		o.agentConfig.StateDir, _ = f.GetString("state-dir")
 		_, err := o.encryptionConfig()
 		switch {
 		case tc.want == "" && err != nil:

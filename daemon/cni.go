@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -7,19 +7,11 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/meshbed/meshbed/datapath/endpoint"
 	"github.com/meshbed/meshbed/datapath/state"
-	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 )
-
-// cniSocket is a flag of the agent's command: cobra adds pflag.CommandLine
-// to the root command's flags, which keeps the CNI server's wiring in this
-// file.
-var cniSocket = pflag.String("cni-socket", cni.DefaultSocket,
-	"unix socket on which the CNI plugin (meshbed-cni) reaches this agent; empty: no CNI server")
 
 // cniRetry is the pause before the CNI server tries its socket again.
 const cniRetry = time.Second

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -36,7 +36,7 @@ func TestStateSocket(t *testing.T) {
 	stop := serveState(t.Context(), "n1", f, f, sock, nil, slog.New(slog.DiscardHandler))
 	defer stop()
 	var out bytes.Buffer
-	testenv.Eventually(t, 5e9, func() error { out.Reset(); return printState(t.Context(), sock, &out) })
+	testenv.Eventually(t, 5e9, func() error { out.Reset(); return CopyState(t.Context(), sock, &out) })
 	var r state.NodeReport
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
@@ -46,7 +46,7 @@ func TestStateSocket(t *testing.T) {
 		t.Errorf("report = %+v", r)
 	}
 	stop()
-	if err := printState(t.Context(), filepath.Join(t.TempDir(), "none.sock"), &out); err == nil || !strings.Contains(err.Error(), "no agent at") {
+	if err := CopyState(t.Context(), filepath.Join(t.TempDir(), "none.sock"), &out); err == nil || !strings.Contains(err.Error(), "no agent at") {
 		t.Errorf("no agent: %v", err)
 	}
 }

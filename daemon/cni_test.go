@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -28,8 +28,8 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/internal/testenv"
-	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/agent"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/identity"
 )
 
@@ -290,7 +290,7 @@ func TestIntegrationCNIPlumbsPod(t *testing.T) {
 	waitReady(t, c)
 
 	plugin := filepath.Join(t.TempDir(), "meshbed-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../meshbed-cni").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/meshbed-cni").CombinedOutput(); err != nil {
 		t.Fatalf("build plugin: %v\n%s", err, out)
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"meshbed","type":"meshbed-cni","socketPath":%q}`, sock)

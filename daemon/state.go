@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/meshbed/meshbed/datapath/state"
+	"github.com/meshbed/meshbed/mesh/agent/cni"
+	"github.com/meshbed/meshbed/mesh/flow"
+)
+
+// nodeReader is what the state socket reads: the agent's side and the
+// datapath's.
+type nodeReader interface {
+	State() (s *state.State, applyErr error, servicesSynced bool)
+	PolicyWarnings() map[string][]string
+	PolicyErrors() map[string]error
+}
+
+type backReader interface {
+	ReadBack() ([]state.Service, []state.IPCacheEntry, error)
+}
+
+// report is the node's state.NodeReport now.
+func report(node string, a nodeReader, dp backReader) (*state.NodeReport, error) {
+	r := &state.NodeReport{Node: node, PolicyWarnings: a.PolicyWarnings(), PolicyErrors: map[string]string{}}
+	r.Desired, _, _ = a.State()
+	for ref, err := range a.PolicyErrors() {
+		r.PolicyErrors[ref] = err.Error()
+	}
+	var err error
+	if r.Services, r.IPCache, err = dp.ReadBack(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// serveState serves GET /v1/state on the unix socket path until ctx ends or
+// the returned function is called; like the CNI server it retries a socket
+// it cannot bind and never fails the agent.
+func serveState(ctx context.Context, node string, a nodeReader, dp backReader, path string, flows http.Handler, log *slog.Logger) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	if flows != nil {
+		mux.Handle(flow.Path, flows)
+	}
+	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, _ *http.Request) {
+		r, err := report(node, a, dp)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			l, err := cni.Listen(path) // a private unix socket, as the CNI one
+			if err == nil {
+				log.Info("State socket listening", "socket", path)
+				go func() {
+					<-ctx.Done()
+					sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+					defer c()
+					_ = srv.Shutdown(sctx)
+				}()
+				if err = srv.Serve(l); errors.Is(err, http.ErrServerClosed) {
+					return
+				}
+			}
+			log.Error("State socket down; retrying", "socket", path, "err", err, "in", cniRetry)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(cniRetry):
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// CopyState copies the report of the agent serving socket (its node's
+// state.NodeReport as JSON) to out.
+func CopyState(ctx context.Context, socket string, out io.Writer) error {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshbed-agent/v1/state", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		if _, serr := os.Stat(socket); serr != nil {
+			return fmt.Errorf("no agent at %s: %w", socket, serr)
+		}
+		return fmt.Errorf("agent at %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("agent at %s: %s: %s", socket, resp.Status, b)
+	}
+	_, err = io.Copy(out, resp.Body)
+	return err
+}
