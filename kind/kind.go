@@ -9,10 +9,11 @@
 // `meshbed clustermesh` commands, which fill the Secrets the pods mount:
 //
 //	Secret                  filled by  mounted by   holds
-//	meshbed-apiserver-tls   enable     apiserver    ca.crt, server.*, admin.* (user admin-<cluster>)
+//	meshbed-apiserver-tls   enable     apiserver,   ca.crt, server.*, admin.* (user admin-<cluster>)
+//	                                   kvstoremesh
 //	meshbed-agent-tls       enable     agents       ca.crt, local-agent.* (user local-<cluster>)
-//	meshbed-kvstoremesh-tls enable     apiserver    ca.crt, remote.* (reader of other clusters)
-//	meshbed-kvstoremesh     connect    apiserver    one EtcdConfig per remote cluster (its node port)
+//	meshbed-kvstoremesh-tls enable     kvstoremesh  ca.crt, remote.* (reader of other clusters)
+//	meshbed-kvstoremesh     connect    kvstoremesh  one EtcdConfig per remote cluster (its node port)
 //	meshbed-clustermesh     connect    agents       one EtcdConfig per remote cluster (local kvstoremesh)
 package kind
 
@@ -40,7 +41,11 @@ const (
 	Namespace     = "meshbed-system"
 	AgentName     = "meshbed-agent"
 	APIServerName = "meshbed-apiserver"
-	ConfigMapName = "meshbed-config"
+	// KVStoreMeshName is kvstoremesh's Deployment: a process of its own
+	// beside the mesh-apiserver (as Cilium runs it in a container of its
+	// own), writing into the apiserver's etcd through its node port.
+	KVStoreMeshName = "meshbed-kvstoremesh"
+	ConfigMapName   = "meshbed-config"
 
 	SecretAPIServerTLS   = "meshbed-apiserver-tls"
 	SecretAgentTLS       = "meshbed-agent-tls"
@@ -98,12 +103,14 @@ const (
 // Ports of the Prometheus metrics (--prometheus-serve-addr), announced to
 // scrapers by the pods' prometheus.io/* annotations.
 const (
-	AgentMetricsPort     = metrics.AgentPort
-	APIServerMetricsPort = metrics.APIServerPort
+	AgentMetricsPort       = metrics.AgentPort
+	APIServerMetricsPort   = metrics.APIServerPort
+	KVStoreMeshMetricsPort = metrics.KVStoreMeshPort
 )
 
-// TLSHashAnnotation on the mesh-apiserver's pod template carries a hash of
-// its TLS Secret, so that new certificates roll the Deployment.
+// TLSHashAnnotation on the pod templates of the mesh-apiserver and
+// kvstoremesh carries a hash of the apiserver's TLS Secret, so that new
+// certificates roll both Deployments.
 const TLSHashAnnotation = "meshbed.io/tls-hash"
 
 // DefaultImage is the image `meshbed install` deploys unless told
@@ -212,6 +219,7 @@ var templates = template.Must(template.New("").Option("missingkey=error").Funcs(
 type data struct {
 	Values
 	Namespace, AgentName, APIServerName, ConfigMapName       string
+	KVStoreMeshName                                          string
 	SecretAPIServerTLS, SecretAgentTLS, SecretKVStoreMeshTLS string
 	SecretKVStoreMesh, SecretClusterMesh                     string
 	Secrets                                                  []string
@@ -219,6 +227,7 @@ type data struct {
 	APIServerTLSDir, KVStoreMeshDir, KVStoreMeshTLSDir       string
 	APIServerPort, APIServerNodePort, APIServerListenPort    int
 	AgentMetricsPort, APIServerMetricsPort                   int
+	KVStoreMeshMetricsPort                                   int
 	AgentStoppedLabel                                        string
 }
 
@@ -230,14 +239,14 @@ func Render(v Values) ([]byte, error) {
 		return nil, fmt.Errorf("render manifests: %w", err)
 	}
 	d := data{
-		Values: v, Namespace: Namespace, AgentName: AgentName, APIServerName: APIServerName,
+		Values: v, Namespace: Namespace, AgentName: AgentName, APIServerName: APIServerName, KVStoreMeshName: KVStoreMeshName,
 		ConfigMapName: ConfigMapName, SecretAPIServerTLS: SecretAPIServerTLS, SecretAgentTLS: SecretAgentTLS,
 		SecretKVStoreMeshTLS: SecretKVStoreMeshTLS, SecretKVStoreMesh: SecretKVStoreMesh, SecretClusterMesh: SecretClusterMesh,
 		Secrets: []string{SecretAPIServerTLS, SecretAgentTLS, SecretKVStoreMeshTLS, SecretKVStoreMesh, SecretClusterMesh},
 		RunDir:  RunDir, CNISocket: CNISocket, AgentClusterMeshDir: AgentClusterMeshDir, AgentTLSDir: AgentTLSDir,
 		APIServerTLSDir: APIServerTLSDir, KVStoreMeshDir: KVStoreMeshDir, KVStoreMeshTLSDir: KVStoreMeshTLSDir,
 		APIServerPort: APIServerPort, APIServerNodePort: APIServerNodePort, APIServerListenPort: APIServerListenPort,
-		AgentMetricsPort: AgentMetricsPort, APIServerMetricsPort: APIServerMetricsPort,
+		AgentMetricsPort: AgentMetricsPort, APIServerMetricsPort: APIServerMetricsPort, KVStoreMeshMetricsPort: KVStoreMeshMetricsPort,
 		AgentStoppedLabel: AgentStoppedLabel,
 	}
 	var out bytes.Buffer

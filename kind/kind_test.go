@@ -3,6 +3,7 @@ package kind
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -109,7 +110,7 @@ func TestObjectsDecodeStrictly(t *testing.T) {
 		}
 	}
 	want := map[string]int{"Namespace": 1, "CustomResourceDefinition": 2, "ServiceAccount": 2, "ClusterRole": 2,
-		"ClusterRoleBinding": 2, "ConfigMap": 1, "Secret": 5, "DaemonSet": 1, "Deployment": 1, "Service": 1}
+		"ClusterRoleBinding": 2, "ConfigMap": 1, "Secret": 5, "DaemonSet": 1, "Deployment": 2, "Service": 1}
 	for k, n := range want {
 		if seen[k] != n {
 			t.Errorf("%d %s objects, want %d", seen[k], k, n)
@@ -462,8 +463,8 @@ func FuzzRender(f *testing.F) {
 		if got, _, _ := unstructured.NestedString(cm.Object, "data", KeyClusterName); got != name {
 			t.Errorf("cluster name %q rendered as %q", name, got)
 		}
-		if len(objs) != 18 {
-			t.Errorf("%d objects, want 18", len(objs))
+		if len(objs) != 19 {
+			t.Errorf("%d objects, want 19", len(objs))
 		}
 		var ds appsv1.DaemonSet
 		decodeStrict(t, find(t, objs, "DaemonSet", AgentName), &ds)
@@ -553,6 +554,54 @@ func TestEncryptionArgs(t *testing.T) {
 			if strings.Contains(string(y), w) {
 				t.Errorf("%+v: the agent has %s", tc.v, w)
 			}
+		}
+	}
+}
+
+// TestKVStoreMesh: kvstoremesh is a Deployment of its own that reaches the
+// apiserver at its node's address and the apiserver's node port, with the
+// CA and admin pair of the apiserver's Secret and not its server key; the
+// apiserver runs no kvstoremesh of its own.
+func TestKVStoreMesh(t *testing.T) {
+	objs := mustObjects(t, cluster1)
+	var api appsv1.Deployment
+	decodeStrict(t, find(t, objs, "Deployment", APIServerName), &api)
+	if !slices.Contains(api.Spec.Template.Spec.Containers[0].Args, "--kvstoremesh=false") {
+		t.Errorf("apiserver args %q: want --kvstoremesh=false", api.Spec.Template.Spec.Containers[0].Args)
+	}
+	var dep appsv1.Deployment
+	decodeStrict(t, find(t, objs, "Deployment", KVStoreMeshName), &dep)
+	spec := dep.Spec.Template.Spec
+	if !spec.HostNetwork {
+		t.Error("kvstoremesh is not on the host network")
+	}
+	c := spec.Containers[0]
+	for _, arg := range []string{"kvstoremesh", "--cluster-name=cluster1", "--cluster-id=1", "--tls-dir=" + APIServerTLSDir,
+		"--clustermesh-config=" + KVStoreMeshDir, fmt.Sprintf("--local-endpoint=https://$(HOST_IP):%d", APIServerNodePort)} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("kvstoremesh args %q lack %q", c.Args, arg)
+		}
+	}
+	if len(c.Env) != 1 || c.Env[0].Name != "HOST_IP" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+		t.Errorf("env %+v: want HOST_IP from status.hostIP", c.Env)
+	}
+	mounted := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		mounted[m.Name] = true
+	}
+	for _, v := range spec.Volumes {
+		if !mounted[v.Name] {
+			t.Errorf("volume %s not mounted", v.Name)
+		}
+		if v.Secret == nil || v.Secret.SecretName != SecretAPIServerTLS {
+			continue
+		}
+		var keys []string
+		for _, it := range v.Secret.Items {
+			keys = append(keys, it.Key)
+		}
+		if !slices.Equal(keys, []string{"ca.crt", "admin.crt", "admin.key"}) {
+			t.Errorf("kvstoremesh mounts %v of %s, want the CA and the admin pair only", keys, SecretAPIServerTLS)
 		}
 	}
 }

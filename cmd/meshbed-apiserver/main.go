@@ -10,13 +10,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +63,7 @@ func newCommand() *cobra.Command {
 		Args:          cobra.NoArgs,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
 	}
+	cmd.AddCommand(kvstoremeshCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.clusterName, "cluster-name", "", "name of this cluster ([a-z0-9-], at most 32 characters)")
 	f.Uint32Var(&o.clusterID, "cluster-id", 0, "ID of this cluster (1..255, or 1..511 with --max-connected-clusters=511)")
@@ -132,7 +130,7 @@ func (o options) validate() error {
 			if err := d.Verify(pki.ServerName, x509.ExtKeyUsageServerAuth); err != nil {
 				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
 			}
-			if err := verifyAdmin(d, o.clusterName); err != nil {
+			if err := apiserver.VerifyAdmin(d, o.clusterName); err != nil {
 				errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
 			}
 		}
@@ -161,7 +159,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
-	readers, err := remoteReaders(o)
+	readers, err := apiserver.RemoteReaders(o.configDir, o.remoteClusters)
 	if err != nil {
 		return err
 	}
@@ -197,7 +195,7 @@ func run(ctx context.Context, o options) error {
 	errc := make(chan error, 3)
 	wg.Go(func() { errc <- srv.Run(ctx) })
 	if o.configDir != "" {
-		wg.Go(func() { errc <- watchReaders(ctx, o, srv, readers, log) })
+		wg.Go(func() { errc <- srv.WatchReaders(ctx, o.configDir, o.remoteClusters, o.configPoll, readers) })
 	}
 	switch {
 	case !o.kvstoremesh:
@@ -230,90 +228,4 @@ func run(ctx context.Context, o options) error {
 		log.Info("mesh-apiserver stopped")
 	}
 	return err
-}
-
-// remoteReaders are the clusters allowed to read this one: those of the
-// clustermesh config directory and of --remote-clusters.
-func remoteReaders(o options) ([]string, error) {
-	names := slices.Clone(o.remoteClusters)
-	if o.configDir != "" {
-		dirNames, err := configClusters(o.configDir)
-		if err != nil {
-			return nil, fmt.Errorf("--clustermesh-config: %w", err)
-		}
-		names = append(names, dirNames...)
-	}
-	slices.Sort(names)
-	return slices.Compact(names), nil
-}
-
-// configClusters lists the cluster names of a clustermesh config directory
-// as package remote reads it: one file per cluster, names starting with "."
-// skipped (the ..data symlinks of a mounted Secret). Files that are not
-// valid cluster names are skipped too; package remote reports them.
-func configClusters(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, e := range entries {
-		n := e.Name()
-		if strings.HasPrefix(n, ".") || e.IsDir() || wire.ValidateClusterName(n) != nil {
-			continue
-		}
-		names = append(names, n)
-	}
-	return names, nil
-}
-
-// watchReaders rescans the config directory and keeps the remote readers'
-// users in step, so that `meshbed clustermesh connect` needs no restart.
-func watchReaders(ctx context.Context, o options, srv *apiserver.Server, current []string, log *slog.Logger) error {
-	t := time.NewTicker(o.configPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		next, err := remoteReaders(o)
-		if err != nil {
-			log.Warn("rescan of remote readers failed", "error", err)
-			continue
-		}
-		if slices.Equal(next, current) {
-			continue
-		}
-		if err := srv.SetRemoteClusters(ctx, next); err != nil {
-			log.Warn("update of remote readers failed", "error", err)
-			continue
-		}
-		log.Info("remote readers changed", "clusters", next)
-		current = next
-	}
-}
-
-// verifyAdmin checks the apiserver's own client pair: issued by the CA, for
-// this cluster's admin user. A directory written by an older meshbed holds
-// a "root" pair instead; `meshbed clustermesh enable` reissues it.
-func verifyAdmin(d pki.Dir, cluster string) error {
-	if err := d.Verify(pki.AdminPair, x509.ExtKeyUsageClientAuth); err != nil {
-		if _, old := d.LoadCert("root"); old == nil {
-			return fmt.Errorf("%w (a certificate directory from an older meshbed: run `meshbed clustermesh enable` to reissue it)", err)
-		}
-		return err
-	}
-	c, err := d.LoadCert(pki.AdminPair)
-	if err != nil {
-		return err
-	}
-	if cn, want := c.Leaf.Subject.CommonName, pki.AdminUser(cluster); cn != want {
-		return fmt.Errorf("%s is for user %q, want %q (run `meshbed clustermesh enable` to reissue it)", d.CertFile(pki.AdminPair), cn, want)
-	}
-	return nil
 }

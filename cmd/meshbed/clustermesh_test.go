@@ -258,9 +258,11 @@ func enabledPair(t *testing.T) (c1, c2 *testCluster, factory clustermesh.ClientF
 func mountOf(t *testing.T, c *testCluster, secret string) string {
 	t.Helper()
 	var spec corev1.PodSpec
-	if dep, err := c.kube.AppsV1().Deployments(kind.Namespace).Get(t.Context(), kind.APIServerName, metav1.GetOptions{}); err == nil {
-		spec.Volumes = append(spec.Volumes, dep.Spec.Template.Spec.Volumes...)
-		spec.Containers = append(spec.Containers, dep.Spec.Template.Spec.Containers...)
+	for _, name := range []string{kind.APIServerName, kind.KVStoreMeshName} {
+		if dep, err := c.kube.AppsV1().Deployments(kind.Namespace).Get(t.Context(), name, metav1.GetOptions{}); err == nil {
+			spec.Volumes = append(spec.Volumes, dep.Spec.Template.Spec.Volumes...)
+			spec.Containers = append(spec.Containers, dep.Spec.Template.Spec.Containers...)
+		}
 	}
 	if ds, err := c.kube.AppsV1().DaemonSets(kind.Namespace).Get(t.Context(), kind.AgentName, metav1.GetOptions{}); err == nil {
 		spec.Volumes = append(spec.Volumes, ds.Spec.Template.Spec.Volumes...)
@@ -402,13 +404,15 @@ func setReady(t *testing.T, c *testCluster, agents, desired int32) {
 	if _, err := c.kube.AppsV1().DaemonSets(kind.Namespace).UpdateStatus(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	dep, err := c.kube.AppsV1().Deployments(kind.Namespace).Get(t.Context(), kind.APIServerName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dep.Status.ReadyReplicas, dep.Status.UpdatedReplicas = 1, 1
-	if _, err := c.kube.AppsV1().Deployments(kind.Namespace).UpdateStatus(t.Context(), dep, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{kind.APIServerName, kind.KVStoreMeshName} {
+		dep, err := c.kube.AppsV1().Deployments(kind.Namespace).Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dep.Status.ReadyReplicas, dep.Status.UpdatedReplicas = 1, 1
+		if _, err := c.kube.AppsV1().Deployments(kind.Namespace).UpdateStatus(t.Context(), dep, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

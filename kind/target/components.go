@@ -14,8 +14,7 @@ import (
 )
 
 // Components implements engine.Target from the pods in meshbed's
-// namespace: the mesh-apiserver (kvstoremesh runs in its process and is
-// not listed apart) and the agent of every node. A component runs when a
+// namespace: the mesh-apiserver, kvstoremesh and the agent of every node. A component runs when a
 // pod of it is Running, not being deleted, with every container ready; a
 // container that restarted says why in Exited.
 func (t *Target) Components(ctx context.Context, cluster string) ([]engine.ComponentStatus, error) {
@@ -34,11 +33,18 @@ func (t *Target) Components(ctx context.Context, cluster string) ([]engine.Compo
 	if err != nil {
 		return nil, err
 	}
+	km, err := list(kind.KVStoreMeshName)
+	if err != nil {
+		return nil, err
+	}
 	agents, err := list(kind.AgentName)
 	if err != nil {
 		return nil, err
 	}
-	out := []engine.ComponentStatus{podStatus(scenarios.Process{Component: scenarios.ComponentAPIServer, Cluster: cluster}, api)}
+	out := []engine.ComponentStatus{
+		podStatus(scenarios.Process{Component: scenarios.ComponentAPIServer, Cluster: cluster}, api),
+		podStatus(scenarios.Process{Component: scenarios.ComponentKVStoreMesh, Cluster: cluster}, km),
+	}
 	for i, n := range c.nodes {
 		var mine []corev1.Pod
 		for _, p := range agents {

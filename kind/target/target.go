@@ -17,12 +17,12 @@
 //   - partition: iptables rules in the Kind node containers, in a chain of
 //     their own (MESHBED-PARTITION), between the groups' node addresses; the
 //     control plane is the mesh-apiservers' node port;
-//   - stop/start/restart of the apiserver: its Deployment scaled to zero and
-//     back, or its pod deleted; the agent of a node (or of every node): the
-//     node labelled kind.AgentStoppedLabel, which the DaemonSet's node
-//     affinity keeps the agent off, and the label removed; or its pod
-//     deleted. kvstoremesh runs in the mesh-apiserver's process and is not
-//     stopped alone;
+//   - stop/start/restart of the apiserver and of kvstoremesh (a Deployment
+//     of its own): the Deployment scaled to zero and back, or its pod
+//     deleted, kvstoremesh going with its apiserver as in the simulator;
+//     the agent of a node (or of every node): the node labelled
+//     kind.AgentStoppedLabel, which the DaemonSet's node affinity keeps the
+//     agent off, and the label removed; or its pod deleted;
 //   - events: every component container's log followed from the start of
 //     the run, each decision line read back with event.ParseLogLine;
 //   - backends, the final check's node reads: `meshbed-agent state` run in
@@ -33,6 +33,7 @@ package target
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -149,11 +150,10 @@ func (t *Target) Name() string { return Name }
 func (t *Target) Supports(c engine.Capability) bool {
 	switch c {
 	case engine.CapPartition, engine.CapPartitionData, engine.CapPartitionControl, engine.CapPartitionNode, engine.CapPartitionOneWay,
-		engine.CapProcessAPIServer, engine.CapProcessAgent, engine.CapExpectBackends, engine.CapExpectKVStore, engine.CapExpectEvents:
+		engine.CapProcessAPIServer, engine.CapProcessKVStoreMesh, engine.CapProcessAgent,
+		engine.CapExpectBackends, engine.CapExpectKVStore, engine.CapExpectEvents:
 		return true
 	}
-	// kvstoremesh alone (it runs in the mesh-apiserver's process) is not
-	// stopped on Kind.
 	return false
 }
 
@@ -567,10 +567,25 @@ func (t *Target) Recover(ctx context.Context) error {
 	t.mu.Lock()
 	stopped := slices.Collect(maps.Keys(t.stopped))
 	t.mu.Unlock()
+	// An apiserver before its kvstoremesh, which needs it.
+	slices.SortFunc(stopped, func(a, b scenarios.Process) int {
+		return cmp.Compare(startOrder(a.Component), startOrder(b.Component))
+	})
 	for _, p := range stopped {
 		errs = append(errs, t.Start(ctx, p))
 	}
 	return errors.Join(errs...)
+}
+
+// startOrder ranks components for starting them again.
+func startOrder(c scenarios.Component) int {
+	switch c {
+	case scenarios.ComponentAPIServer:
+		return 0
+	case scenarios.ComponentKVStoreMesh:
+		return 1
+	}
+	return 2
 }
 
 // --- objects ------------------------------------------------------------------
@@ -1156,14 +1171,24 @@ func (t *Target) Heal(context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Stop implements engine.Target: the apiserver's Deployment scaled to
-// zero; an agent kept off its node (or every node) by kind.AgentStoppedLabel,
-// which makes the DaemonSet delete its pod. Stop returns once the pods are
-// gone.
+// Stop implements engine.Target: the apiserver's or kvstoremesh's
+// Deployment scaled to zero; an agent kept off its node (or every node) by
+// kind.AgentStoppedLabel, which makes the DaemonSet delete its pod. As in
+// the simulator, kvstoremesh lives on its apiserver: stopping the
+// apiserver stops kvstoremesh too, and starting it starts kvstoremesh
+// again unless kvstoremesh was stopped on its own. Stop returns once the
+// pods are gone.
 func (t *Target) Stop(ctx context.Context, p scenarios.Process) error {
 	switch p.Component {
 	case scenarios.ComponentAPIServer:
-		if err := t.scaleAPIServer(ctx, p.Cluster, 0); err != nil {
+		if err := t.scale(ctx, p.Cluster, kind.KVStoreMeshName, 0); err != nil {
+			return err
+		}
+		if err := t.scale(ctx, p.Cluster, kind.APIServerName, 0); err != nil {
+			return err
+		}
+	case scenarios.ComponentKVStoreMesh:
+		if err := t.scale(ctx, p.Cluster, kind.KVStoreMeshName, 0); err != nil {
 			return err
 		}
 	case scenarios.ComponentAgent:
@@ -1182,9 +1207,34 @@ func (t *Target) Stop(ctx context.Context, p scenarios.Process) error {
 // Start implements engine.Target; it returns once the component's pods
 // run and are ready.
 func (t *Target) Start(ctx context.Context, p scenarios.Process) error {
+	km := scenarios.Process{Component: scenarios.ComponentKVStoreMesh, Cluster: p.Cluster}
+	api := scenarios.Process{Component: scenarios.ComponentAPIServer, Cluster: p.Cluster}
 	switch p.Component {
 	case scenarios.ComponentAPIServer:
-		if err := t.scaleAPIServer(ctx, p.Cluster, 1); err != nil {
+		if err := t.scale(ctx, p.Cluster, kind.APIServerName, 1); err != nil {
+			return err
+		}
+		t.mu.Lock()
+		kmStopped := t.stopped[km]
+		t.mu.Unlock()
+		if !kmStopped {
+			if err := t.scale(ctx, p.Cluster, kind.KVStoreMeshName, 1); err != nil {
+				return err
+			}
+		}
+	case scenarios.ComponentKVStoreMesh:
+		t.mu.Lock()
+		apiStopped := t.stopped[api]
+		t.mu.Unlock()
+		if apiStopped {
+			// The simulator refuses this too; kvstoremesh starts with
+			// the apiserver.
+			t.mu.Lock()
+			delete(t.stopped, p)
+			t.mu.Unlock()
+			return fmt.Errorf("start kvstoremesh of %s: the apiserver is not running", p.Cluster)
+		}
+		if err := t.scale(ctx, p.Cluster, kind.KVStoreMeshName, 1); err != nil {
 			return err
 		}
 	case scenarios.ComponentAgent:
@@ -1200,21 +1250,26 @@ func (t *Target) Start(ctx context.Context, p scenarios.Process) error {
 	return nil
 }
 
-func (t *Target) scaleAPIServer(ctx context.Context, cluster string, n int) error {
+// scale sets the replicas of one of meshbed's Deployments and waits until
+// that many pods run ready (or none is left).
+func (t *Target) scale(ctx context.Context, cluster, name string, n int) error {
 	c, err := t.cluster(cluster)
 	if err != nil {
 		return err
 	}
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
-	if _, err = c.kube.AppsV1().Deployments(kind.Namespace).Patch(ctx, kind.APIServerName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err = c.kube.AppsV1().Deployments(kind.Namespace).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return err
 	}
 	return eventually(ctx, 3*time.Minute, func() error {
-		pods, err := componentPods(ctx, c, kind.APIServerName)
+		pods, err := componentPods(ctx, c, name)
 		if err != nil {
 			return err
 		}
-		return podsAre(pods, "", n)
+		if err := podsAre(pods, "", n); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
 	})
 }
 
@@ -1319,7 +1374,16 @@ func (t *Target) Restart(ctx context.Context, p scenarios.Process) error {
 	var nodeNames []string
 	switch p.Component {
 	case scenarios.ComponentAPIServer:
-		name = kind.APIServerName
+		// kvstoremesh lives on its apiserver (see Stop): it restarts too.
+		t.mu.Lock()
+		kmStopped := t.stopped[scenarios.Process{Component: scenarios.ComponentKVStoreMesh, Cluster: p.Cluster}]
+		t.mu.Unlock()
+		if err := t.restartPods(ctx, c, p, kind.APIServerName, nil); err != nil || kmStopped {
+			return err
+		}
+		return t.restartPods(ctx, c, p, kind.KVStoreMeshName, nil)
+	case scenarios.ComponentKVStoreMesh:
+		name = kind.KVStoreMeshName
 	case scenarios.ComponentAgent:
 		name = kind.AgentName
 		if _, nodeNames, err = t.agentNodes(p); err != nil {
@@ -1328,6 +1392,12 @@ func (t *Target) Restart(ctx context.Context, p scenarios.Process) error {
 	default:
 		return fmt.Errorf("restart %s: %w", p.Component, engine.ErrUnsupported)
 	}
+	return t.restartPods(ctx, c, p, name, nodeNames)
+}
+
+// restartPods deletes the pods of component name (on nodeNames only, when
+// set) and waits until new ones run ready in their place.
+func (t *Target) restartPods(ctx context.Context, c *kcluster, p scenarios.Process, name string, nodeNames []string) error {
 	pods, err := componentPods(ctx, c, name)
 	if err != nil {
 		return err

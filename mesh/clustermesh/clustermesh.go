@@ -354,20 +354,23 @@ func Enable(ctx context.Context, out io.Writer, clients ClientFactory, o EnableO
 	}
 	// Roll the mesh-apiserver when its certificates change: it reads them
 	// at start (and, before enable, could not start without them).
+	// kvstoremesh reads the same Secret's admin pair.
 	deps := c.clients.Kube.AppsV1().Deployments(kind.Namespace)
-	dep, err := deps.Get(ctx, kind.APIServerName, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("%s: mesh-apiserver Deployment: %w", c, err)
-	}
-	if h := HashData(want[kind.SecretAPIServerTLS]); dep.Spec.Template.Annotations[kind.TLSHashAnnotation] != h {
-		if dep.Spec.Template.Annotations == nil {
-			dep.Spec.Template.Annotations = map[string]string{}
+	for _, name := range []string{kind.APIServerName, kind.KVStoreMeshName} {
+		dep, err := deps.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("%s: Deployment %s: %w", c, name, err)
 		}
-		dep.Spec.Template.Annotations[kind.TLSHashAnnotation] = h
-		if _, err := deps.Update(ctx, dep, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("%s: restart the mesh-apiserver: %w", c, err)
+		if h := HashData(want[kind.SecretAPIServerTLS]); dep.Spec.Template.Annotations[kind.TLSHashAnnotation] != h {
+			if dep.Spec.Template.Annotations == nil {
+				dep.Spec.Template.Annotations = map[string]string{}
+			}
+			dep.Spec.Template.Annotations[kind.TLSHashAnnotation] = h
+			if _, err := deps.Update(ctx, dep, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("%s: restart %s: %w", c, name, err)
+			}
+			fmt.Fprintf(out, "Deployment %s restarted with the new certificates\n", name)
 		}
-		fmt.Fprintf(out, "Deployment %s restarted with the new certificates\n", kind.APIServerName)
 	}
 	fmt.Fprintf(out, "%s enabled (mesh CA %q from %s)\n", c, ca.Cert.Subject.CommonName, o.CADir)
 	return nil
@@ -597,6 +600,13 @@ func collectStatus(ctx context.Context, c *Cluster, probe Probe) (*statusReport,
 	r.apiserverReady = dep.Status.ReadyReplicas
 	if r.apiserverReady < 1 || dep.Status.UpdatedReplicas < 1 {
 		r.problems = append(r.problems, "mesh-apiserver: not ready")
+	}
+	km, err := kube.AppsV1().Deployments(kind.Namespace).Get(ctx, kind.KVStoreMeshName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: kvstoremesh Deployment: %w", c, err)
+	}
+	if km.Status.ReadyReplicas < 1 || km.Status.UpdatedReplicas < 1 {
+		r.problems = append(r.problems, "kvstoremesh: not ready")
 	}
 	if !r.enabled {
 		r.problems = append(r.problems, "certificates: missing (meshbed clustermesh enable)")

@@ -21,11 +21,12 @@ import (
 )
 
 // Default ports of --prometheus-serve-addr in the Kind manifests (Cilium's
-// agent uses 9962; meshbed's mesh-apiserver, which also runs kvstoremesh,
-// takes the next one).
+// agent uses 9962, its kvstoremesh 9964; meshbed's mesh-apiserver takes
+// 9963 between them).
 const (
-	AgentPort     = 9962
-	APIServerPort = 9963
+	AgentPort       = 9962
+	APIServerPort   = 9963
+	KVStoreMeshPort = 9964
 )
 
 // NewProcessRegistry returns a registry for a binary: the Go runtime and
