@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/spf13/cobra"
+
+	"github.com/meshbed/meshbed/mesh/clustermesh"
 )
 
 // exitError carries a process exit code through cobra.

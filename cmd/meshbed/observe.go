@@ -17,6 +17,7 @@ import (
 	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/flow/relay"
+	"github.com/meshbed/meshbed/sim/control"
 )
 
 // observeOpts are the flags of `sim observe` and `observe`, Hubble's
@@ -81,7 +82,7 @@ func simObserveCmd(name *string) *cobra.Command {
 				return &exitError{2, err}
 			}
 			p := flow.Printer{W: cmd.OutOrStdout(), Output: o.output}
-			err = flow.Get(cmd.Context(), client(*name), "http://sim", req, p.Print)
+			err = control.NewClient(*name).Flows(cmd.Context(), req, p.Print)
 			return observeError(err, req, fmt.Sprintf("no simulated mesh %q is running (start one with `meshbed sim up -f FILE --name %s`)", *name, *name),
 				fmt.Sprintf("flow stream ended: the simulated mesh %q or the agents observed stopped", *name))
 		},

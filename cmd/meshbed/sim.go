@@ -6,12 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,20 +18,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
-	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/scenarios/engine"
-	"github.com/meshbed/meshbed/sim"
+	"github.com/meshbed/meshbed/sim/control"
 	simtarget "github.com/meshbed/meshbed/sim/target"
 )
-
-// socketDir holds the control sockets of running simulated meshes.
-const socketDir = "/run/meshbed"
-
-func socketPath(name string) string { return filepath.Join(socketDir, "sim-"+name+".sock") }
 
 func simCmd() *cobra.Command {
 	var name string
@@ -151,9 +142,9 @@ func simCmd() *cobra.Command {
 	kvGet := &cobra.Command{
 		Use: "get CLUSTER KEY", Short: "Print a key (or every key under a prefix with --prefix)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			q := map[string]string{"cluster": a[0], "key": a[1]}
+			q := url.Values{"cluster": {a[0]}, "key": {a[1]}}
 			if prefix {
-				q["prefix"] = "1"
+				q.Set("prefix", "1")
 			}
 			return getAndPrint(cmd, name, "/kvstore", q)
 		},
@@ -166,11 +157,11 @@ func simCmd() *cobra.Command {
 	lb.AddCommand(&cobra.Command{
 		Use: "list CLUSTER [NODE]", Short: "List frontends and their backends as programmed in BPF", Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			q := map[string]string{"cluster": a[0]}
+			node := ""
 			if len(a) == 2 {
-				q["node"] = a[1]
+				node = a[1]
 			}
-			return getAndPrint(cmd, name, "/bpf/lb", q)
+			return printLB(cmd, name, a[0], node)
 		},
 	})
 	bpf.AddCommand(lb)
@@ -197,20 +188,11 @@ func simUp(cmd *cobra.Command, name, file, logFile, promAddr string, verbose boo
 		return &exitError{2, err}
 	}
 	defer closeLog()
-	if err := os.MkdirAll(socketDir, 0o755); err != nil {
-		return &exitError{2, err}
-	}
-	sock := socketPath(name)
-	if c, err := net.Dial("unix", sock); err == nil {
-		c.Close()
-		return &exitError{2, fmt.Errorf("a simulated mesh named %q is already running (%s); pick another --name", name, sock)}
-	}
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := control.Listen(name)
 	if err != nil {
 		return &exitError{2, err}
 	}
-	defer os.Remove(sock)
+	defer os.Remove(control.SocketPath(name))
 	tgt := simtarget.New(simtarget.Options{Logger: logger})
 	s, err := engine.Start(ctx, sc, tgt, engine.Options{Progress: cmd.OutOrStdout()})
 	if err != nil {
@@ -218,7 +200,7 @@ func simUp(cmd *cobra.Command, name, file, logFile, promAddr string, verbose boo
 		return &exitError{2, err}
 	}
 	defer s.Close()
-	srv := &http.Server{Handler: &control{file: file, raw: raw, s: s, mesh: tgt.Mesh()}, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: control.NewServer(file, raw, s, tgt.Mesh()), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	if err := metrics.Serve(ctx, promAddr, tgt.Mesh(), logger); err != nil {
 		return &exitError{2, err}
@@ -229,257 +211,19 @@ func simUp(cmd *cobra.Command, name, file, logFile, promAddr string, verbose boo
 	return nil
 }
 
-// control serves the verbs of a running simulated mesh.
-type control struct {
-	file string
-	raw  []byte
-	s    *engine.Session
-	mesh *sim.Mesh
-}
-
-func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var v any
-	var err error
-	switch r.URL.Path {
-	case "/step":
-		v, err = c.step(r)
-	case "/status":
-		v = c.status()
-	case "/kvstore":
-		v, err = c.kvstore(r)
-	case "/bpf/lb":
-		v, err = c.lb(r)
-	case flow.Path:
-		flow.Handler(r.Context(), func(req flow.Request) ([]*flow.Observer, error) {
-			return c.mesh.FlowObservers(req.Cluster, req.Node)
-		}).ServeHTTP(w, r)
-		return
-	case "/metrics":
-		c.serveMetrics(w, r)
-		return
-	case "/clustermesh":
-		v, err = c.clustermesh(r)
-	default:
-		http.NotFound(w, r)
-		return
+// cliError turns a control client's error into the command's: every one
+// is the user's to fix (no mesh by that name, a refused step), exit 2.
+func cliError(err error) error {
+	if err == nil {
+		return nil
 	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// step parses one step in the context of the mesh's scenario file (so that
-// references are checked exactly as in a file) and runs it.
-func (c *control) step(r *http.Request) (any, error) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxStepRequest+1))
-	if err != nil {
-		return nil, err
-	}
-	st, err := parseStepRequest(c.file, c.raw, body)
-	if err != nil {
-		return nil, err
-	}
-	return c.s.Step(r.Context(), st), nil
-}
-
-// maxStepRequest bounds a /step request body: a step is a few hundred
-// bytes, an inline manifest a few kilobytes.
-const maxStepRequest = 1 << 20
-
-// parseStepRequest decodes a /step request body, one step as a JSON object
-// the way it would stand in the scenario file's spec.steps, in the context
-// of that file (file, raw): the step becomes the file's only step and the
-// whole file is parsed, so references are checked as in a file.
-func parseStepRequest(file string, raw, body []byte) (*scenarios.Step, error) {
-	if len(body) > maxStepRequest {
-		return nil, fmt.Errorf("step request larger than %d bytes", maxStepRequest)
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	var st map[string]any
-	if err := dec.Decode(&st); err != nil {
-		return nil, fmt.Errorf("step request: %w", err)
-	}
-	if st == nil {
-		return nil, errors.New("step request: want a JSON object, got null")
-	}
-	if dec.More() {
-		return nil, errors.New("step request: more than one JSON value")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("step request: data after the step")
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return nil, err
-	}
-	spec, _ := doc["spec"].(map[string]any)
-	if spec == nil {
-		return nil, errors.New("scenario file has no spec")
-	}
-	spec["steps"] = []any{st}
-	data, err := yaml.Marshal(doc)
-	if err != nil {
-		return nil, err
-	}
-	sc, err := scenarios.Parse(file, data)
-	if err != nil {
-		return nil, err
-	}
-	if len(sc.Steps) != 1 {
-		return nil, fmt.Errorf("step request: parsed into %d steps", len(sc.Steps))
-	}
-	return &sc.Steps[0], nil
-}
-
-type nodeStatus struct {
-	Name           string `json:"name"`
-	IP             string `json:"ip"`
-	Agent          bool   `json:"agent"`
-	ServicesSynced bool   `json:"servicesSynced"`
-	Endpoints      int    `json:"endpoints"`
-	ApplyError     string `json:"applyError,omitempty"`
-}
-
-type clusterStatus struct {
-	Name      string       `json:"name"`
-	ID        uint32       `json:"id"`
-	APIServer string       `json:"apiserver"`
-	Running   []string     `json:"running"`
-	Nodes     []nodeStatus `json:"nodes"`
-}
-
-func (c *control) status() any {
-	m := c.mesh
-	var out struct {
-		Clusters   []clusterStatus `json:"clusters"`
-		Partitions []string        `json:"partitions"`
-	}
-	for _, cl := range m.Clusters() {
-		cs := clusterStatus{Name: cl.Name(), ID: cl.Spec().ID, APIServer: cl.APIServerIP().String(), Running: cl.Running()}
-		for _, n := range cl.Nodes() {
-			ns := nodeStatus{Name: n.Name(), IP: n.IP().String()}
-			if a := n.Agent(); a != nil {
-				ns.Agent = true
-				_, err, synced := a.State()
-				ns.ServicesSynced = synced
-				ns.Endpoints = len(a.Endpoints())
-				if err != nil {
-					ns.ApplyError = err.Error()
-				}
-			}
-			cs.Nodes = append(cs.Nodes, ns)
-		}
-		out.Clusters = append(out.Clusters, cs)
-	}
-	out.Partitions = m.Partitioned()
-	return out
-}
-
-func (c *control) cluster(r *http.Request) (*sim.Cluster, error) {
-	name := r.URL.Query().Get("cluster")
-	cl, ok := c.mesh.Cluster(name)
-	if !ok {
-		return nil, fmt.Errorf("no cluster %q", name)
-	}
-	return cl, nil
-}
-
-func (c *control) kvstore(r *http.Request) (any, error) {
-	cl, err := c.cluster(r)
-	if err != nil {
-		return nil, err
-	}
-	key := r.URL.Query().Get("key")
-	if r.URL.Query().Get("prefix") != "" {
-		return cl.KVStoreList(r.Context(), key)
-	}
-	val, found, err := cl.KVStoreGet(r.Context(), key)
-	if err != nil {
-		return nil, err
-	}
-	if !found {
-		return nil, fmt.Errorf("key %s not found in cluster %s", key, cl.Name())
-	}
-	return map[string]string{key: string(val)}, nil
-}
-
-type lbEntry struct {
-	Node     string   `json:"node"`
-	Service  string   `json:"service"`
-	Frontend string   `json:"frontend"`
-	Backends []string `json:"backends"`
-}
-
-func (c *control) lb(r *http.Request) (any, error) {
-	cl, err := c.cluster(r)
-	if err != nil {
-		return nil, err
-	}
-	var out []lbEntry
-	for _, n := range cl.Nodes() {
-		if want := r.URL.Query().Get("node"); want != "" && n.Name() != want {
-			continue
-		}
-		entries, err := n.Datapath().Datapath().DumpServices()
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			le := lbEntry{Node: n.Name(), Service: e.Name, Frontend: e.Frontend.String()}
-			for _, b := range e.Backends {
-				le.Backends = append(le.Backends, b.Backend.String())
-			}
-			out = append(out, le)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Node != out[j].Node {
-			return out[i].Node < out[j].Node
-		}
-		return out[i].Frontend < out[j].Frontend
-	})
-	return out, nil
-}
-
-func client(name string) *http.Client {
-	sock := socketPath(name)
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-}
-
-func do(cmd *cobra.Command, name string, req *http.Request) ([]byte, error) {
-	resp, err := client(name).Do(req)
-	if err != nil {
-		return nil, &exitError{2, fmt.Errorf("no simulated mesh %q is running (start one with `meshbed sim up -f FILE --name %s`): %w", name, name, err)}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, &exitError{2, errors.New(strings.TrimSpace(string(body)))}
-	}
-	return body, nil
+	return &exitError{2, err}
 }
 
 func postStep(cmd *cobra.Command, name string, st map[string]any) error {
-	data, _ := json.Marshal(st)
-	req, _ := http.NewRequestWithContext(cmd.Context(), http.MethodPost, "http://sim/step", bytes.NewReader(data))
-	body, err := do(cmd, name, req)
+	rep, err := control.NewClient(name).Step(cmd.Context(), st)
 	if err != nil {
-		return err
-	}
-	var rep scenarios.StepReport
-	if err := json.Unmarshal(body, &rep); err != nil {
-		return err
+		return cliError(err)
 	}
 	w := cmd.OutOrStdout()
 	verdict := "ok"
@@ -508,28 +252,25 @@ func postStep(cmd *cobra.Command, name string, st map[string]any) error {
 	return nil
 }
 
-func getAndPrint(cmd *cobra.Command, name, path string, q map[string]string) error {
-	req, _ := http.NewRequestWithContext(cmd.Context(), http.MethodGet, "http://sim"+path, nil)
-	qs := req.URL.Query()
-	for k, v := range q {
-		qs.Set(k, v)
-	}
-	req.URL.RawQuery = qs.Encode()
-	body, err := do(cmd, name, req)
+// printLB prints the BPF load-balancing entries of a cluster (or node).
+func printLB(cmd *cobra.Command, name, cluster, node string) error {
+	entries, err := control.NewClient(name).LB(cmd.Context(), cluster, node)
 	if err != nil {
-		return err
+		return cliError(err)
 	}
-	if path == "/bpf/lb" {
-		var entries []lbEntry
-		if err := json.Unmarshal(body, &entries); err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tSERVICE\tFRONTEND\tBACKENDS")
-		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Node, e.Service, e.Frontend, strings.Join(e.Backends, " "))
-		}
-		return tw.Flush()
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSERVICE\tFRONTEND\tBACKENDS")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Node, e.Service, e.Frontend, strings.Join(e.Backends, " "))
+	}
+	return tw.Flush()
+}
+
+// getAndPrint prints the JSON answer to path, indented.
+func getAndPrint(cmd *cobra.Command, name, path string, q url.Values) error {
+	body, err := control.NewClient(name).Get(cmd.Context(), path, q)
+	if err != nil {
+		return cliError(err)
 	}
 	var pretty bytes.Buffer
 	if err := json.Indent(&pretty, body, "", "  "); err != nil {

@@ -4,32 +4,15 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net/http"
 	"sort"
 	"strings"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
-)
 
-// serveMetrics answers /metrics of the control socket: every component's
-// metrics in Prometheus' text format, with cluster, node and component
-// labels.
-func (c *control) serveMetrics(w http.ResponseWriter, _ *http.Request) {
-	fams, err := c.mesh.Gather()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
-	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, f := range fams {
-		if err := enc.Encode(f); err != nil {
-			return
-		}
-	}
-}
+	"github.com/meshbed/meshbed/sim/control"
+)
 
 // metricsCmd is `meshbed sim metrics`: the running mesh's metrics, all of
 // them or those whose name begins with one of the given prefixes, and
@@ -49,10 +32,9 @@ func metricsCmd(name *string) *cobra.Command {
 			if node != "" && cluster == "" {
 				return &exitError{2, fmt.Errorf("--node %s needs --cluster", node)}
 			}
-			req, _ := http.NewRequestWithContext(cmd.Context(), http.MethodGet, "http://sim/metrics", nil)
-			body, err := do(cmd, *name, req)
+			body, err := control.NewClient(*name).Get(cmd.Context(), "/metrics", nil)
 			if err != nil {
-				return err
+				return cliError(err)
 			}
 			return filterMetrics(cmd.OutOrStdout(), body, prefixes, map[string]string{"cluster": cluster, "node": node, "component": component})
 		},

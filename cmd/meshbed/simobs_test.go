@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/meshbed/meshbed/sim/control"
 )
 
 func TestClustermeshViewProblems(t *testing.T) {
-	v := &clustermeshView{Cluster: "cluster1", KVStoreMesh: "running", Running: 1, Stopped: []string{"node-2"},
-		Cache:  []remoteView{{Remote: "cluster2", Connected: true, Synced: true, Nodes: 2, Since: "2026-01-01T00:00:00Z", ForSeconds: 3.04}},
-		Agents: []remoteView{{Node: "node-1", Remote: "cluster2", Cached: true, Connected: true, Synced: false, ForSeconds: 1.2, Since: "x", Failures: 1}}}
-	got := strings.Join(v.problems(), "; ")
+	v := &control.ClusterMeshView{Cluster: "cluster1", KVStoreMesh: "running", Running: 1, Stopped: []string{"node-2"},
+		Cache:  []control.RemoteView{{Remote: "cluster2", Connected: true, Synced: true, Nodes: 2, Since: "2026-01-01T00:00:00Z", ForSeconds: 3.04}},
+		Agents: []control.RemoteView{{Node: "node-1", Remote: "cluster2", Cached: true, Connected: true, Synced: false, ForSeconds: 1.2, Since: "x", Failures: 1}}}
+	got := strings.Join(v.Problems(), "; ")
 	want := "the agent on node-2 is stopped; agent on node-1: cluster2 not synced"
 	if got != want {
 		t.Errorf("problems: %q, want %q", got, want)

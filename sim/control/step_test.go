@@ -1,4 +1,4 @@
-package main
+package control
 
 import (
 	"strings"
@@ -33,7 +33,7 @@ spec:
     - wait: 1s
 `
 
-func TestParseStepRequest(t *testing.T) {
+func TestParseStep(t *testing.T) {
 	for _, tt := range []struct {
 		body, action, wantErr string
 	}{
@@ -48,7 +48,7 @@ func TestParseStepRequest(t *testing.T) {
 		{body: `{"scale": {"cluster": "cluster1", "deployment": "x-wing", "replicas": 1e400}}`, wantErr: "replicas"},
 		{body: strings.Repeat(" ", maxStepRequest+1), wantErr: "larger than"},
 	} {
-		st, err := parseStepRequest("control.yaml", []byte(stepScenario), []byte(tt.body))
+		st, err := ParseStep("control.yaml", []byte(stepScenario), []byte(tt.body))
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%.60s: error %v, want %q", tt.body, err, tt.wantErr)
@@ -65,10 +65,10 @@ func TestParseStepRequest(t *testing.T) {
 	}
 }
 
-// FuzzParseStepRequest: whatever a client sends to the control socket, the
+// FuzzParseStep: whatever a client sends to the control socket, the
 // simulator answers with a step or an error, never a panic; an accepted
 // body is exactly one step with exactly one action.
-func FuzzParseStepRequest(f *testing.F) {
+func FuzzParseStep(f *testing.F) {
 	for _, s := range []string{
 		`{"curl": {"from": "cluster1/x-wing", "url": "http://rebel-base", "count": 5}}`,
 		`{"traffic": {"name": "t", "from": "cluster1/default/x-wing", "url": "http://rebel-base.default", "rate": "10/s"}}`,
@@ -86,7 +86,7 @@ func FuzzParseStepRequest(f *testing.F) {
 	}
 	raw := []byte(stepScenario)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		st, err := parseStepRequest("control.yaml", raw, body)
+		st, err := ParseStep("control.yaml", raw, body)
 		if err != nil {
 			return
 		}
