@@ -9,10 +9,10 @@
 // `meshbed clustermesh` commands, which fill the Secrets the pods mount:
 //
 //	Secret                  filled by  mounted by   holds
-//	meshbed-apiserver-tls   enable     apiserver,   ca.crt, server.*, admin.* (user admin-<cluster>)
-//	                                   kvstoremesh
+//	meshbed-apiserver-tls   enable     apiserver    ca.crt, server.*, admin.* (user admin-<cluster>)
 //	meshbed-agent-tls       enable     agents       ca.crt, local-agent.* (user local-<cluster>)
-//	meshbed-kvstoremesh-tls enable     kvstoremesh  ca.crt, remote.* (reader of other clusters)
+//	meshbed-kvstoremesh-tls enable     kvstoremesh  ca.crt, remote.* (reader of other clusters),
+//	                                                kvstoremesh.* (user kvstoremesh-<cluster>)
 //	meshbed-kvstoremesh     connect    kvstoremesh  one EtcdConfig per remote cluster (its node port)
 //	meshbed-clustermesh     connect    agents       one EtcdConfig per remote cluster (local kvstoremesh)
 package kind
@@ -109,8 +109,8 @@ const (
 )
 
 // TLSHashAnnotation on the pod templates of the mesh-apiserver and
-// kvstoremesh carries a hash of the apiserver's TLS Secret, so that new
-// certificates roll both Deployments.
+// kvstoremesh carries a hash of its TLS Secret, so that new certificates
+// roll the Deployment.
 const TLSHashAnnotation = "meshbed.io/tls-hash"
 
 // DefaultImage is the image `meshbed install` deploys unless told

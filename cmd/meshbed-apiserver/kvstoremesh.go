@@ -44,7 +44,7 @@ func kvstoremeshCmd() *cobra.Command {
 	f.Uint32Var(&o.maxConnected, "max-connected-clusters", wire.MaxConnectedClusters255, "255 or 511; equal on every cluster of the mesh")
 	f.StringVar(&o.configDir, "clustermesh-config", "", "directory of remote cluster configs, one file per cluster (required)")
 	f.StringVar(&o.localEndpoint, "local-endpoint", "", "https://host:port of this cluster's mesh-apiserver (required)")
-	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/apiserver-tls", "directory with ca.crt and the mesh-apiserver's admin pair (admin.crt/.key)")
+	f.StringVar(&o.tlsDir, "tls-dir", "/var/lib/meshbed/kvstoremesh-tls", "directory with ca.crt and kvstoremesh's pair for this cluster's mesh-apiserver (kvstoremesh.crt/.key, user kvstoremesh-<cluster>)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.prometheusAddr, "prometheus-serve-addr", "", fmt.Sprintf("serve kvstoremesh's Prometheus metrics at /metrics on this address, e.g. :%d (empty: not served)", metrics.KVStoreMeshPort))
 	return cmd
@@ -66,7 +66,7 @@ func (o kvstoremeshOptions) validate() error {
 	if u, err := url.Parse(o.localEndpoint); err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" {
 		errs = append(errs, fmt.Errorf("--local-endpoint %q: want https://host:port", o.localEndpoint))
 	}
-	if err := apiserver.VerifyAdmin(pki.Dir(o.tlsDir), o.clusterName); err != nil {
+	if err := apiserver.VerifyPair(pki.Dir(o.tlsDir), pki.KVStoreMeshPair, pki.KVStoreMeshUser(o.clusterName)); err != nil {
 		errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
 	}
 	return errors.Join(errs...)
@@ -82,7 +82,7 @@ func runKVStoreMesh(cmd *cobra.Command, o kvstoremeshOptions) error {
 	if err := o.validate(); err != nil {
 		return err
 	}
-	lc, err := apiserver.AdminClientConfig(pki.Dir(o.tlsDir), o.localEndpoint)
+	lc, err := apiserver.ClientConfig(pki.Dir(o.tlsDir), pki.KVStoreMeshPair, o.localEndpoint)
 	if err != nil {
 		return fmt.Errorf("--tls-dir: %w", err)
 	}

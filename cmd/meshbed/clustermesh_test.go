@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -592,4 +593,32 @@ func TestIntegrationCertificatesWorkWithAPIServer(t *testing.T) {
 			}
 		})
 	}
+
+	// cluster1's kvstoremesh in its own process (its own Deployment on
+	// Kind), with the pair enable issued into its Secret: it writes its
+	// cache on a lease, as its Writer does, and nothing of the state.
+	t.Run("cluster1's kvstoremesh", func(t *testing.T) {
+		cfg, err := apiserver.ClientConfig(writeDir(t, c1.secret(t, kind.SecretKVStoreMeshTLS)), pki.KVStoreMeshPair, srv.Endpoints()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DialTimeout = 5 * time.Second
+		kv, err := kvstore.Connect(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer kv.Close()
+		lease, err := kv.Etcd().Grant(t.Context(), 60)
+		if err != nil {
+			t.Fatalf("grant a lease: %v", err)
+		}
+		for _, key := range []string{"cilium/cache/nodes/v1/cluster2/node-1", wire.SyncedRoot + "cluster2/services"} {
+			if _, err := kv.Etcd().Put(t.Context(), key, "{}", clientv3.WithLease(lease.ID)); err != nil {
+				t.Errorf("write %s on a lease: %v", key, err)
+			}
+		}
+		if err := kv.Put(t.Context(), "cilium/state/nodes/v1/cluster1/intruder", []byte("{}")); err == nil {
+			t.Error("kvstoremesh could write the cluster's own state")
+		}
+	})
 }

@@ -505,23 +505,22 @@ func (s *Server) Identities() *identity.Cache { return s.ids }
 // ClusterName is the cluster's name.
 func (s *Server) ClusterName() string { return s.cfg.ClusterName }
 
-// AdminClientConfig is how a kvstoremesh running beside the mesh-apiserver
-// in a process of its own (its own Deployment on Kind) reaches the
-// apiserver's etcd at endpoint ("https://host:port"): as the cluster's
-// admin, with the CA and admin pair of the apiserver's TLS directory,
-// checking the server name that every mesh-apiserver certificate carries,
-// whatever address it is dialled at.
-func AdminClientConfig(dir pki.Dir, endpoint string) (kvstore.Config, error) {
+// ClientConfig is how a client of the mesh-apiserver that runs in a
+// process of its own (kvstoremesh in its own Deployment on Kind) reaches
+// the apiserver's etcd at endpoint ("https://host:port"): with the CA and
+// client pair pair of dir, checking the server name that every
+// mesh-apiserver certificate carries, whatever address it is dialled at.
+func ClientConfig(dir pki.Dir, pair, endpoint string) (kvstore.Config, error) {
 	roots, err := dir.Pool()
 	if err != nil {
 		return kvstore.Config{}, err
 	}
-	pair, err := dir.LoadCert(pki.AdminPair)
+	cert, err := dir.LoadCert(pair)
 	if err != nil {
 		return kvstore.Config{}, err
 	}
 	return kvstore.Config{
 		Endpoints: []string{endpoint},
-		TLS:       pki.ClientTLSConfig(roots, pair, localServerName),
+		TLS:       pki.ClientTLSConfig(roots, cert, localServerName),
 	}, nil
 }

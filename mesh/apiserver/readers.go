@@ -83,6 +83,22 @@ func (s *Server) WatchReaders(ctx context.Context, dir string, extra []string, e
 	}
 }
 
+// VerifyPair checks the client pair pair of d: issued by d's CA, for
+// user.
+func VerifyPair(d pki.Dir, pair, user string) error {
+	if err := d.Verify(pair, x509.ExtKeyUsageClientAuth); err != nil {
+		return err
+	}
+	c, err := d.LoadCert(pair)
+	if err != nil {
+		return err
+	}
+	if cn := c.Leaf.Subject.CommonName; cn != user {
+		return fmt.Errorf("%s is for user %q, want %q (run `meshbed clustermesh enable` to reissue it)", d.CertFile(pair), cn, user)
+	}
+	return nil
+}
+
 // VerifyAdmin checks the apiserver's own client pair in d: issued by the
 // CA, for cluster's admin user. A directory written by an older meshbed holds
 // a "root" pair instead; `meshbed clustermesh enable` reissues it.
@@ -93,12 +109,5 @@ func VerifyAdmin(d pki.Dir, cluster string) error {
 		}
 		return err
 	}
-	c, err := d.LoadCert(pki.AdminPair)
-	if err != nil {
-		return err
-	}
-	if cn, want := c.Leaf.Subject.CommonName, pki.AdminUser(cluster); cn != want {
-		return fmt.Errorf("%s is for user %q, want %q (run `meshbed clustermesh enable` to reissue it)", d.CertFile(pki.AdminPair), cn, want)
-	}
-	return nil
+	return VerifyPair(d, pki.AdminPair, pki.AdminUser(cluster))
 }

@@ -251,20 +251,30 @@ func enableSecrets(c *Cluster, ca *pki.CA, current map[string]map[string][]byte)
 	}
 	out[kind.SecretAPIServerTLS] = srv
 
+	// Client pairs, each Secret holding the CA and its pairs; a pair that
+	// is still good is kept, any other is issued anew.
+	type pair struct{ name, user string }
 	for _, cl := range []struct {
-		secret, pair, user string
+		secret string
+		pairs  []pair
 	}{
-		{kind.SecretAgentTLS, kind.AgentPair, pki.LocalUser(c.name)},
-		{kind.SecretKVStoreMeshTLS, kind.RemotePair, pki.RemoteUser(c.name)},
+		{kind.SecretAgentTLS, []pair{{kind.AgentPair, pki.LocalUser(c.name)}}},
+		// kvstoremesh reads the other clusters (remote) and writes its
+		// cache into this one's etcd (kvstoremesh).
+		{kind.SecretKVStoreMeshTLS, []pair{{kind.RemotePair, pki.RemoteUser(c.name)}, {pki.KVStoreMeshPair, pki.KVStoreMeshUser(c.name)}}},
 	} {
-		data := current[cl.secret]
-		if !pairGood(data, cl.pair, ca, x509.ExtKeyUsageClientAuth, cl.user, nil) {
-			cert, err := ca.IssueClient(cl.user, pki.DefaultValidity)
-			if err != nil {
-				return nil, fmt.Errorf("issue certificate of user %s: %w", cl.user, err)
+		cur := current[cl.secret]
+		data := map[string][]byte{"ca.crt": caPEM}
+		for _, p := range cl.pairs {
+			if pairGood(cur, p.name, ca, x509.ExtKeyUsageClientAuth, p.user, nil) {
+				data[p.name+".crt"], data[p.name+".key"] = cur[p.name+".crt"], cur[p.name+".key"]
+				continue
 			}
-			data = map[string][]byte{"ca.crt": caPEM}
-			if err := putPair(data, cl.pair, cert); err != nil {
+			cert, err := ca.IssueClient(p.user, pki.DefaultValidity)
+			if err != nil {
+				return nil, fmt.Errorf("issue certificate of user %s: %w", p.user, err)
+			}
+			if err := putPair(data, p.name, cert); err != nil {
 				return nil, err
 			}
 		}
@@ -354,14 +364,17 @@ func Enable(ctx context.Context, out io.Writer, clients ClientFactory, o EnableO
 	}
 	// Roll the mesh-apiserver when its certificates change: it reads them
 	// at start (and, before enable, could not start without them).
-	// kvstoremesh reads the same Secret's admin pair.
+	// Likewise kvstoremesh when its own change.
 	deps := c.clients.Kube.AppsV1().Deployments(kind.Namespace)
-	for _, name := range []string{kind.APIServerName, kind.KVStoreMeshName} {
+	for _, d := range []struct{ name, secret string }{
+		{kind.APIServerName, kind.SecretAPIServerTLS}, {kind.KVStoreMeshName, kind.SecretKVStoreMeshTLS},
+	} {
+		name := d.name
 		dep, err := deps.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return fmt.Errorf("%s: Deployment %s: %w", c, name, err)
 		}
-		if h := HashData(want[kind.SecretAPIServerTLS]); dep.Spec.Template.Annotations[kind.TLSHashAnnotation] != h {
+		if h := HashData(want[d.secret]); dep.Spec.Template.Annotations[kind.TLSHashAnnotation] != h {
 			if dep.Spec.Template.Annotations == nil {
 				dep.Spec.Template.Annotations = map[string]string{}
 			}
