@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
-
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/event"
@@ -55,6 +54,11 @@ func (c *Cluster) prepareTLS() error {
 	return nil
 }
 
+// endpointOf is the URL of the mesh-apiserver at ip.
+func endpointOf(ip netip.Addr) string {
+	return "https://" + net.JoinHostPort(ip.String(), fmt.Sprint(apiserverPort))
+}
+
 // writeRemoteConfigs writes the clustermesh config directories: one file
 // per connected cluster, named after it, in Cilium's etcd config format.
 // kvstoremesh reads the remote clusters directly; agents read them through
@@ -63,22 +67,16 @@ func (c *Cluster) writeRemoteConfigs() error {
 	dir := c.tlsDir()
 	reader := pki.RemoteUser(c.spec.Name)
 	for _, p := range c.mesh.peersOf(c) {
-		direct := remote.EtcdConfig{
-			Endpoints:     []string{fmt.Sprintf("https://%s", net.JoinHostPort(p.apiIP.String(), fmt.Sprint(apiserverPort)))},
-			TrustedCAFile: dir.CAFile(), CertFile: dir.CertFile(reader), KeyFile: dir.KeyFile(reader),
-		}
+		direct := remote.NewEtcdConfig([]string{endpointOf(p.apiIP)}, dir, reader)
 		agentCfg := direct
 		if c.mesh.spec.KVStoreMesh {
-			agentCfg = remote.EtcdConfig{
-				Endpoints:     []string{fmt.Sprintf("https://%s", net.JoinHostPort(c.apiIP.String(), fmt.Sprint(apiserverPort)))},
-				TrustedCAFile: dir.CAFile(), CertFile: dir.CertFile(pki.LocalAgentPair), KeyFile: dir.KeyFile(pki.LocalAgentPair),
-			}
+			agentCfg = remote.NewEtcdConfig([]string{endpointOf(c.apiIP)}, dir, pki.LocalAgentPair)
 		}
 		for _, f := range []struct {
 			dir string
 			cfg remote.EtcdConfig
 		}{{c.kvstoremeshConfigDir(), direct}, {c.agentConfigDir(), agentCfg}} {
-			data, err := yaml.Marshal(f.cfg)
+			data, err := f.cfg.Marshal()
 			if err != nil {
 				return err
 			}

@@ -28,7 +28,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -398,12 +397,7 @@ type ConnectOptions struct {
 // etcdConfigFile is a config file in Cilium's format, as package remote
 // reads it.
 func etcdConfigFile(endpoints []string, tlsDir, pair string) ([]byte, error) {
-	return yaml.Marshal(remote.EtcdConfig{
-		Endpoints:     endpoints,
-		TrustedCAFile: filepath.Join(tlsDir, "ca.crt"),
-		CertFile:      filepath.Join(tlsDir, pair+".crt"),
-		KeyFile:       filepath.Join(tlsDir, pair+".key"),
-	})
+	return remote.NewEtcdConfig(endpoints, pki.Dir(tlsDir), pair).Marshal()
 }
 
 func endpointsOf(ips []string, port int32) []string {

@@ -32,6 +32,20 @@ type EtcdConfig struct {
 	KeyFile       string   `json:"key-file,omitempty"`
 }
 
+// NewEtcdConfig is the config of a connection to endpoints with the CA and
+// client pair pair of the certificate directory dir (as it is mounted
+// where the config is read): what `meshbed clustermesh connect` writes into
+// the Secrets and the simulator into its nodes' directories alike.
+func NewEtcdConfig(endpoints []string, dir pki.Dir, pair string) EtcdConfig {
+	return EtcdConfig{
+		Endpoints: endpoints, TrustedCAFile: dir.CAFile(),
+		CertFile: dir.CertFile(pair), KeyFile: dir.KeyFile(pair),
+	}
+}
+
+// Marshal is the config file's content.
+func (c EtcdConfig) Marshal() ([]byte, error) { return yaml.Marshal(c) }
+
 // ErrInvalidConfig is wrapped by every error about a config file's content;
 // the caller should fix the file (the cluster keeps its previous config).
 var ErrInvalidConfig = errors.New("invalid remote cluster config")
