@@ -1,11 +1,21 @@
-package main
+// Package plugin is meshbed's CNI plugin (spec 1.0.0), which the binary
+// cmd/meshbed-cni runs: the container runtime runs it for every pod sandbox
+// with CNI_COMMAND set, and it forwards ADD, DEL and CHECK to the node's
+// agent over its unix socket (package cni), then reports the pod's
+// interface and address. The agent does the plumbing, so the plugin is a
+// thin, stateless client. Command runs the agent DaemonSet's helpers
+// (install, health).
+package plugin
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -169,6 +179,13 @@ type errorResult struct {
 	*cni.Error
 }
 
+// Run executes the CNI command of the environment getenv reads
+// (CNI_COMMAND, CNI_CONTAINERID, ...) with the network configuration on
+// stdin, and returns the process's exit code.
+func Run(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout io.Writer) int {
+	return run(ctx, envFrom(getenv), stdin, stdout)
+}
+
 // run executes one CNI command and returns the process's exit code. The
 // result or the error goes to stdout, as the spec wants.
 func run(ctx context.Context, e env, stdin io.Reader, stdout io.Writer) int {
@@ -279,4 +296,57 @@ func checkPrevResult(prev json.RawMessage, ep cni.Endpoint) error {
 		}
 	}
 	return &cni.Error{Code: cni.CodeAgent, Msg: fmt.Sprintf("pod address changed: the agent has %s, prevResult does not", ep.IP)}
+}
+
+// Command runs one of the agent DaemonSet's helpers (install, health) and
+// returns the exit code.
+func Command(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: meshbed-cni install|health [flags] (as a CNI plugin, run with CNI_COMMAND set)")
+		return 2
+	}
+	fs := flag.NewFlagSet("meshbed-cni "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", cni.DefaultSocket, "the agent's CNI socket")
+	var err error
+	switch args[0] {
+	case "install":
+		binDir := fs.String("bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
+		confDir := fs.String("conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+		if err := fs.Parse(args[1:]); err != nil {
+			return flagExit(err)
+		}
+		self, serr := os.Executable()
+		if serr != nil {
+			err = fmt.Errorf("find own binary: %w", serr)
+			break
+		}
+		err = install(self, *binDir, *confDir, *socket)
+		if err == nil {
+			fmt.Fprintf(stdout, "installed %s and %s\n", pluginPath(*binDir), conflistPath(*confDir))
+		}
+	case "health":
+		timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the agent's answer")
+		if err := fs.Parse(args[1:]); err != nil {
+			return flagExit(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		defer cancel()
+		err = cni.NewClient(*socket).Health(ctx)
+	default:
+		fmt.Fprintf(stderr, "meshbed-cni: unknown command %q (want install or health)\n", args[0])
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "meshbed-cni %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+func flagExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }

@@ -1,4 +1,4 @@
-package main
+package plugin
 
 import (
 	"bytes"
@@ -322,13 +322,13 @@ func TestInstall(t *testing.T) {
 func TestHealthCommand(t *testing.T) {
 	_, sock := startAgent(t)
 	var stderr bytes.Buffer
-	if code := command([]string{"health", "--socket", sock}, &bytes.Buffer{}, &stderr); code != 0 {
+	if code := Command([]string{"health", "--socket", sock}, &bytes.Buffer{}, &stderr); code != 0 {
 		t.Errorf("health exit %d: %s", code, stderr.String())
 	}
-	if code := command([]string{"health", "--socket", sock + ".absent"}, &bytes.Buffer{}, &stderr); code != 1 {
+	if code := Command([]string{"health", "--socket", sock + ".absent"}, &bytes.Buffer{}, &stderr); code != 1 {
 		t.Errorf("health without agent exit %d, want 1", code)
 	}
-	if code := command([]string{"frobnicate"}, &bytes.Buffer{}, &stderr); code != 2 {
+	if code := Command([]string{"frobnicate"}, &bytes.Buffer{}, &stderr); code != 2 {
 		t.Errorf("unknown command exit %d, want 2", code)
 	}
 }
