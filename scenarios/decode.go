@@ -293,6 +293,15 @@ func (d *decoder) topology(field string, v any, st *state) {
 			*p.dst = prefix
 			cidrs = append(cidrs, cidr{prefix, c.Name, p.what, pf, false})
 		}
+		if c.PodCIDR.IsValid() && c.Nodes > NodeCapacity(c.PodCIDR) {
+			pf := join(cf, "podCIDR")
+			if _, given := get(cm, "podCIDR"); !given {
+				pf = join(cf, "nodes")
+			}
+			d.errorf(pf, "pod CIDR %s has room for %d nodes (each takes a /24 of it, node-i the i-th), not %d: want a /%d or wider",
+				c.PodCIDR, NodeCapacity(c.PodCIDR), c.Nodes, podCIDRFor(c.Nodes))
+			valid = false
+		}
 		if valid {
 			t.Clusters = append(t.Clusters, c)
 		}

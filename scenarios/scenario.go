@@ -104,8 +104,10 @@ const (
 	MaxClusterID = 255
 	// MaxClusterNameLen is the longest cluster name.
 	MaxClusterNameLen = 32
-	// MaxNodes is the most nodes a simulated cluster may have.
-	MaxNodes = 256
+	// MaxNodes is the most nodes a simulated cluster may have: node-i
+	// takes the (i+1)-th address of its cluster's /24 of the underlay, the
+	// first being the apiserver's, up to .254.
+	MaxNodes = 253
 	// DefaultNodes is the node count of a cluster that does not say.
 	DefaultNodes = 2
 	// DefaultCurlCount and DefaultTimeout are the curl and traffic
@@ -572,4 +574,23 @@ type KVStoreExpect struct {
 
 	Prefix string
 	Count  *Matcher
+}
+
+// NodeCapacity is how many nodes a cluster with pod CIDR p can hold: node-i
+// takes the i-th /24 of it (the first /24 stays unused), as the simulator
+// allocates them.
+func NodeCapacity(p netip.Prefix) int {
+	if !p.IsValid() || p.Bits() > 24 {
+		return 0
+	}
+	return min(1<<(24-p.Bits())-1, MaxNodes)
+}
+
+// podCIDRFor is the widest pod CIDR prefix length that holds n nodes.
+func podCIDRFor(n int) int {
+	bits := 24
+	for 1<<(24-bits)-1 < n {
+		bits--
+	}
+	return bits
 }

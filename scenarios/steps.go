@@ -126,6 +126,10 @@ func (d *decoder) action(step *Step, key string, v any, st *state) {
 					st.added = map[string]int{}
 				}
 				st.added[c]++ // later steps may name the new node
+				if cl, ok := st.topo.Cluster(c); ok && cl.Nodes+st.added[c] > NodeCapacity(cl.PodCIDR) {
+					d.errorf(join(key, "cluster"), "cluster %q has room for %d nodes (pod CIDR %s), and this would be node %d",
+						c, NodeCapacity(cl.PodCIDR), cl.PodCIDR, cl.Nodes+st.added[c])
+				}
 			}
 		}
 	case "chaos":
