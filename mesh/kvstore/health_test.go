@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -49,7 +50,7 @@ func TestHealthDetectsLoss(t *testing.T) {
 				changes = append(changes, st)
 			}})
 			run(t, h.Run)
-			eventually(t, 5*time.Second, func() error {
+			testenv.Eventually(t, 5*time.Second, func() error {
 				if st := h.Status(); !st.Known || !st.Reachable {
 					return fmt.Errorf("status %+v", st)
 				}
@@ -76,7 +77,7 @@ func TestHealthDetectsLoss(t *testing.T) {
 			}
 
 			tt.recover(s)
-			eventually(t, 10*time.Second, func() error {
+			testenv.Eventually(t, 10*time.Second, func() error {
 				if !h.Status().Reachable {
 					return fmt.Errorf("not reachable again: %+v", h.Status())
 				}
@@ -100,7 +101,7 @@ func TestHealthUnknownUntilTimeout(t *testing.T) {
 		t.Fatalf("known before Run: %+v", st)
 	}
 	run(t, h.Run)
-	eventually(t, 2*time.Second, func() error {
+	testenv.Eventually(t, 2*time.Second, func() error {
 		if st := h.Status(); !st.Known || st.Reachable {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -134,7 +135,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 	waitView(t, rec, map[string]string{"p/a": "1"})
 	lease := w.LeaseID()
 	s.Restart()
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		switch {
 		case w.LeaseID() == lease:
 			return fmt.Errorf("writer did not re-grant")
@@ -153,7 +154,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	const tolerance = 2
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if n := runtime.NumGoroutine(); n > before+tolerance {
 			buf := make([]byte, 1<<20)
 			return fmt.Errorf("%d goroutines, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
@@ -202,7 +203,7 @@ func TestReadOnlyRemoteUser(t *testing.T) {
 
 	h := kvstore.NewHealth(c, kvstore.HealthConfig{Interval: 50 * time.Millisecond})
 	run(t, h.Run)
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if st := h.Status(); !st.Reachable {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -297,7 +298,7 @@ func TestHealthCountsActivity(t *testing.T) {
 			}
 
 			if !tt.events {
-				eventually(t, 2*bound, func() error {
+				testenv.Eventually(t, 2*bound, func() error {
 					if st := h.Status(); !st.Known || st.Reachable {
 						return fmt.Errorf("slow probe on a silent connection not a loss: %+v", st)
 					}
@@ -348,7 +349,7 @@ func TestHealthCountsActivity(t *testing.T) {
 			}
 			// Events arriving again (the probe is still slow) are recovery.
 			s.Heal()
-			eventually(t, 10*time.Second, func() error {
+			testenv.Eventually(t, 10*time.Second, func() error {
 				if !h.Status().Reachable {
 					return fmt.Errorf("not reachable after heal: %+v", h.Status())
 				}
@@ -400,7 +401,7 @@ func TestHealthDiscountsOwnStalls(t *testing.T) {
 			cfg.Watchdog = w
 			h := kvstore.NewHealth(c, cfg)
 			run(t, h.Run)
-			eventually(t, 5*time.Second, func() error {
+			testenv.Eventually(t, 5*time.Second, func() error {
 				if st := h.Status(); !st.Known || !st.Reachable {
 					return fmt.Errorf("status %+v", st)
 				}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 )
@@ -31,7 +32,7 @@ func del(t *testing.T, s *etcdtest.Server, keys ...string) {
 // waitView waits until the reader's view equals want.
 func waitView(t *testing.T, rec *recorder, want map[string]string) {
 	t.Helper()
-	eventually(t, 15*time.Second, func() error {
+	testenv.Eventually(t, 15*time.Second, func() error {
 		v, synced := rec.state()
 		if !synced {
 			return fmt.Errorf("not synced")
@@ -164,7 +165,7 @@ func TestReaderResyncsAfterPartition(t *testing.T) {
 			if tt.wantResync {
 				// The resumed watch may catch up before the relist the
 				// reconnect causes: wait for the relist, not the view.
-				eventually(t, 15*time.Second, func() error {
+				testenv.Eventually(t, 15*time.Second, func() error {
 					if r.Resyncs() == 0 {
 						return fmt.Errorf("no resync after the transport was dropped")
 					}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -183,7 +184,7 @@ func TestWriterCanaryAfterInitialKeys(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, string(cresp.Kvs[0].Value)); err != nil {
 		t.Errorf("canary value %q: %v", cresp.Kvs[0].Value, err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if v, synced := rec.state(); !synced || len(v) != 500 {
 			return fmt.Errorf("reader synced=%v with %d keys", synced, len(v))
 		}
@@ -256,7 +257,7 @@ func TestWriterRegrantsLostLease(t *testing.T) {
 			lease := w.LeaseID()
 
 			tt.lose(t, s, w)
-			eventually(t, 15*time.Second, func() error {
+			testenv.Eventually(t, 15*time.Second, func() error {
 				if w.LeaseID() == lease {
 					return fmt.Errorf("lease %x not replaced", lease)
 				}
@@ -340,7 +341,7 @@ func TestWriterUnsynced(t *testing.T) {
 	if _, err := s.Client().Revoke(ctxT(t), lease); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, func() error {
+	testenv.Eventually(t, 15*time.Second, func() error {
 		if w.LeaseID() == lease {
 			return fmt.Errorf("lease %x not replaced", lease)
 		}

@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/kvstore"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -41,22 +42,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func ctxT(t testing.TB) context.Context {
@@ -348,7 +333,7 @@ func (l *local) has(key string) bool {
 func (l *local) equal(s *source, timeout time.Duration) {
 	l.t.Helper()
 	src := s.sourceClient()
-	eventually(l.t, timeout, func() error { return Equal(ctxT(l.t), src, l.client, s.name) })
+	testenv.Eventually(l.t, timeout, func() error { return Equal(ctxT(l.t), src, l.client, s.name) })
 }
 
 func (l *local) status(name string) (ClusterStatus, bool) {

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/identity"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -38,7 +39,7 @@ func TestIntegrationIdentityGC(t *testing.T) {
 	}
 	labels := identity.PodLabels(c1.name, "default", pod.Labels)
 	var id uint32
-	eventually(t, 20*time.Second, func() error {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		var ok bool
 		if id, ok = c1.api.Identities().LookupLabels(labels); !ok {
 			return fmt.Errorf("no identity for %s yet", labels)
@@ -57,7 +58,7 @@ func TestIntegrationIdentityGC(t *testing.T) {
 		}
 		return found
 	}
-	eventually(t, 20*time.Second, func() error {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		if !present(c1, exported) || !present(c2, cached) {
 			return fmt.Errorf("identity %d: exported %v, in %s's cache %v", id, present(c1, exported), c2.name, present(c2, cached))
 		}
@@ -75,7 +76,7 @@ func TestIntegrationIdentityGC(t *testing.T) {
 	}
 	gone := time.Now()
 	var exportGone, cacheGone time.Duration
-	eventually(t, 20*time.Second, func() error {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		if exportGone == 0 && !present(c1, exported) {
 			exportGone = time.Since(gone)
 		}

@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -66,7 +67,7 @@ func TestMirror(t *testing.T) {
 	for _, s := range srcs {
 		l.equal(s, wait)
 	}
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		for _, s := range srcs {
 			if st, _ := l.status(s.name); !st.Synced {
 				return fmt.Errorf("status of %s: %+v", s.name, st)
@@ -180,7 +181,7 @@ func TestMalformedNotCopied(t *testing.T) {
 	// to another key arrives, and the bad one has not replaced the good.
 	s.service("marker", "10.2.0.4")
 	markerKey, _ := wire.CacheKey("cluster2", wire.ServiceKey("cluster2", "default", "marker"))
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if !l.has(markerKey) {
 			return fmt.Errorf("%s not cached yet", markerKey)
 		}
@@ -191,14 +192,14 @@ func TestMalformedNotCopied(t *testing.T) {
 	}
 	l.equal(s, wait)
 	s.service("other", "10.2.0.2", "10.2.0.4")
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if got := l.list(wire.CacheRoot)[ck]; got == good || got == "" {
 			return fmt.Errorf("%s = %s, want the new good value", ck, got)
 		}
 		return nil
 	})
 	s.deleteService("other")
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if l.has(ck) {
 			return fmt.Errorf("%s still cached after its delete", ck)
 		}
@@ -305,7 +306,7 @@ func TestLossAndRecovery(t *testing.T) {
 			l.start(fastConfig(t, l))
 			l.equal(s, wait)
 			svcCanary := wire.CanaryKey(wire.Services, "cluster2", true)
-			eventually(t, wait, func() error {
+			testenv.Eventually(t, wait, func() error {
 				if !l.has(svcCanary) {
 					return errors.New("no services canary")
 				}
@@ -315,7 +316,7 @@ func TestLossAndRecovery(t *testing.T) {
 
 			lostAt := time.Now()
 			tt.lose(t, s)
-			eventually(t, lossBound+5*time.Second, func() error {
+			testenv.Eventually(t, lossBound+5*time.Second, func() error {
 				if l.has(svcCanary) {
 					return errors.New("services canary still there")
 				}
@@ -343,7 +344,7 @@ func TestLossAndRecovery(t *testing.T) {
 			wl := startWatchLog(t, l)
 			tt.recover(t, s)
 			l.equal(s, wait)
-			eventually(t, wait, func() error {
+			testenv.Eventually(t, wait, func() error {
 				if !l.has(svcCanary) {
 					return errors.New("services canary not rewritten")
 				}
@@ -379,7 +380,7 @@ func TestLossAndRecovery(t *testing.T) {
 			if !deleted {
 				t.Error("stale service default/other not deleted")
 			}
-			eventually(t, wait, func() error {
+			testenv.Eventually(t, wait, func() error {
 				if st, _ := l.status("cluster2"); !st.Reachable || !st.Synced || st.Sessions < 2 {
 					return fmt.Errorf("status %+v", st)
 				}
@@ -409,7 +410,7 @@ func TestLocalEtcdRestart(t *testing.T) {
 		l.equal(s2, wait)
 		l.equal(s3, wait)
 		// The Writer rewrites canaries after the keys.
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			for _, r := range wire.Resources {
 				if !l.has(wire.CanaryKey(r, "cluster2", true)) {
 					return fmt.Errorf("no %s canary", r)
@@ -425,7 +426,7 @@ func TestLocalEtcdRestart(t *testing.T) {
 		s3.stopWriter()
 		s3.srv.Stop()
 		svc3 := wire.CanaryKey(wire.Services, "cluster3", true)
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			if l.has(svc3) {
 				return errors.New("services canary of cluster3 still there")
 			}
@@ -433,7 +434,7 @@ func TestLocalEtcdRestart(t *testing.T) {
 		})
 		l.srv.Restart()
 		l.equal(s2, wait)
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			if !l.has(wire.CanaryKey(wire.IP, "cluster3", true)) {
 				return errors.New("ip canary of cluster3 not rewritten")
 			}
@@ -465,7 +466,7 @@ func TestRemovedClusterDrained(t *testing.T) {
 	if err := os.Remove(filepath.Join(l.dir, "cluster2")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		var left []string
 		for k := range l.list(wire.Root) {
 			if strings.Contains(k, "cluster2") {
@@ -500,7 +501,7 @@ func TestRemovedClusterDrained(t *testing.T) {
 	dead.stopWriter()
 	dead.srv.Stop()
 	l.connectRemote(dead)
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if _, ok := l.status("cluster5"); !ok {
 			return errors.New("cluster5 not configured")
 		}
@@ -509,7 +510,7 @@ func TestRemovedClusterDrained(t *testing.T) {
 	if err := os.Remove(filepath.Join(l.dir, "cluster5")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		for _, k := range leftovers {
 			if l.has(k) {
 				return fmt.Errorf("%s left after removal", k)
@@ -552,7 +553,7 @@ func TestOrphanSweep(t *testing.T) {
 	cfg.OrphanSweepDelay = 500 * time.Millisecond
 	l.start(cfg)
 	l.equal(s, wait)
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		for _, k := range append(orphans, leftover) {
 			if l.has(k) {
 				return fmt.Errorf("%s not deleted", k)
@@ -590,7 +591,7 @@ func TestNew(t *testing.T) {
 		})
 	}
 	m := l.start(good)
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if !m.started.Load() {
 			return errors.New("not started")
 		}
@@ -629,7 +630,7 @@ func TestRunStopsEverything(t *testing.T) {
 	before := runtime.NumGoroutine()
 	runOnce()
 	const tolerance = 2
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		for _, g := range strings.Split(stacks, "\n\n") {
@@ -668,7 +669,7 @@ func TestCanaryOfEarlierRun(t *testing.T) {
 			started := time.Now()
 			l.start(cfg)
 			if !reachable {
-				eventually(t, lossBound+5*time.Second, func() error {
+				testenv.Eventually(t, lossBound+5*time.Second, func() error {
 					if l.has(svcCanary) {
 						return errors.New("canary of the earlier run still there")
 					}

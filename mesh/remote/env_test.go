@@ -20,6 +20,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
@@ -39,22 +40,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = tWriter{}
-
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // --- remote cluster publisher ---------------------------------------------
 
@@ -314,7 +299,7 @@ func (r *recorder) get(cluster string) *view {
 // expect waits until the view of cluster satisfies check.
 func (r *recorder) expect(timeout time.Duration, cluster string, check func(v *view) error) {
 	r.t.Helper()
-	eventually(r.t, timeout, func() error {
+	testenv.Eventually(r.t, timeout, func() error {
 		v := r.get(cluster)
 		if v == nil {
 			return fmt.Errorf("cluster %q unknown to the sink", cluster)

@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -188,7 +189,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 	writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
 	rec.expect(wait, "cluster2", isReachable(true))
 	os.Remove(filepath.Join(dir, "cluster2"))
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if rec.get("cluster2") != nil {
 			return fmt.Errorf("not removed")
 		}
@@ -202,7 +203,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 	<-done
 
 	const tolerance = 2
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if n := runtime.NumGoroutine(); n > before+tolerance {
 			var b strings.Builder
 			pprof.Lookup("goroutine").WriteTo(&b, 1)

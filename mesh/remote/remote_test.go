@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/etcdtest"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -102,7 +103,7 @@ func TestConfigDirectory(t *testing.T) {
 	})
 	t.Run("invalid file keeps the cluster", func(t *testing.T) {
 		writeFileAtomic(t, filepath.Join(dir, "cluster2"), "endpoints: [ftp://nowhere]\n")
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			st, _ := statusOf(m, "cluster2")
 			if st.ConfigErr == nil || !strings.Contains(st.ConfigErr.Error(), filepath.Join(dir, "cluster2")) || !errors.Is(st.ConfigErr, ErrInvalidConfig) {
 				return fmt.Errorf("config error %v, want one naming the file", st.ConfigErr)
@@ -116,7 +117,7 @@ func TestConfigDirectory(t *testing.T) {
 	t.Run("invalid names reported", func(t *testing.T) {
 		writeConfig(t, dir, "Not_A_Cluster", a.Endpoints(), "")
 		writeConfig(t, dir, localName, a.Endpoints(), "")
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			for _, n := range []string{"Not_A_Cluster", localName} {
 				st, ok := statusOf(m, n)
 				if !ok || st.ConfigErr == nil || !strings.Contains(st.ConfigErr.Error(), n) || st.Running {
@@ -176,7 +177,7 @@ func TestConfigDirectory(t *testing.T) {
 	})
 	t.Run("file removed", func(t *testing.T) {
 		os.Remove(filepath.Join(dir, "cluster2"))
-		eventually(t, wait, func() error {
+		testenv.Eventually(t, wait, func() error {
 			if rec.get("cluster2") != nil {
 				return errors.New("cluster2 still known to the sink")
 			}
@@ -217,7 +218,7 @@ func TestClusterConfigValidation(t *testing.T) {
 			dir := t.TempDir()
 			writeConfig(t, dir, "cluster2", srv.Endpoints(), "")
 			m, rec := startManager(t, fastConfig(t, dir))
-			eventually(t, wait, func() error {
+			testenv.Eventually(t, wait, func() error {
 				st, _ := statusOf(m, "cluster2")
 				if st.LastErr == nil || !strings.Contains(st.LastErr.Error(), tt.want) {
 					return fmt.Errorf("last error %v, want %q", st.LastErr, tt.want)
@@ -243,7 +244,7 @@ func TestDuplicateClusterID(t *testing.T) {
 	rec.expect(wait, "cluster2", isReachable(true))
 	writeConfig(t, dir, "cluster3", b.Endpoints(), "")
 
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		st, _ := statusOf(m, "cluster3")
 		if st.LastErr == nil || !strings.Contains(st.LastErr.Error(), `cluster "cluster3": cluster ID 2 is already used by cluster "cluster2"`) {
 			return fmt.Errorf("cluster3 error %v", st.LastErr)
@@ -289,7 +290,7 @@ func TestUntrustedEntries(t *testing.T) {
 	rec.expect(wait, "cluster2", complete)
 	// The bad entries sort around the good ones: once all six have been
 	// read (and rejected), check that none was delivered.
-	eventually(t, wait, func() error {
+	testenv.Eventually(t, wait, func() error {
 		if got := rejectedCount(m, "cluster2"); got < 6 {
 			return fmt.Errorf("%d entries rejected, want 6", got)
 		}
