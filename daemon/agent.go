@@ -148,7 +148,7 @@ func (d *Agent) Run(ctx context.Context) error {
 		flows = flow.NodeHandler(ctx, d.agent.Flows)
 	}
 	defer serveCNI(ctx, d.agent, d.cfg.CNISocket, d.log.With("component", "cni"))()
-	defer serveState(ctx, d.cfg.NodeName, d.agent, d.cfg.Node, d.cfg.StateSocket, flows, d.log.With("component", "state"))()
+	defer serveState(ctx, d.cfg.NodeName, d.agent, d.cfg.Node, d.remote.Status, d.cfg.StateSocket, flows, d.log.With("component", "state"))()
 	defer serveFlows(ctx, d.cfg.FlowsAddress, flows, d.log.With("component", "flows"))()
 	return d.agent.Run(ctx)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/mesh/remote"
 )
 
 // nodeReader is what the state socket reads: the agent's side and the
@@ -30,8 +31,20 @@ type backReader interface {
 }
 
 // report is the node's state.NodeReport now.
-func report(node string, a nodeReader, dp backReader) (*state.NodeReport, error) {
+func report(node string, a nodeReader, dp backReader, remotes func() []remote.ClusterStatus) (*state.NodeReport, error) {
 	r := &state.NodeReport{Node: node, PolicyWarnings: a.PolicyWarnings(), PolicyErrors: map[string]string{}}
+	if remotes != nil {
+		for _, s := range remotes() {
+			rr := state.RemoteReport{Name: s.Name, Connected: s.Up && s.Reachable, Synced: s.Reachable && s.ServicesSynced, Cached: s.Cached}
+			switch {
+			case s.ConfigErr != nil:
+				rr.LastError = s.ConfigErr.Error()
+			case s.LastErr != nil:
+				rr.LastError = s.LastErr.Error()
+			}
+			r.Remotes = append(r.Remotes, rr)
+		}
+	}
 	r.Desired, _, _ = a.State()
 	for ref, err := range a.PolicyErrors() {
 		r.PolicyErrors[ref] = err.Error()
@@ -46,7 +59,7 @@ func report(node string, a nodeReader, dp backReader) (*state.NodeReport, error)
 // serveState serves GET /v1/state on the unix socket path until ctx ends or
 // the returned function is called; like the CNI server it retries a socket
 // it cannot bind and never fails the agent.
-func serveState(ctx context.Context, node string, a nodeReader, dp backReader, path string, flows http.Handler, log *slog.Logger) (stop func()) {
+func serveState(ctx context.Context, node string, a nodeReader, dp backReader, remotes func() []remote.ClusterStatus, path string, flows http.Handler, log *slog.Logger) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
@@ -55,7 +68,7 @@ func serveState(ctx context.Context, node string, a nodeReader, dp backReader, p
 		mux.Handle(flow.Path, flows)
 	}
 	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, _ *http.Request) {
-		r, err := report(node, a, dp)
+		r, err := report(node, a, dp, remotes)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return

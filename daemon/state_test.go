@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/meshbed/meshbed/internal/testenv"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/flow/relay"
+	"github.com/meshbed/meshbed/mesh/remote"
 )
 
 type fakeNode struct{ desired *state.State }
@@ -33,7 +35,13 @@ func (fakeNode) ReadBack() ([]state.Service, []state.IPCacheEntry, error) {
 func TestStateSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	f := fakeNode{desired: &state.State{Nodes: []state.Node{{Name: "n1"}}}}
-	stop := serveState(t.Context(), "n1", f, f, sock, nil, slog.New(slog.DiscardHandler))
+	remotes := func() []remote.ClusterStatus {
+		return []remote.ClusterStatus{
+			{Name: "cluster2", Up: true, Reachable: true, ServicesSynced: true, Cached: true},
+			{Name: "cluster3", Up: true, LastErr: errors.New("unreachable")},
+		}
+	}
+	stop := serveState(t.Context(), "n1", f, f, remotes, sock, nil, slog.New(slog.DiscardHandler))
 	defer stop()
 	var out bytes.Buffer
 	testenv.Eventually(t, 5e9, func() error { out.Reset(); return CopyState(t.Context(), sock, &out) })
@@ -44,6 +52,10 @@ func TestStateSocket(t *testing.T) {
 	if r.Node != "n1" || r.Desired == nil || len(r.Desired.Nodes) != 1 || len(r.Services) != 1 || len(r.IPCache) != 1 ||
 		r.IPCache[0].Identity != 7 || r.PolicyErrors["default/q"] != "bad" || r.PolicyWarnings["default/p"][0] != "w" {
 		t.Errorf("report = %+v", r)
+	}
+	want := []state.RemoteReport{{Name: "cluster2", Connected: true, Synced: true, Cached: true}, {Name: "cluster3", LastError: "unreachable"}}
+	if !slices.Equal(r.Remotes, want) {
+		t.Errorf("remotes %+v, want %+v", r.Remotes, want)
 	}
 	stop()
 	if err := CopyState(t.Context(), filepath.Join(t.TempDir(), "none.sock"), &out); err == nil || !strings.Contains(err.Error(), "no agent at") {
@@ -57,7 +69,7 @@ func TestStateSocketServesFlows(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	f := fakeNode{desired: &state.State{}}
 	flows := flow.NodeHandler(t.Context(), func() *flow.Observer { return nil })
-	stop := serveState(t.Context(), "n1", f, f, sock, flows, slog.New(slog.DiscardHandler))
+	stop := serveState(t.Context(), "n1", f, f, nil, sock, flows, slog.New(slog.DiscardHandler))
 	defer stop()
 	src := relay.SocketSource(sock)
 	testenv.Eventually(t, 5e9, func() error {

@@ -16,4 +16,20 @@ type NodeReport struct {
 	// PolicyWarnings and PolicyErrors are by policy reference.
 	PolicyWarnings map[string][]string `json:"policyWarnings,omitempty"`
 	PolicyErrors   map[string]string   `json:"policyErrors,omitempty"`
+	// Remotes are the remote clusters the agent is configured for, as it
+	// sees them.
+	Remotes []RemoteReport `json:"remotes,omitempty"`
+}
+
+// RemoteReport is one remote cluster as a node's agent sees it.
+type RemoteReport struct {
+	Name string `json:"name"`
+	// Connected: the current session's cluster-config was validated and
+	// the remote answers; Synced: its services are synced and it is
+	// reachable, so the agent programs its backends.
+	Connected bool `json:"connected"`
+	Synced    bool `json:"synced"`
+	// Cached: read through the local kvstoremesh.
+	Cached    bool   `json:"cached,omitempty"`
+	LastError string `json:"lastError,omitempty"`
 }

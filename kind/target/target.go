@@ -130,6 +130,8 @@ type kcluster struct {
 	// nodes are the cluster's nodes in name order, which is node-1..N.
 	nodes []corev1.Node
 	info  *clustermesh.Cluster
+	// peers are the clusters the topology connects this one to.
+	peers []string
 }
 
 var _ engine.Target = (*Target)(nil)
@@ -259,7 +261,13 @@ func (t *Target) Up(ctx context.Context, sc *scenarios.Scenario) error {
 	}
 	for _, c := range sc.Topology.Clusters {
 		t.order = append(t.order, c.Name)
-		t.clusters[c.Name] = &kcluster{spec: c, context: t.opts.Contexts[c.Name]}
+		kc := &kcluster{spec: c, context: t.opts.Contexts[c.Name]}
+		for _, o := range sc.Topology.Clusters {
+			if o.Name != c.Name && sc.Topology.Connected(c.Name, o.Name) {
+				kc.peers = append(kc.peers, o.Name)
+			}
+		}
+		t.clusters[c.Name] = kc
 	}
 	if len(t.opts.Contexts) == 0 {
 		if err := t.create(ctx, sc); err != nil {
@@ -498,8 +506,9 @@ func (t *Target) cluster(name string) (*kcluster, error) {
 }
 
 // Settle implements engine.Target: every Deployment of every cluster
-// ready, every agent and mesh-apiserver ready, and (without a partition)
-// every connected remote cluster synced.
+// ready, every agent and mesh-apiserver ready, and (without a partition or
+// a stopped component) every connected remote cluster synced, by
+// kvstoremesh and by the agent of every node.
 func (t *Target) Settle(ctx context.Context) error {
 	for _, name := range t.order {
 		c := t.clusters[name]
@@ -518,6 +527,38 @@ func (t *Target) Settle(ctx context.Context) error {
 		})
 		if err != nil {
 			return fmt.Errorf("cluster %s: %w\n%s", name, err, out.String())
+		}
+		// kvstoremesh synced is not yet every agent synced: an agent reads
+		// its remote clusters from a Secret volume, which the kubelet
+		// updates up to a minute or so after connect wrote it.
+		if probe != nil {
+			if err := eventually(ctx, 4*time.Minute, func() error { return t.agentsSynced(ctx, c) }); err != nil {
+				return fmt.Errorf("cluster %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// agentsSynced says whether every node's agent runs and has every peer
+// of its cluster synced.
+func (t *Target) agentsSynced(ctx context.Context, c *kcluster) error {
+	reports, err := t.reports(ctx, c)
+	if err != nil {
+		return err
+	}
+	for i, r := range reports {
+		if r == nil {
+			return fmt.Errorf("%s: no agent running", c.nodes[i].Name)
+		}
+		synced := map[string]bool{}
+		for _, rr := range r.Remotes {
+			synced[rr.Name] = rr.Synced
+		}
+		for _, p := range c.peers {
+			if !synced[p] {
+				return fmt.Errorf("the agent on %s has %s not synced (remotes %+v)", c.nodes[i].Name, p, r.Remotes)
+			}
 		}
 	}
 	return nil

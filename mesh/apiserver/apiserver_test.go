@@ -156,17 +156,12 @@ func start(t *testing.T, m *mesh, e *env, tweak func(*Config)) (s *Server, stop 
 // eventually polls cond every 20 ms until it returns "" or 10 s pass.
 func eventually(t *testing.T, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if msg := cond(); msg != "" {
+			return errors.New(msg)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out: %s", msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func get(t *testing.T, s *Server, key string) (string, bool) {
