@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/meshbed/meshbed/scenarios"
 	"github.com/meshbed/meshbed/sim/workload"
 )
 
@@ -72,15 +73,19 @@ spec:
 `
 
 // meshSpec is n clusters of nodes nodes each, with the CIDRs the scenario
-// files use (cluster i: pods 10.<10i>.0.0/16, services 10.<10i+1>.0.0/16).
+// files use (cluster i: pods 10.<10i>.0.0/16, services 10.<10i+1>.0.0/16),
+// or beyond 24 clusters, where those run out, the scenario format's
+// defaults.
 func meshSpec(n, nodes int) Spec {
 	s := Spec{KVStoreMesh: true, Seed: 1}
 	for i := 1; i <= n; i++ {
-		s.Clusters = append(s.Clusters, ClusterSpec{
-			Name: fmt.Sprintf("cluster%d", i), ID: uint32(i), Nodes: nodes,
-			PodCIDR:     netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 10*i)),
-			ServiceCIDR: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 10*i+1)),
-		})
+		c := ClusterSpec{Name: fmt.Sprintf("cluster%d", i), ID: uint32(i), Nodes: nodes,
+			PodCIDR: scenarios.DefaultPodCIDR(i), ServiceCIDR: scenarios.DefaultServiceCIDR(i)}
+		if n <= 24 {
+			c.PodCIDR = netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 10*i))
+			c.ServiceCIDR = netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 10*i+1))
+		}
+		s.Clusters = append(s.Clusters, c)
 	}
 	return s
 }
