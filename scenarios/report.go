@@ -2,9 +2,12 @@ package scenarios
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -222,4 +225,30 @@ func (r *Report) clusters() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// WriteDir writes the report into dir: report.json and report.html, and
+// history.jsonl for chaos steps and repro.yaml for a shrunk failure.
+func (rep *Report) WriteDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	files := map[string]func(io.Writer) error{"report.json": rep.WriteJSON, "report.html": rep.WriteHTML}
+	if rep.HasChaos() {
+		files["history.jsonl"] = rep.WriteHistory
+	}
+	if rep.Repro != nil {
+		files["repro.yaml"] = func(w io.Writer) error { _, err := w.Write(rep.Repro); return err }
+	}
+	for name, write := range files {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		werr := write(f)
+		if err := errors.Join(werr, f.Close()); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	return nil
 }

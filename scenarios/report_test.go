@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -213,5 +215,28 @@ func TestStreamRecord(t *testing.T) {
 	}
 	if s.EndSeconds() != 3 {
 		t.Errorf("EndSeconds() = %v, want 3", s.EndSeconds())
+	}
+}
+
+// TestWriteDir: a report directory holds report.json (which reads back)
+// and report.html, and repro.yaml only for a shrunk failure.
+func TestWriteDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	rep := fixedReport()
+	rep.Repro = []byte("kind: Scenario\n")
+	if err := rep.WriteDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadReport(filepath.Join(dir, "report.json"))
+	if err != nil || back.Scenario != rep.Scenario {
+		t.Fatalf("report.json reads back as %+v, %v", back, err)
+	}
+	for _, f := range []string{"report.html", "repro.yaml"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "history.jsonl")); err == nil {
+		t.Error("history.jsonl written for a report without chaos steps")
 	}
 }

@@ -185,7 +185,7 @@ func runScenario(cmd *cobra.Command, sc *scenarios.Scenario, rf runFlags) error 
 		}
 	}
 	if dir != "" {
-		if err := writeReport(dir, rep); err != nil {
+		if err := rep.WriteDir(dir); err != nil {
 			return &exitError{2, err}
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "report: %s\n", filepath.Join(dir, "report.html"))
@@ -211,28 +211,4 @@ func componentLogger(file string, verbose bool, stderr io.Writer) (*slog.Logger,
 		return slog.New(slog.NewTextHandler(stderr, nil)), func() {}, nil
 	}
 	return slog.New(slog.DiscardHandler), func() {}, nil
-}
-
-func writeReport(dir string, rep *scenarios.Report) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	files := map[string]func(io.Writer) error{"report.json": rep.WriteJSON, "report.html": rep.WriteHTML}
-	if rep.HasChaos() {
-		files["history.jsonl"] = rep.WriteHistory
-	}
-	if rep.Repro != nil {
-		files["repro.yaml"] = func(w io.Writer) error { _, err := w.Write(rep.Repro); return err }
-	}
-	for name, write := range files {
-		f, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			return err
-		}
-		werr := write(f)
-		if err := errors.Join(werr, f.Close()); err != nil {
-			return fmt.Errorf("write %s: %w", name, err)
-		}
-	}
-	return nil
 }
