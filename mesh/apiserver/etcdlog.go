@@ -45,7 +45,7 @@ func (c *slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
 	for _, f := range fs {
 		f.AddTo(enc)
 	}
-	attrs := []any{"component", "etcd", "etcdLevel", e.Level.String()}
+	attrs := []any{"etcdLevel", e.Level.String()}
 	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
 		attrs = append(attrs, k, enc.Fields[k])
 	}
