@@ -23,10 +23,10 @@ import (
 	"github.com/meshbed/meshbed/datapath/node"
 	"github.com/meshbed/meshbed/datapath/state"
 	"github.com/meshbed/meshbed/datapath/wireguard"
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/service"
-	"github.com/meshbed/meshbed/mesh/wire"
 )
 
 // options are the command's flags: the agent's own (agentConfig, whose
@@ -127,14 +127,7 @@ func (o options) validate() (routing state.RoutingMode, nodeIP netip.Addr, err e
 	if _, err := o.encryptionConfig(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := wire.ValidateClusterName(o.clusterName); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
-	}
-	if err := wire.ValidateMaxConnectedClusters(o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
-	} else if err := wire.ValidateClusterID(o.clusterID, o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
-	}
+	errs = append(errs, cmdutil.ClusterFlags(o.clusterName, o.clusterID, o.maxConnected)...)
 	if o.nodeName == "" {
 		errs = append(errs, errors.New("--node-name is required (or set $NODE_NAME)"))
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -52,14 +53,7 @@ func kvstoremeshCmd() *cobra.Command {
 
 func (o kvstoremeshOptions) validate() error {
 	var errs []error
-	if err := wire.ValidateClusterName(o.clusterName); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
-	}
-	if err := wire.ValidateMaxConnectedClusters(o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
-	} else if err := wire.ValidateClusterID(o.clusterID, o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
-	}
+	errs = append(errs, cmdutil.ClusterFlags(o.clusterName, o.clusterID, o.maxConnected)...)
 	if o.configDir == "" {
 		errs = append(errs, errors.New("--clustermesh-config is required"))
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstoremesh"
@@ -88,14 +89,7 @@ func newCommand() *cobra.Command {
 // its flag.
 func (o options) validate() error {
 	var errs []error
-	if err := wire.ValidateClusterName(o.clusterName); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
-	}
-	if err := wire.ValidateMaxConnectedClusters(o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
-	} else if err := wire.ValidateClusterID(o.clusterID, o.maxConnected); err != nil {
-		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
-	}
+	errs = append(errs, cmdutil.ClusterFlags(o.clusterName, o.clusterID, o.maxConnected)...)
 	if host, port, err := net.SplitHostPort(o.listen); err != nil {
 		errs = append(errs, fmt.Errorf("--listen %q: %w", o.listen, err))
 	} else if net.ParseIP(host) == nil {

@@ -1,0 +1,25 @@
+// Package cmdutil holds what meshbed's mains share: flag checks that name
+// the flag in their errors.
+package cmdutil
+
+import (
+	"fmt"
+
+	"github.com/meshbed/meshbed/mesh/wire"
+)
+
+// ClusterFlags checks the --cluster-name, --cluster-id and
+// --max-connected-clusters of a component, each error naming its flag (the
+// ID only once the maximum it depends on is valid).
+func ClusterFlags(name string, id, maxConnected uint32) []error {
+	var errs []error
+	if err := wire.ValidateClusterName(name); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
+	}
+	if err := wire.ValidateMaxConnectedClusters(maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--max-connected-clusters: %w", err))
+	} else if err := wire.ValidateClusterID(id, maxConnected); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
+	}
+	return errs
+}
