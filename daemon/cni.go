@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/meshbed/meshbed/datapath/endpoint"
@@ -87,20 +88,29 @@ func serveCNI(ctx context.Context, a agentEndpoints, path string, log *slog.Logg
 	if path == "" {
 		return func() {}
 	}
+	srv := cni.NewServer(cniBackend{a}, log)
+	return serveUnix(ctx, "CNI server", path, log, srv.Serve)
+}
+
+// serveUnix runs serve on the unix socket path until ctx ends or the
+// returned function is called (which waits for it to stop). It never fails
+// the agent: if the socket cannot be bound, or serve fails, it logs what
+// and tries again every cniRetry, while the agent keeps serving what it
+// has. serve returns nil once its context ends.
+func serveUnix(ctx context.Context, what, path string, log *slog.Logger, serve func(context.Context, net.Listener) error) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	srv := cni.NewServer(cniBackend{a}, log)
 	go func() {
 		defer close(done)
 		for {
-			l, err := cni.Listen(path)
+			l, err := cni.Listen(path) // a private unix socket
 			if err == nil {
-				log.Info("CNI server listening", "socket", path)
-				if err = srv.Serve(ctx, l); err == nil {
+				log.Info(what+" listening", "socket", path)
+				if err = serve(ctx, l); err == nil {
 					return
 				}
 			}
-			log.Error("CNI server down; retrying", "socket", path, "err", err, "in", cniRetry)
+			log.Error(what+" down; retrying", "socket", path, "err", err, "in", cniRetry)
 			select {
 			case <-ctx.Done():
 				return

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/meshbed/meshbed/datapath/state"
-	"github.com/meshbed/meshbed/mesh/agent/cni"
 	"github.com/meshbed/meshbed/mesh/flow"
 	"github.com/meshbed/meshbed/mesh/remote"
 )
@@ -77,36 +76,18 @@ func serveState(ctx context.Context, node string, a nodeReader, dp backReader, r
 		_ = json.NewEncoder(w).Encode(r)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			l, err := cni.Listen(path) // a private unix socket, as the CNI one
-			if err == nil {
-				log.Info("State socket listening", "socket", path)
-				go func() {
-					<-ctx.Done()
-					sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-					defer c()
-					_ = srv.Shutdown(sctx)
-				}()
-				if err = srv.Serve(l); errors.Is(err, http.ErrServerClosed) {
-					return
-				}
-			}
-			log.Error("State socket down; retrying", "socket", path, "err", err, "in", cniRetry)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(cniRetry):
-			}
+	return serveUnix(ctx, "State socket", path, log, func(ctx context.Context, l net.Listener) error {
+		stop := context.AfterFunc(ctx, func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		})
+		defer stop()
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
+		return nil
+	})
 }
 
 // CopyState copies the report of the agent serving socket (its node's
