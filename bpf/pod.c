@@ -51,6 +51,77 @@ static __always_inline int encap(struct __sk_buff *skb, const struct node_config
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
+#define FAST_MISS (-1)
+
+/* fast_forward forwards a packet of an established connection by its flow
+ * cache: one conntrack lookup (two for a connection that is not to a
+ * service) instead of the endpoint, service, backend, ipcache, policy and
+ * conntrack lookups of the full path. It takes only packets that would
+ * change nothing in conntrack (no SYN, FIN or RST, an entry refreshed less
+ * than CT_REFRESH_INTERVAL ago, no flag to learn), so it writes no entry;
+ * every other packet, about one a second per connection, takes the full
+ * path, which keeps the connection's other entries fresh too. FAST_MISS:
+ * take the full path. *svc is the connection's SERVICE entry if there is
+ * one. */
+static __always_inline int fast_forward(struct __sk_buff *skb, const struct node_config *cfg,
+					struct flow_event *ev, struct pkt *p, __u32 revision,
+					struct ct_entry **svc)
+{
+	struct endpoint *dst = NULL;
+	struct ct_entry *e = NULL;
+	struct ct_key k;
+	bool service;
+
+	if (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST))
+		return FAST_MISS;
+	ct_key_from(&k, p, CT_SCOPE_SERVICE, false);
+	if (p->has_ports) {
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		*svc = e;
+	}
+	service = e != NULL;
+	if (!e) {
+		k.scope = CT_SCOPE_EGRESS;
+		e = bpf_map_lookup_elem(&conntrack, &k);
+	}
+	if (!e || e->revision != revision || e->src_ifindex != skb->ifindex)
+		return FAST_MISS;
+	if (ct_age(e->last_seen, ct_now()) > CT_REFRESH_INTERVAL || (e->flags & CT_F_CLOSING))
+		return FAST_MISS;
+	/* A service entry learns the connection is up from an ACK (lb.h). */
+	if (service && (p->tcp_flags & TCP_FLAG_ACK) && !(e->flags & CT_F_REPLY_SEEN))
+		return FAST_MISS;
+	if (e->cache & CT_C_LOCAL) {
+		__be32 daddr = service ? e->nat_addr : p->daddr;
+
+		dst = bpf_map_lookup_elem(&endpoints, &daddr);
+		if (!dst)
+			return FAST_MISS;
+	}
+
+	ev->endpoint_id = e->src_endpoint_id;
+	ev->src_identity = e->src_identity;
+	ev->src_cluster = cfg->cluster_id;
+	ev->dst_identity = e->dst_identity;
+	ev->dst_cluster = e->dst_cluster;
+	ev->tunnel_endpoint = e->tunnel_endpoint;
+	if (service) {
+		ev->rev_nat_id = e->rev_nat_id;
+		ev->orig_daddr = p->daddr;
+		ev->orig_dport = p->dport;
+		ev->backend_id = e->backend_id;
+		ev->backend_cluster = e->backend_cluster;
+		if (nat_rewrite(skb, p, true, e->nat_addr, e->nat_port) < 0)
+			return drop(skb, ev, p, DROP_NAT_FAILED);
+	}
+	if (dst)
+		return to_endpoint(skb, p, dst, e->src_identity, ev, cfg, DELIVER_REDIRECT);
+	if (!(cfg->flags & CFG_NATIVE_ROUTING) && e->tunnel_endpoint)
+		return encap(skb, cfg, ev, p, e->src_identity, e->tunnel_endpoint);
+	trace(skb, cfg, ev, p, REASON_FWD_STACK);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
@@ -58,10 +129,12 @@ int from_container(struct __sk_buff *skb)
 	struct lb_result lb = {};
 	struct pkt p = {};
 	struct endpoint *src, *dst;
-	struct ct_entry *ce;
+	struct ct_entry *ce, *svc = NULL;
 	struct node_config *cfg;
+	struct ct_cache cache;
 	struct peer peer;
 	enum ct_status st;
+	__u32 revision;
 	int ret;
 
 	cfg = config_get();
@@ -73,6 +146,14 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK; /* ARP and (for now) IPv6 are the host stack's */
 	if (ret != PARSE_OK)
 		return drop(skb, &ev, &p, DROP_MALFORMED);
+
+	/* Read once: what the full path caches below was read under it. */
+	revision = *(volatile __u32 *)&cfg->revision;
+	if (revision && !(cfg->flags & CFG_TRACE)) {
+		ret = fast_forward(skb, cfg, &ev, &p, revision, &svc);
+		if (ret != FAST_MISS)
+			return ret;
+	}
 
 	/* The pod behind this veth may only send from its own address:
 	 * everything after trusts the source identity derived from it. */
@@ -94,6 +175,13 @@ int from_container(struct __sk_buff *skb)
 			return drop(skb, &ev, &p, DROP_NO_BACKEND);
 		if (ret == LB_NAT_FAILED)
 			return drop(skb, &ev, &p, DROP_NAT_FAILED);
+	} else if (svc) {
+		/* The SERVICE entry of a service that is gone: without it the
+		 * connection's packets find their cache in the EGRESS entry. */
+		struct ct_key k;
+
+		ct_key_from(&k, &p, CT_SCOPE_SERVICE, false);
+		bpf_map_delete_elem(&conntrack, &k);
 	}
 
 	dst = bpf_map_lookup_elem(&endpoints, &p.daddr);
@@ -114,8 +202,32 @@ int from_container(struct __sk_buff *skb)
 	    !policy_allows(src->id, DIR_EGRESS, peer.identity, p.proto, p.dport))
 		return drop(skb, &ev, &p, DROP_POLICY_EGRESS);
 
+	/* What the next packets of the connection can skip all of the above
+	 * for: not for replies, which are allowed by their state alone. */
+	cache = (struct ct_cache){
+		.revision = st == CT_REPLY ? 0 : revision,
+		.src_ifindex = skb->ifindex,
+		.src_identity = src->identity,
+		.dst_identity = peer.identity,
+		.tunnel_endpoint = peer.tunnel_endpoint,
+		.src_endpoint_id = src->id,
+		.dst_cluster = peer.cluster_id,
+		.flags = dst ? CT_C_LOCAL : 0,
+	};
+	if (ret == LB_TRANSLATED) {
+		cache.nat_addr = p.daddr;
+		cache.nat_port = p.dport;
+		cache.backend_cluster = lb.backend_cluster;
+		if (lb.new_conn)
+			lb_pin(&p, &lb, &cache);
+		else if (lb.ce)
+			ct_cache_set(lb.ce, &cache);
+	}
 	if (st == CT_NEW)
-		ct_create(&p, CT_SCOPE_EGRESS, lb.backend_id, lb.rev_nat_id);
+		ct_create(&p, CT_SCOPE_EGRESS, lb.backend_id, lb.rev_nat_id,
+			  ret == LB_TRANSLATED ? NULL : &cache);
+	else if (st == CT_ESTABLISHED && ret != LB_TRANSLATED && ce)
+		ct_cache_set(ce, &cache);
 	if (st == CT_NEW || lb.new_conn) {
 		if (peer.cluster_id && peer.cluster_id != cfg->cluster_id)
 			metric_count(REASON_REMOTE_CLUSTER, skb->len);

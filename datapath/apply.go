@@ -34,6 +34,9 @@ type programmed struct {
 	// strayBackends are IDs of backends found in pinned maps with the
 	// key of another, kept while a service slot refers to them.
 	strayBackends map[uint32]bool
+	// writes counts map writes: Apply bumps the datapath's revision
+	// (node_config.revision) when it wrote anything.
+	writes uint64
 }
 
 func newProgrammed() programmed {
@@ -124,11 +127,17 @@ func (d *Datapath) Apply(s *state.State) error {
 	}
 	// ipcache first, so services and endpoints written next can reach what
 	// they refer to; endpoints last, so a pod's first packet finds the rest.
+	writes := d.prog.writes
 	err := errors.Join(
 		d.applyIPCache(s.IPCache),
 		d.applyServices(s.Services),
 		d.applyEndpoints(s.Endpoints),
 	)
+	if d.prog.writes != writes {
+		// Last: the flow caches of conntrack entries hold what the
+		// programs found in the maps under the earlier revision.
+		err = errors.Join(err, d.bumpRevision())
+	}
 	if err != nil {
 		return fmt.Errorf("datapath: apply: %w", err)
 	}
@@ -152,12 +161,13 @@ func (d *Datapath) mapErr(mapName, item string, err error) error {
 	return fmt.Errorf("%s: write %s: %w", item, mapName, err)
 }
 
-// put writes keys[i] -> values[i], in one syscall where the map supports
+// put writes keys[i] -> values[i] (counting the write in *writes), in one syscall where the map supports
 // batches. It returns how many leading entries were written.
-func put[K, V any](m *ebpf.Map, keys []K, values []V) (int, error) {
+func put[K, V any](writes *uint64, m *ebpf.Map, keys []K, values []V) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
+	*writes++
 	if len(keys) > 1 {
 		n, err := m.BatchUpdate(keys, values, nil)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
@@ -172,11 +182,13 @@ func put[K, V any](m *ebpf.Map, keys []K, values []V) (int, error) {
 	return len(keys), nil
 }
 
-// del removes keys, ignoring those already gone.
-func del[K any](m *ebpf.Map, keys []K) error {
+// del removes keys, ignoring those already gone (counting the write in
+// *writes).
+func del[K any](writes *uint64, m *ebpf.Map, keys []K) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	*writes++
 	if len(keys) > 1 {
 		n, err := m.BatchDelete(keys, nil)
 		if err == nil {
@@ -225,7 +237,7 @@ func (d *Datapath) applyIPCache(entries []state.IPCacheEntry) error {
 		}
 	}
 	var errs []error
-	if err := del(d.pod.Ipcache, gone); err != nil {
+	if err := del(&d.prog.writes, d.pod.Ipcache, gone); err != nil {
 		errs = append(errs, fmt.Errorf("delete ipcache entries: %w", err))
 	}
 	for _, k := range gone {
@@ -240,7 +252,7 @@ func (d *Datapath) applyIPCache(entries []state.IPCacheEntry) error {
 			vals = append(vals, v)
 		}
 	}
-	n, err := put(d.pod.Ipcache, keys, vals)
+	n, err := put(&d.prog.writes, d.pod.Ipcache, keys, vals)
 	for i := range n {
 		d.prog.ipcache[keys[i]] = vals[i]
 	}
@@ -311,7 +323,7 @@ func (d *Datapath) applyServices(services []state.Service) error {
 		putIDs = append(putIDs, id)
 		putVals = append(putVals, v)
 	}
-	n, err := put(d.pod.Backends, putIDs, putVals)
+	n, err := put(&d.prog.writes, d.pod.Backends, putIDs, putVals)
 	for i, id := range putIDs {
 		k := d.prog.backendIDs[id]
 		if i < n {
@@ -380,7 +392,7 @@ func (d *Datapath) deleteStrayBackends() error {
 			gone = append(gone, id)
 		}
 	}
-	if err := del(d.pod.Backends, gone); err != nil {
+	if err := del(&d.prog.writes, d.pod.Backends, gone); err != nil {
 		return fmt.Errorf("delete stray backends: %w", err)
 	}
 	for _, id := range gone {
@@ -399,7 +411,7 @@ func (d *Datapath) deleteUnusedBackends(keep map[backendKey]uint8) error {
 			unused = append(unused, pb.id)
 		}
 	}
-	err := del(d.pod.Backends, unused)
+	err := del(&d.prog.writes, d.pod.Backends, unused)
 	if err != nil {
 		return fmt.Errorf("delete unused backends: %w", err)
 	}
@@ -526,6 +538,7 @@ func (d *Datapath) applyService(svc state.Service) error {
 		}
 		revNatID = id
 		rv := podRevnatValue{Addr: be32(fe.IP), Port: be16(fe.Port)}
+		d.prog.writes++
 		if err := d.pod.Revnat.Put(revNatID, &rv); err != nil {
 			return d.mapErr("revnat", item, err)
 		}
@@ -533,9 +546,10 @@ func (d *Datapath) applyService(svc state.Service) error {
 	slots := assignSlots(old, active)
 
 	undo := func(added []podSvcKey, restored []podSvcKey, restoredVals []podSvcValue) {
-		_ = del(d.pod.Services, added)
-		_, _ = put(d.pod.Services, restored, restoredVals)
+		_ = del(&d.prog.writes, d.pod.Services, added)
+		_, _ = put(&d.prog.writes, d.pod.Services, restored, restoredVals)
 		if ps == nil {
+			d.prog.writes++
 			_ = d.pod.Revnat.Delete(revNatID)
 		}
 	}
@@ -547,7 +561,7 @@ func (d *Datapath) applyService(svc state.Service) error {
 		addKeys = append(addKeys, svcKey(fe, uint16(i+1)))
 		addVals = append(addVals, podSvcValue{BackendId: slots[i]})
 	}
-	if n, err := put(d.pod.Services, addKeys, addVals); err != nil {
+	if n, err := put(&d.prog.writes, d.pod.Services, addKeys, addVals); err != nil {
 		undo(addKeys[:n], nil, nil)
 		return d.mapErr("services", fmt.Sprintf("%s slot %d", item, len(old)+n+1), err)
 	}
@@ -564,13 +578,14 @@ func (d *Datapath) applyService(svc state.Service) error {
 		}
 	}
 	oldKeys = chKeys
-	if n, err := put(d.pod.Services, chKeys, chVals); err != nil {
+	if n, err := put(&d.prog.writes, d.pod.Services, chKeys, chVals); err != nil {
 		undo(addKeys, oldKeys[:n], oldVals[:n])
 		return d.mapErr("services", fmt.Sprintf("%s slot %d", item, chKeys[n].Slot), err)
 	}
 
 	// 3. The flip.
 	master := podSvcValue{Count: uint16(len(slots)), RevNatId: revNatID}
+	d.prog.writes++
 	if err := d.pod.Services.Put(svcKey(fe, 0), &master); err != nil {
 		undo(addKeys, oldKeys, oldVals)
 		return d.mapErr("services", item, err)
@@ -581,7 +596,7 @@ func (d *Datapath) applyService(svc state.Service) error {
 	for i := len(slots); i < len(old); i++ {
 		stale = append(stale, svcKey(fe, uint16(i+1)))
 	}
-	if err := del(d.pod.Services, stale); err != nil {
+	if err := del(&d.prog.writes, d.pod.Services, stale); err != nil {
 		d.log.Warn("delete stale service slots", "service", svc.Name, "frontend", fe.String(), "error", err)
 	}
 
@@ -613,6 +628,7 @@ func sameIDs(a, b []uint32) bool {
 
 func (d *Datapath) removeService(fe state.Frontend, ps *progService) error {
 	item := fmt.Sprintf("service %q %s", ps.name, fe)
+	d.prog.writes++
 	if err := d.pod.Services.Delete(svcKey(fe, 0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("%s: delete: %w", item, err)
 	}
@@ -621,9 +637,10 @@ func (d *Datapath) removeService(fe state.Frontend, ps *progService) error {
 		keys = append(keys, svcKey(fe, uint16(i+1)))
 	}
 	var errs []error
-	if err := del(d.pod.Services, keys); err != nil {
+	if err := del(&d.prog.writes, d.pod.Services, keys); err != nil {
 		errs = append(errs, fmt.Errorf("%s: delete slots: %w", item, err))
 	}
+	d.prog.writes++
 	if err := d.pod.Revnat.Delete(ps.revNatID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("%s: delete rev-NAT entry: %w", item, err))
 	}
@@ -683,11 +700,12 @@ func (d *Datapath) removeEndpoint(id uint16, pe *progEndpoint) error {
 			continue // read back from pinned links or policy alone
 		}
 		ipKey := be32(ip)
+		d.prog.writes++
 		if err := d.pod.Endpoints.Delete(&ipKey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("%s: delete: %w", item, err))
 		}
 	}
-	if err := del(d.pod.Policy, slices.Collect(mapKeys(pe.policy))); err != nil {
+	if err := del(&d.prog.writes, d.pod.Policy, slices.Collect(mapKeys(pe.policy))); err != nil {
 		errs = append(errs, fmt.Errorf("%s: delete policy: %w", item, err))
 	}
 	delete(d.prog.endpoints, id)
@@ -733,8 +751,8 @@ func (d *Datapath) applyEndpoint(ep state.Endpoint, link *netlink.LinkAttrs) err
 	for i := range addVals {
 		addVals[i].Allow = 1
 	}
-	if n, err := put(d.pod.Policy, addKeys, addVals); err != nil {
-		_ = del(d.pod.Policy, addKeys[:n])
+	if n, err := put(&d.prog.writes, d.pod.Policy, addKeys, addVals); err != nil {
+		_ = del(&d.prog.writes, d.pod.Policy, addKeys[:n])
 		return d.mapErr("policy", item+" policy", err)
 	}
 
@@ -745,18 +763,21 @@ func (d *Datapath) applyEndpoint(ep state.Endpoint, link *netlink.LinkAttrs) err
 	next.value.Flags = flags
 	if next.value != pe.value || next.ip != pe.ip {
 		ipKey := be32(ep.IP)
+		d.prog.writes++
 		if err := d.pod.Endpoints.Put(&ipKey, &next.value); err != nil {
-			_ = del(d.pod.Policy, addKeys)
+			_ = del(&d.prog.writes, d.pod.Policy, addKeys)
 			return d.mapErr("endpoints", item, err)
 		}
 		if pe.ip.IsValid() && pe.ip != ep.IP {
 			oldKey := be32(pe.ip)
+			d.prog.writes++
 			_ = d.pod.Endpoints.Delete(&oldKey)
 		}
 	}
 	for _, ip := range pe.staleIPs {
 		if ip != ep.IP {
 			k := be32(ip)
+			d.prog.writes++
 			_ = d.pod.Endpoints.Delete(&k)
 		}
 	}
@@ -786,7 +807,7 @@ func (d *Datapath) applyEndpoint(ep state.Endpoint, link *netlink.LinkAttrs) err
 			stale = append(stale, k)
 		}
 	}
-	if err := del(d.pod.Policy, stale); err != nil {
+	if err := del(&d.prog.writes, d.pod.Policy, stale); err != nil {
 		errs = append(errs, fmt.Errorf("%s: delete stale policy: %w", item, err))
 	}
 	next.policy = wantPolicy

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -145,7 +146,7 @@ func New(opts Options) (*Datapath, error) {
 			return nil, err
 		}
 	}
-	d.cfg = podNodeConfig{ClusterId: opts.ClusterID}
+	d.cfg = podNodeConfig{ClusterId: opts.ClusterID, Revision: d.firstRevision()}
 	if opts.Routing == state.Native {
 		d.cfg.Flags |= cfgNativeRouting
 	}
@@ -292,6 +293,35 @@ func loadError(object string, err error) error {
 		return fmt.Errorf("datapath: load %s object: %+v", object, ve)
 	}
 	return fmt.Errorf("datapath: load %s object: %w", object, err)
+}
+
+// firstRevision is the revision (node_config.revision) New starts from:
+// one past the pinned configuration's, so that no conntrack entry kept from
+// the earlier Datapath has its flow cache taken as current; a random one
+// when there is none to go on (a conntrack table kept without its
+// configuration would then match by a 1 in 2^32 chance at worst).
+func (d *Datapath) firstRevision() uint32 {
+	var old podNodeConfig
+	if err := d.pod.Config.Lookup(uint32(0), &old); err == nil && old.Revision != 0 {
+		return nextRevision(old.Revision)
+	}
+	return nextRevision(rand.Uint32())
+}
+
+// nextRevision is the revision after r: never 0, which means "no cache".
+func nextRevision(r uint32) uint32 {
+	if r++; r == 0 {
+		r = 1
+	}
+	return r
+}
+
+// bumpRevision tells the programs that the maps changed: every flow cache
+// of the earlier revision is void, and the next packet of each connection
+// takes the full path (and caches afresh). d.mu is held.
+func (d *Datapath) bumpRevision() error {
+	d.cfg.Revision = nextRevision(d.cfg.Revision)
+	return d.writeConfig()
 }
 
 func (d *Datapath) writeConfig() error {

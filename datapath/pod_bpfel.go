@@ -23,12 +23,22 @@ type podBackend struct {
 }
 
 type podCtEntry struct {
-	_         structs.HostLayout
-	LastSeen  uint64
-	BackendId uint32
-	RevNatId  uint16
-	Flags     uint8
-	Pad       uint8
+	_              structs.HostLayout
+	LastSeen       uint64
+	BackendId      uint32
+	RevNatId       uint16
+	Flags          uint8
+	Cache          uint8
+	Revision       uint32
+	SrcIfindex     uint32
+	SrcIdentity    uint32
+	DstIdentity    uint32
+	TunnelEndpoint uint32
+	NatAddr        uint32
+	NatPort        uint16
+	SrcEndpointId  uint16
+	DstCluster     uint16
+	BackendCluster uint16
 }
 
 type podCtKey struct {
@@ -105,7 +115,7 @@ type podNodeConfig struct {
 	VxlanIfindex uint32
 	Flags        uint32
 	ClusterId    uint32
-	Pad          uint32
+	Revision     uint32
 }
 
 type podPolicyKey struct {

@@ -246,7 +246,7 @@ func (d *Datapath) restoreServices() error {
 			staleRevNat = append(staleRevNat, id)
 		}
 	}
-	if err := errors.Join(del(d.pod.Services, unreachable), del(d.pod.Revnat, staleRevNat)); err != nil {
+	if err := errors.Join(del(&d.prog.writes, d.pod.Services, unreachable), del(&d.prog.writes, d.pod.Revnat, staleRevNat)); err != nil {
 		return fmt.Errorf("delete unreachable entries: %w", err)
 	}
 
@@ -289,7 +289,7 @@ func (d *Datapath) restoreServices() error {
 	if len(d.prog.strayBackends) > 0 || len(unused) > 0 {
 		d.log.Warn("pinned backends map has keys under several IDs", "kept_while_in_slots", len(d.prog.strayBackends), "deleted", len(unused))
 	}
-	if err := del(d.pod.Backends, unused); err != nil {
+	if err := del(&d.prog.writes, d.pod.Backends, unused); err != nil {
 		return fmt.Errorf("delete duplicate backends: %w", err)
 	}
 	// References: what the slots hold. Terminating backends have no slot;

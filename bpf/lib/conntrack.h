@@ -26,6 +26,20 @@
  * every packet costs more than the precision is worth. */
 #define CT_REFRESH_INTERVAL (1ULL * NSEC_PER_SEC)
 
+/* ct_now is the conntrack clock. Coarse (a tick behind at worst) because
+ * lifetimes are seconds, and it costs a fraction of bpf_ktime_get_ns. */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* ct_age is how long ago t was, 0 if it is in the future (an entry written
+ * with a finer clock, by an earlier version of the datapath). */
+static __always_inline __u64 ct_age(__u64 t, __u64 now)
+{
+	return (__s64)(now - t) > 0 ? now - t : 0;
+}
+
 enum ct_status {
 	CT_NEW = 0,
 	CT_ESTABLISHED = 1,
@@ -68,7 +82,7 @@ static __always_inline bool ct_expired(const struct ct_entry *e, __u8 proto, __u
 		lifetime = CT_LIFETIME_CLOSING;
 	else if (proto == IPPROTO_TCP && (e->flags & CT_F_REPLY_SEEN))
 		lifetime = CT_LIFETIME_TCP;
-	return now - e->last_seen > lifetime;
+	return ct_age(e->last_seen, now) > lifetime;
 }
 
 /* ct_touch records activity on an entry the packet matched. */
@@ -85,7 +99,7 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, bo
 		flags |= CT_F_REPLY_SEEN;
 	if (flags != e->flags)
 		e->flags = flags;
-	if (now - e->last_seen > CT_REFRESH_INTERVAL)
+	if (ct_age(e->last_seen, now) > CT_REFRESH_INTERVAL)
 		e->last_seen = now;
 }
 
@@ -97,7 +111,7 @@ static __always_inline enum ct_status ct_lookup(const struct pkt *p, __u8 fwd_sc
 {
 	struct ct_key k;
 	struct ct_entry *e;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	ct_key_from(&k, p, fwd_scope, false);
 	e = bpf_map_lookup_elem(&conntrack, &k);
@@ -117,20 +131,77 @@ static __always_inline enum ct_status ct_lookup(const struct pkt *p, __u8 fwd_sc
 	return CT_NEW;
 }
 
-static __always_inline void ct_create(const struct pkt *p, __u8 scope, __u32 backend_id,
-				      __u16 rev_nat_id)
+/* ct_cache holds the flow cache of a conntrack entry (see struct ct_entry);
+ * revision 0 is an empty cache. */
+struct ct_cache {
+	__u32 revision;
+	__u32 src_ifindex;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__be32 tunnel_endpoint;
+	__be32 nat_addr;
+	__be16 nat_port;
+	__u16 src_endpoint_id;
+	__u16 dst_cluster;
+	__u16 backend_cluster;
+	__u8 flags; /* CT_C_* */
+};
+
+static __always_inline void ct_cache_copy(struct ct_entry *e, const struct ct_cache *c)
 {
-	struct ct_key k;
+	e->cache = c->flags;
+	e->src_ifindex = c->src_ifindex;
+	e->src_identity = c->src_identity;
+	e->dst_identity = c->dst_identity;
+	e->tunnel_endpoint = c->tunnel_endpoint;
+	e->nat_addr = c->nat_addr;
+	e->nat_port = c->nat_port;
+	e->src_endpoint_id = c->src_endpoint_id;
+	e->dst_cluster = c->dst_cluster;
+	e->backend_cluster = c->backend_cluster;
+}
+
+/* ct_cache_set fills the flow cache of an entry in the map. The revision
+ * goes last: a reader on another CPU that sees it sees the rest (x86 and
+ * arm64 JITs keep the order of plain stores the compiler keeps; a reader
+ * racing the first fill at worst takes the slow path). */
+static __always_inline void ct_cache_set(struct ct_entry *e, const struct ct_cache *c)
+{
+	if (e->revision == c->revision && c->revision)
+		return; /* already cached for this revision: no write */
+	e->revision = 0;
+	barrier();
+	ct_cache_copy(e, c);
+	barrier();
+	e->revision = c->revision;
+}
+
+/* ct_create_key creates the entry k; c, if not NULL, is its flow cache. */
+static __always_inline void ct_create_key(const struct ct_key *k, const struct pkt *p, __u32 backend_id,
+					  __u16 rev_nat_id, const struct ct_cache *c)
+{
 	struct ct_entry e = {
-		.last_seen = bpf_ktime_get_ns(),
+		.last_seen = ct_now(),
 		.backend_id = backend_id,
 		.rev_nat_id = rev_nat_id,
 	};
 
 	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		e.flags = CT_F_CLOSING;
-	ct_key_from(&k, p, scope, false);
+	if (c) {
+		ct_cache_copy(&e, c);
+		e.revision = c->revision;
+	}
 	/* An LRU map evicts rather than fails; if it still fails the packet
 	 * goes on untracked and the next one tries again. */
-	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+	bpf_map_update_elem(&conntrack, k, &e, BPF_ANY);
+}
+
+static __always_inline void ct_create(const struct pkt *p, __u8 scope, __u32 backend_id,
+				      __u16 rev_nat_id, const struct ct_cache *c)
+{
+	struct ct_key k;
+
+	ct_key_from(&k, p, scope, false);
+	ct_create_key(&k, p, backend_id, rev_nat_id, c);
 }

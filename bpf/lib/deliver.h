@@ -62,7 +62,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, struct pkt *p, con
 	if (st == CT_NEW || (st == CT_ESTABLISHED && ct_opens(p)))
 		ev->flags |= FLOW_F_NEW;
 	if (st == CT_NEW) {
-		ct_create(p, CT_SCOPE_INGRESS, 0, 0);
+		ct_create(p, CT_SCOPE_INGRESS, 0, 0, NULL);
 	} else if (st == CT_REPLY && ce && ce->rev_nat_id) {
 		__u16 rev_nat_id = ce->rev_nat_id;
 

@@ -23,9 +23,12 @@ struct lb_result {
 	__u32 backend_id;
 	__u32 backend_cluster;
 	__u16 rev_nat_id;
-	bool new_conn; /* a backend was chosen for this packet */
+	bool new_conn; /* a backend was chosen for this packet: the caller
+			* creates the SERVICE entry (lb_pin), with its flow cache */
 	__be32 orig_daddr;
 	__be16 orig_dport;
+	struct ct_entry *ce; /* the connection's SERVICE entry, if it kept it */
+	struct backend *b;
 };
 
 static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, struct lb_result *r)
@@ -52,7 +55,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, st
 	r->orig_dport = p->dport;
 
 	/* An existing connection keeps its backend while that backend exists. */
-	now = bpf_ktime_get_ns();
+	now = ct_now();
 	ct_key_from(&ck, p, CT_SCOPE_SERVICE, false);
 	ce = bpf_map_lookup_elem(&conntrack, &ck);
 	if (ce && !ct_expired(ce, p->proto, now) && ce->rev_nat_id == master->rev_nat_id) {
@@ -65,6 +68,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, st
 			b = NULL;
 		if (b) {
 			backend_id = ce->backend_id;
+			r->ce = ce;
 			/* A service entry sees only client->frontend packets, so
 			 * it cannot learn that the backend answered: count any
 			 * established packet (ACK) as proof the connection is up. */
@@ -85,15 +89,31 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, st
 		b = bpf_map_lookup_elem(&backends, &backend_id);
 		if (!b)
 			return LB_NO_BACKEND;
-		ct_create(p, CT_SCOPE_SERVICE, backend_id, master->rev_nat_id);
 		r->new_conn = true;
 	}
 
 	r->backend_id = backend_id;
 	r->backend_cluster = b->cluster_id;
+	r->b = b;
 	if (nat_rewrite(skb, p, true, b->addr, b->port) < 0)
 		return LB_NAT_FAILED;
 	return LB_TRANSLATED;
+}
+
+/* lb_pin creates the SERVICE entry of a connection lb_translate chose a
+ * backend for (r->new_conn); p is the translated packet. */
+static __always_inline void lb_pin(const struct pkt *p, const struct lb_result *r, const struct ct_cache *c)
+{
+	struct ct_key k = {
+		.saddr = p->saddr,
+		.daddr = r->orig_daddr,
+		.sport = p->sport,
+		.dport = r->orig_dport,
+		.proto = p->proto,
+		.scope = CT_SCOPE_SERVICE,
+	};
+
+	ct_create_key(&k, p, r->backend_id, r->rev_nat_id, c);
 }
 
 /* lb_rev_nat rewrites a reply from a backend so it comes from the frontend. */

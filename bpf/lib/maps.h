@@ -37,7 +37,10 @@ struct node_config {
 	__u32 vxlan_ifindex;
 	__u32 flags;
 	__u32 cluster_id; /* this node's cluster, to tell cross-cluster flows */
-	__u32 pad;
+	/* revision of the other maps' contents: the agent bumps it after every
+	 * change of services, backends, endpoints, ipcache or policy. The flow
+	 * cache of a conntrack entry holds for that revision only. Never 0. */
+	__u32 revision;
 };
 
 struct {
@@ -135,12 +138,30 @@ struct ct_key {
 	__u16 pad;
 };
 
+/* ct_entry.cache */
+#define CT_C_LOCAL (1U << 0) /* the destination is an endpoint of this node */
+
 struct ct_entry {
-	__u64 last_seen; /* bpf_ktime_get_ns */
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns */
 	__u32 backend_id;
 	__u16 rev_nat_id;
 	__u8 flags;
-	__u8 pad;
+	__u8 cache; /* CT_C_* */
+	/* The flow cache (conntrack.h, ct_cache_set): what from_container
+	 * decided for the opening direction of the connection, valid while
+	 * revision equals node_config.revision (0: nothing cached). Set on
+	 * the connection's SERVICE entry for a service, on its EGRESS entry
+	 * otherwise. It holds only verdicts that forwarded (policy allowed). */
+	__u32 revision;
+	__u32 src_ifindex;  /* the veth the source was checked on */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__be32 tunnel_endpoint; /* of the destination, 0: none */
+	__be32 nat_addr;        /* service: the backend's address ... */
+	__be16 nat_port;        /* ... and port */
+	__u16 src_endpoint_id;
+	__u16 dst_cluster;
+	__u16 backend_cluster;
 };
 
 struct {

@@ -28,7 +28,9 @@ struct pkt {
 #define PARSE_NOT_IPV4 1
 #define PARSE_MALFORMED 2
 
-static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
+/* pkt_parse_copy parses with a copy of each header: any header length, any
+ * skb. */
+static __always_inline int pkt_parse_copy(struct __sk_buff *skb, struct pkt *p)
 {
 	struct iphdr ip;
 	__u32 ihl;
@@ -69,6 +71,57 @@ static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
 				       &p->tcp_flags, 1) < 0)
 			return PARSE_MALFORMED;
 	}
+	return PARSE_OK;
+}
+
+/* The headers of the common packet, IPv4 without options and the first 16
+ * bytes of TCP or UDP, which pkt_parse reads at once. */
+struct pkt_hdrs {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+	__u8 l4[12]; /* TCP: flags at l4[9] */
+};
+
+#define PKT_TCP_FLAGS 9
+
+/* pkt_parse reads the headers in place when the skb's linear part holds
+ * them (the common case on a veth), or else with one copy; headers with
+ * options and short packets take pkt_parse_copy. */
+static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct pkt_hdrs *h = data + ETH_HLEN;
+	struct pkt_hdrs buf;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	if ((void *)(h + 1) > data_end) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &buf, sizeof(buf)) < 0)
+			return pkt_parse_copy(skb, p);
+		h = &buf;
+	}
+	if (h->ip.ihl_version != 0x45)
+		return pkt_parse_copy(skb, p);
+
+	p->saddr = h->ip.saddr;
+	p->daddr = h->ip.daddr;
+	p->proto = h->ip.protocol;
+	p->l4_off = ETH_HLEN + sizeof(struct iphdr);
+	p->sport = 0;
+	p->dport = 0;
+	p->tcp_flags = 0;
+	p->has_ports = false;
+	if (h->ip.frag_off & bpf_htons(IP_OFFSET))
+		return PARSE_OK;
+	if (h->ip.protocol == IPPROTO_TCP || h->ip.protocol == IPPROTO_UDP) {
+		p->sport = h->sport;
+		p->dport = h->dport;
+		p->has_ports = true;
+	}
+	if (h->ip.protocol == IPPROTO_TCP)
+		p->tcp_flags = h->l4[PKT_TCP_FLAGS];
 	return PARSE_OK;
 }
 
