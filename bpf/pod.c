@@ -57,10 +57,10 @@ static __always_inline int encap(struct __sk_buff *skb, const struct node_config
  * cache: one conntrack lookup (two for a connection that is not to a
  * service) instead of the endpoint, service, backend, ipcache, policy and
  * conntrack lookups of the full path. It takes only packets that would
- * change nothing in conntrack (no SYN, FIN or RST, an entry refreshed less
- * than CT_REFRESH_INTERVAL ago, no flag to learn), so it writes no entry;
- * every other packet, about one a second per connection, takes the full
- * path, which keeps the connection's other entries fresh too. FAST_MISS:
+ * change nothing in conntrack (no SYN, FIN or RST, no flag to learn), within
+ * CT_CACHE_JIFFIES of the last packet that took the full path, so it writes
+ * no entry; every other packet, one every 0.1 to 1 s per connection, takes
+ * the full path, which keeps the connection's entries fresh. FAST_MISS:
  * take the full path. *svc is the connection's SERVICE entry if there is
  * one. */
 static __always_inline int fast_forward(struct __sk_buff *skb, const struct node_config *cfg,
@@ -86,7 +86,7 @@ static __always_inline int fast_forward(struct __sk_buff *skb, const struct node
 	}
 	if (!e || e->revision != revision || e->src_ifindex != skb->ifindex)
 		return FAST_MISS;
-	if (ct_age(e->last_seen, ct_now()) > CT_REFRESH_INTERVAL || (e->flags & CT_F_CLOSING))
+	if (ct_jiffies() - e->cache_jiffies > CT_CACHE_JIFFIES || (e->flags & CT_F_CLOSING))
 		return FAST_MISS;
 	/* A service entry learns the connection is up from an ACK (lb.h). */
 	if (service && (p->tcp_flags & TCP_FLAG_ACK) && !(e->flags & CT_F_REPLY_SEEN))
@@ -213,6 +213,7 @@ int from_container(struct __sk_buff *skb)
 		.src_endpoint_id = src->id,
 		.dst_cluster = peer.cluster_id,
 		.flags = dst ? CT_C_LOCAL : 0,
+		.jiffies = ct_jiffies(),
 	};
 	if (ret == LB_TRANSLATED) {
 		cache.nat_addr = p.daddr;

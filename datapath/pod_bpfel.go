@@ -39,6 +39,8 @@ type podCtEntry struct {
 	SrcEndpointId  uint16
 	DstCluster     uint16
 	BackendCluster uint16
+	CacheJiffies   uint32
+	Pad2           uint32
 }
 
 type podCtKey struct {

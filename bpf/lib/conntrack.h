@@ -145,7 +145,20 @@ struct ct_cache {
 	__u16 dst_cluster;
 	__u16 backend_cluster;
 	__u8 flags; /* CT_C_* */
+	__u32 jiffies;
 };
+
+/* A connection's packets skip the full path for at most this many jiffies
+ * (0.1 s at HZ=1000 to 1 s at HZ=100), which keeps its conntrack entries
+ * refreshed (CT_REFRESH_INTERVAL) well within their lifetimes. Jiffies
+ * rather than the conntrack clock: reading them costs no helper call (the
+ * verifier inlines bpf_jiffies64). */
+#define CT_CACHE_JIFFIES 100
+
+static __always_inline __u32 ct_jiffies(void)
+{
+	return (__u32)bpf_jiffies64();
+}
 
 static __always_inline void ct_cache_copy(struct ct_entry *e, const struct ct_cache *c)
 {
@@ -159,6 +172,7 @@ static __always_inline void ct_cache_copy(struct ct_entry *e, const struct ct_ca
 	e->src_endpoint_id = c->src_endpoint_id;
 	e->dst_cluster = c->dst_cluster;
 	e->backend_cluster = c->backend_cluster;
+	e->cache_jiffies = c->jiffies;
 }
 
 /* ct_cache_set fills the flow cache of an entry in the map. The revision
@@ -167,8 +181,12 @@ static __always_inline void ct_cache_copy(struct ct_entry *e, const struct ct_ca
  * racing the first fill at worst takes the slow path). */
 static __always_inline void ct_cache_set(struct ct_entry *e, const struct ct_cache *c)
 {
-	if (e->revision == c->revision && c->revision)
-		return; /* already cached for this revision: no write */
+	if (e->revision == c->revision && c->revision) {
+		/* already cached for this revision: only the time */
+		if (e->cache_jiffies != c->jiffies)
+			e->cache_jiffies = c->jiffies;
+		return;
+	}
 	e->revision = 0;
 	barrier();
 	ct_cache_copy(e, c);

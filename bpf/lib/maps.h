@@ -162,6 +162,10 @@ struct ct_entry {
 	__u16 src_endpoint_id;
 	__u16 dst_cluster;
 	__u16 backend_cluster;
+	/* jiffies (low 32 bits) when the full path last took a packet of the
+	 * connection: the cache is used for CT_CACHE_JIFFIES after. */
+	__u32 cache_jiffies;
+	__u32 pad2;
 };
 
 struct {

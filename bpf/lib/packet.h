@@ -129,13 +129,13 @@ static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
 #define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 
-/* nat_rewrite replaces the source (dst == false) or destination address and
+/* nat_rewrite_slow replaces the source (dst == false) or destination address and
  * port, fixing the IP checksum and the TCP/UDP checksum incrementally. The
  * csum helpers also handle CHECKSUM_PARTIAL skbs from veth, where only the
  * pseudo-header part of the checksum is in the packet. A UDP checksum of 0
  * means "none" and is left alone (BPF_F_MARK_MANGLED_0). */
-static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, bool dst,
-				       __be32 addr, __be16 port)
+static __always_inline int nat_rewrite_slow(struct __sk_buff *skb, struct pkt *p, bool dst,
+					    __be32 addr, __be16 port)
 {
 	__be32 old_addr = dst ? p->daddr : p->saddr;
 	__be16 old_port = dst ? p->dport : p->sport;
@@ -176,6 +176,131 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, boo
 		p->saddr = addr;
 		if (p->has_ports)
 			p->sport = port;
+	}
+	return 0;
+}
+
+/* Ones' complement arithmetic on raw (network order) values, as the
+ * kernel's csum helpers do it. */
+static __always_inline __u32 csum_add32(__u32 sum, __u32 v)
+{
+	sum += v;
+	return sum + (sum < v);
+}
+
+static __always_inline __u16 csum_fold16(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* csum_full is a complete checksum check after from changed to to (the
+ * kernel's csum_replace4); csum_pseudo the same change to the pseudo-header
+ * sum that a CHECKSUM_PARTIAL skb holds instead. mangled: a result of 0 is
+ * written as 0xffff (UDP). */
+static __always_inline __u16 csum_full(__u16 check, __u32 from, __u32 to, bool mangled)
+{
+	__u16 c = ~csum_fold16(csum_add32(csum_add32(~(__u32)check, ~from), to));
+
+	return mangled && !c ? 0xffff : c;
+}
+
+static __always_inline __u16 csum_pseudo(__u16 check, __u32 from, __u32 to, bool mangled)
+{
+	__u16 c = csum_fold16(csum_add32(csum_add32((__u32)check, ~from), to));
+
+	return mangled && !c ? 0xffff : c;
+}
+
+/* What nat_rewrite writes back at once: from the IP header checksum
+ * (offset 10) to the end of the TCP checksum (the UDP one is nearer), what
+ * lies between written as it was. */
+#define NAT_STORE_OFF 10
+#define NAT_STORE_MAX 28
+
+/* nat_rewrite replaces the source (dst == false) or destination address and
+ * port, like nat_rewrite_slow, in two helper calls rather than five
+ * (helper calls are what a packet's time goes to): one bpf_l4_csum_replace
+ * for the address, which alone knows how the skb's checksum is to be
+ * updated (a CHECKSUM_PARTIAL skb from a veth holds only the pseudo-header
+ * sum) and whose result says which way it went; then one store of the IP
+ * checksum and addresses, the port and the L4 checksum. What
+ * it cannot decide so (options, a non-linear skb, a change the result does
+ * not tell apart, ICMP) goes to nat_rewrite_slow. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, bool dst,
+				       __be32 addr, __be16 port)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__be32 old_addr = dst ? p->daddr : p->saddr;
+	__be16 old_port = dst ? p->dport : p->sport;
+	bool tcp = p->proto == IPPROTO_TCP;
+	__u32 check_rel = tcp ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check);
+	__u32 csum_off = ETH_HLEN + sizeof(struct iphdr) + check_rel;
+	__u32 start = dst ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source);
+	__u8 buf[NAT_STORE_MAX] __attribute__((aligned(8)));
+	struct iphdr *ip;
+	__u8 *l4;
+	__u16 c0, c1, full, pseudo, ipcheck;
+	bool udp_none;
+
+	if ((!tcp && p->proto != IPPROTO_UDP) || !p->has_ports ||
+	    p->l4_off != ETH_HLEN + sizeof(struct iphdr) || addr == old_addr)
+		return nat_rewrite_slow(skb, p, dst, addr, port);
+	ip = data + ETH_HLEN;
+	l4 = (void *)(ip + 1);
+	if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
+		return nat_rewrite_slow(skb, p, dst, addr, port);
+	c0 = *(__u16 *)(l4 + check_rel);
+	/* UDP without a checksum: nothing to update in L4. */
+	udp_none = !tcp && c0 == 0;
+	c1 = c0;
+	if (!udp_none) {
+		full = csum_full(c0, old_addr, addr, !tcp);
+		pseudo = csum_pseudo(c0, old_addr, addr, !tcp);
+		if (full == pseudo)
+			return nat_rewrite_slow(skb, p, dst, addr, port);
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
+					BPF_F_PSEUDO_HDR | (tcp ? 0 : BPF_F_MARK_MANGLED_0) | sizeof(addr)) < 0)
+			return -1;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		l4 = (void *)(ip + 1);
+		if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
+			return -1;
+		c1 = *(__u16 *)(l4 + check_rel);
+		if (c1 == full) {
+			/* a complete checksum: the port is in it too */
+			if (port != old_port)
+				c1 = csum_full(c1, (__u16)old_port, (__u16)port, !tcp);
+		} else if (c1 != pseudo) {
+			return -1; /* neither: not what the helper does */
+		}
+	}
+
+	/* Everything from the IP checksum to the L4 one, in one store. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)ip + NAT_STORE_OFF + NAT_STORE_MAX > data_end)
+		return -1;
+	__builtin_memcpy(buf, (void *)ip + NAT_STORE_OFF, NAT_STORE_MAX);
+	ipcheck = csum_full(ip->check, old_addr, addr, false);
+	__builtin_memcpy(buf, &ipcheck, sizeof(ipcheck));
+	__builtin_memcpy(buf + (dst ? 6 : 2), &addr, sizeof(addr));
+	__builtin_memcpy(buf + 10 + start, &port, sizeof(port));
+	__builtin_memcpy(buf + 10 + check_rel, &c1, sizeof(c1));
+	if (bpf_skb_store_bytes(skb, ETH_HLEN + NAT_STORE_OFF, buf, tcp ? NAT_STORE_MAX : 18, 0) < 0)
+		return -1;
+
+	if (dst) {
+		p->daddr = addr;
+		p->dport = port;
+	} else {
+		p->saddr = addr;
+		p->sport = port;
 	}
 	return 0;
 }
