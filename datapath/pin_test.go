@@ -582,6 +582,26 @@ func TestPinnedIncompatibleMapReplaced(t *testing.T) {
 			}
 			return Options{ConntrackEntries: 1024}
 		}, "backends", "KeySize: 8 changed to 4"},
+		{"conntrack entry of an older datapath", func(t *testing.T, pin string) Options {
+			// The layout before the flow cache: 16-byte entries
+			// (last_seen, backend_id, rev_nat_id, flags, pad).
+			path := filepath.Join(pin, pinMapsDir, "conntrack")
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 16, MaxEntries: 1024})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if err := m.Put(make([]byte, 16), make([]byte, 16)); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Pin(path); err != nil {
+				t.Fatal(err)
+			}
+			return Options{ConntrackEntries: 1024}
+		}, "conntrack", "ValueSize: 16 changed to 56"},
 		{"map type changed", func(t *testing.T, pin string) Options {
 			path := filepath.Join(pin, pinMapsDir, "revnat")
 			if err := os.Remove(path); err != nil {
@@ -659,8 +679,8 @@ func TestPinnedIncompatibleMapReplaced(t *testing.T) {
 				t.Errorf("services map replaced too")
 			}
 			if tt.replaced == "conntrack" {
-				if n := countEntries(t, second.pod.Conntrack); n != 0 || second.pod.Conntrack.MaxEntries() != 2048 {
-					t.Errorf("conntrack: %d entries, %d max, want a new empty one of 2048", n, second.pod.Conntrack.MaxEntries())
+				if n, max := countEntries(t, second.pod.Conntrack), second.pod.Conntrack.MaxEntries(); n != 0 || max != opts.ConntrackEntries {
+					t.Errorf("conntrack: %d entries, %d max, want a new empty one of %d", n, max, opts.ConntrackEntries)
 				}
 			}
 			// Apply makes the maps whole again, and traffic flows.
