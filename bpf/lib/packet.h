@@ -134,7 +134,7 @@ static __always_inline int pkt_parse(struct __sk_buff *skb, struct pkt *p)
  * csum helpers also handle CHECKSUM_PARTIAL skbs from veth, where only the
  * pseudo-header part of the checksum is in the packet. A UDP checksum of 0
  * means "none" and is left alone (BPF_F_MARK_MANGLED_0). */
-static __always_inline int nat_rewrite_slow(struct __sk_buff *skb, struct pkt *p, bool dst,
+static __noinline int nat_rewrite_slow(struct __sk_buff *skb, struct pkt *p, bool dst,
 					    __be32 addr, __be16 port)
 {
 	__be32 old_addr = dst ? p->daddr : p->saddr;
