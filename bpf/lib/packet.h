@@ -12,6 +12,7 @@
 #include "proto.h"
 #include <bpf_helpers.h>
 #include <bpf_endian.h>
+#include <bpf_core_read.h>
 
 struct pkt {
 	__be32 saddr;
@@ -219,15 +220,34 @@ static __always_inline __u16 csum_pseudo(__u16 check, __u32 from, __u32 to, bool
 #define NAT_STORE_OFF 10
 #define NAT_STORE_MAX 28
 
+/* skb->ip_summed, read from the kernel's sk_buff (CO-RE, the kernel's BTF):
+ * how the L4 checksum of the packet is to be updated. */
+#define CHECKSUM_NONE 0
+#define CHECKSUM_UNNECESSARY 1
+#define CHECKSUM_COMPLETE 2
+#define CHECKSUM_PARTIAL 3
+
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;
+
+struct sk_buff {
+	__u8 ip_summed : 2;
+} __attribute__((preserve_access_index));
+
+static __always_inline int skb_ip_summed(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+
+	return BPF_CORE_READ_BITFIELD(k, ip_summed);
+}
+
 /* nat_rewrite replaces the source (dst == false) or destination address and
- * port, like nat_rewrite_slow, in two helper calls rather than five
- * (helper calls are what a packet's time goes to): one bpf_l4_csum_replace
- * for the address, which alone knows how the skb's checksum is to be
- * updated (a CHECKSUM_PARTIAL skb from a veth holds only the pseudo-header
- * sum) and whose result says which way it went; then one store of the IP
- * checksum and addresses, the port and the L4 checksum. What
- * it cannot decide so (options, a non-linear skb, a change the result does
- * not tell apart, ICMP) goes to nat_rewrite_slow. */
+ * port, like nat_rewrite_slow, in one helper call rather than five (helper
+ * calls are what a packet's time goes to): the checksums are computed here
+ * as the csum helpers would (the skb's ip_summed says how: a
+ * CHECKSUM_PARTIAL skb from a veth holds only the pseudo-header sum in the
+ * L4 checksum), and the IP checksum and addresses, the port and the L4
+ * checksum written in one store. What it does not handle (IP options, a
+ * non-linear skb, CHECKSUM_COMPLETE, ICMP) goes to nat_rewrite_slow. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, bool dst,
 				       __be32 addr, __be16 port)
 {
@@ -237,61 +257,40 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, boo
 	__be16 old_port = dst ? p->dport : p->sport;
 	bool tcp = p->proto == IPPROTO_TCP;
 	__u32 check_rel = tcp ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check);
-	__u32 csum_off = ETH_HLEN + sizeof(struct iphdr) + check_rel;
 	__u32 start = dst ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source);
 	__u8 buf[NAT_STORE_MAX] __attribute__((aligned(8)));
 	struct iphdr *ip;
-	__u8 *l4;
-	__u16 c0, c1, full, pseudo, ipcheck;
-	bool udp_none;
+	__u16 check, ipcheck;
+	int summed;
 
 	if ((!tcp && p->proto != IPPROTO_UDP) || !p->has_ports ||
-	    p->l4_off != ETH_HLEN + sizeof(struct iphdr) || addr == old_addr)
+	    p->l4_off != ETH_HLEN + sizeof(struct iphdr))
 		return nat_rewrite_slow(skb, p, dst, addr, port);
-	ip = data + ETH_HLEN;
-	l4 = (void *)(ip + 1);
-	if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
+	summed = skb_ip_summed(skb);
+	if (summed == CHECKSUM_COMPLETE)
 		return nat_rewrite_slow(skb, p, dst, addr, port);
-	c0 = *(__u16 *)(l4 + check_rel);
-	/* UDP without a checksum: nothing to update in L4. */
-	udp_none = !tcp && c0 == 0;
-	c1 = c0;
-	if (!udp_none) {
-		full = csum_full(c0, old_addr, addr, !tcp);
-		pseudo = csum_pseudo(c0, old_addr, addr, !tcp);
-		if (full == pseudo)
-			return nat_rewrite_slow(skb, p, dst, addr, port);
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
-					BPF_F_PSEUDO_HDR | (tcp ? 0 : BPF_F_MARK_MANGLED_0) | sizeof(addr)) < 0)
-			return -1;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		ip = data + ETH_HLEN;
-		l4 = (void *)(ip + 1);
-		if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
-			return -1;
-		c1 = *(__u16 *)(l4 + check_rel);
-		if (c1 == full) {
-			/* a complete checksum: the port is in it too */
-			if (port != old_port)
-				c1 = csum_full(c1, (__u16)old_port, (__u16)port, !tcp);
-		} else if (c1 != pseudo) {
-			return -1; /* neither: not what the helper does */
-		}
-	}
-
-	/* Everything from the IP checksum to the L4 one, in one store. */
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
 	ip = data + ETH_HLEN;
 	if ((void *)ip + NAT_STORE_OFF + NAT_STORE_MAX > data_end)
-		return -1;
+		return nat_rewrite_slow(skb, p, dst, addr, port);
 	__builtin_memcpy(buf, (void *)ip + NAT_STORE_OFF, NAT_STORE_MAX);
+
+	/* bpf_l4_csum_replace: a UDP checksum of 0 (none) stays; the address
+	 * is in the pseudo header, which is all a CHECKSUM_PARTIAL checksum
+	 * holds so far; the port only in a complete one. */
+	__builtin_memcpy(&check, buf + 10 + check_rel, sizeof(check));
+	if (tcp || check) {
+		if (summed == CHECKSUM_PARTIAL) {
+			check = csum_pseudo(check, old_addr, addr, !tcp);
+		} else {
+			check = csum_full(check, old_addr, addr, !tcp);
+			check = csum_full(check, (__u16)old_port, (__u16)port, !tcp);
+		}
+	}
 	ipcheck = csum_full(ip->check, old_addr, addr, false);
 	__builtin_memcpy(buf, &ipcheck, sizeof(ipcheck));
 	__builtin_memcpy(buf + (dst ? 6 : 2), &addr, sizeof(addr));
 	__builtin_memcpy(buf + 10 + start, &port, sizeof(port));
-	__builtin_memcpy(buf + 10 + check_rel, &c1, sizeof(c1));
+	__builtin_memcpy(buf + 10 + check_rel, &check, sizeof(check));
 	if (bpf_skb_store_bytes(skb, ETH_HLEN + NAT_STORE_OFF, buf, tcp ? NAT_STORE_MAX : 18, 0) < 0)
 		return -1;
 
