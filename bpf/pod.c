@@ -53,6 +53,28 @@ static __always_inline int encap(struct __sk_buff *skb, const struct node_config
 
 #define FAST_MISS (-1)
 
+/* fast_event fills in the flow event of a packet fast_forward takes, from
+ * the flow cache: only for the packets that may report one (a drop, a
+ * delivery to a local pod, which reports its new connections). */
+static __always_inline void fast_event(struct flow_event *ev, const struct node_config *cfg,
+				       const struct ct_entry *e, bool service, __be32 orig_daddr,
+				       __be16 orig_dport)
+{
+	ev->endpoint_id = e->src_endpoint_id;
+	ev->src_identity = e->src_identity;
+	ev->src_cluster = cfg->cluster_id;
+	ev->dst_identity = e->dst_identity;
+	ev->dst_cluster = e->dst_cluster;
+	ev->tunnel_endpoint = e->tunnel_endpoint;
+	if (service) {
+		ev->rev_nat_id = e->rev_nat_id;
+		ev->orig_daddr = orig_daddr;
+		ev->orig_dport = orig_dport;
+		ev->backend_id = e->backend_id;
+		ev->backend_cluster = e->backend_cluster;
+	}
+}
+
 /* fast_forward forwards a packet of an established connection by its flow
  * cache: one conntrack lookup (two for a connection that is not to a
  * service) instead of the endpoint, service, backend, ipcache, policy and
@@ -69,6 +91,8 @@ static __always_inline int fast_forward(struct __sk_buff *skb, const struct node
 {
 	struct endpoint *dst = NULL;
 	struct ct_entry *e = NULL;
+	__be32 orig_daddr;
+	__be16 orig_dport;
 	struct ct_key k;
 	bool service;
 
@@ -99,21 +123,30 @@ static __always_inline int fast_forward(struct __sk_buff *skb, const struct node
 			return FAST_MISS;
 	}
 
-	ev->endpoint_id = e->src_endpoint_id;
-	ev->src_identity = e->src_identity;
-	ev->src_cluster = cfg->cluster_id;
-	ev->dst_identity = e->dst_identity;
-	ev->dst_cluster = e->dst_cluster;
-	ev->tunnel_endpoint = e->tunnel_endpoint;
-	if (service) {
-		ev->rev_nat_id = e->rev_nat_id;
-		ev->orig_daddr = p->daddr;
-		ev->orig_dport = p->dport;
-		ev->backend_id = e->backend_id;
-		ev->backend_cluster = e->backend_cluster;
-		if (nat_rewrite(skb, p, true, e->nat_addr, e->nat_port) < 0)
-			return drop(skb, ev, p, DROP_NAT_FAILED);
+	orig_daddr = p->daddr;
+	orig_dport = p->dport;
+	if (service && nat_rewrite(skb, p, true, e->nat_addr, e->nat_port) < 0) {
+		fast_event(ev, cfg, e, service, orig_daddr, orig_dport);
+		return drop(skb, ev, p, DROP_NAT_FAILED);
 	}
+	/* Into the tunnel, the common case, as encap() does it but with the
+	 * flow event filled in only if it is needed. */
+	if (!dst && cfg->vxlan_ifindex && !(cfg->flags & CFG_NATIVE_ROUTING) && e->tunnel_endpoint) {
+		struct bpf_tunnel_key key = {
+			.tunnel_id = e->src_identity & IDENTITY_MASK,
+			.remote_ipv4 = bpf_ntohl(e->tunnel_endpoint),
+			.tunnel_ttl = 64,
+		};
+
+		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0) {
+			fast_event(ev, cfg, e, service, orig_daddr, orig_dport);
+			ev->tunnel = TUNNEL_TX;
+			return drop(skb, ev, p, DROP_TUNNEL_FAILED);
+		}
+		metric_count(REASON_FWD_TUNNEL, skb->len);
+		return bpf_redirect(cfg->vxlan_ifindex, 0);
+	}
+	fast_event(ev, cfg, e, service, orig_daddr, orig_dport);
 	if (dst)
 		return to_endpoint(skb, p, dst, e->src_identity, ev, cfg, DELIVER_REDIRECT);
 	if (!(cfg->flags & CFG_NATIVE_ROUTING) && e->tunnel_endpoint)
