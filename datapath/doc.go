@@ -28,13 +28,15 @@
 //	services   hash       {frontend ip,port,proto, slot} -> backend/count  262144 (frontends + active backends)
 //	backends   hash       backend ID -> ip, port, proto, state, cluster    131072
 //	revnat     hash       rev-NAT ID -> frontend ip, port                  65536
-//	conntrack  LRU hash   {tuple, scope} -> backend, rev-NAT ID, flags     65536 (Options.ConntrackEntries)
+//	conntrack  LRU hash   {tuple, scope} -> backend, rev-NAT ID, flags,    65536 (Options.ConntrackEntries)
+//	                      flow cache (see below)
 //	ipcache    LPM trie   prefix -> identity, tunnel endpoint, cluster     524288
 //	endpoints  hash       pod IP -> ifindex, identity, endpoint ID, flags  65536
 //	policy     LPM trie   {identity, endpoint, dir, proto, port} -> allow  262144
 //	metrics    per-CPU    reason -> packets, bytes                         64
 //	events     ring buf   flow events: drops, first packet of a connection 256 KiB (Options.EventBufferBytes)
-//	config     array      node settings (VXLAN ifindex, routing, cluster)  1
+//	config     array      node settings (VXLAN ifindex, routing, cluster,  1
+//	                      revision)
 //
 // The agent-written hash maps and tries are not preallocated, so a node pays
 // kernel memory only for the entries it has; conntrack is an LRU map and
@@ -45,6 +47,28 @@
 // one backend ID each. A backend is chosen with two lookups whatever the
 // size of the table. Terminating backends get no slot but stay in the
 // backends map, so established connections keep them.
+//
+// # The flow cache
+//
+// A connection's first packet takes the full path of from_container:
+// endpoint (source check), service, backend, endpoint or ipcache of the
+// destination, conntrack, policy. What it decided is kept in the
+// connection's conntrack entry (its SERVICE entry for a service, its EGRESS
+// entry otherwise): the backend's address and port, the identities, the
+// tunnel endpoint, that policy allowed it, the veth the source was checked
+// on, and the revision of the maps it was decided under (config.revision).
+// The connection's next packets find all of it in one conntrack lookup
+// and skip the rest, unless the entry's revision is not the current one:
+// Apply bumps the revision whenever it wrote a map, so no cached verdict,
+// backend or route outlives a change of policy, services, backends,
+// endpoints or ipcache, and each connection's next packet takes the full
+// path again (keeping its backend while that exists). New starts from a
+// revision no entry has. Packets that would change conntrack (SYN, FIN,
+// RST, a first ACK), replies, trace mode, and one packet every
+// CT_CACHE_JIFFIES (0.1 to 1 s) per connection, which keeps its entries
+// fresh, take the full path. Headers are read in place, NAT computes the
+// checksums itself (by the skb's ip_summed) and writes once: helper calls
+// are most of a packet's cost.
 //
 // Policy is an LPM trie keyed by {peer identity, endpoint ID, direction,
 // protocol, port}: an entry for "any protocol" is a prefix that stops before
