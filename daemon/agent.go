@@ -7,7 +7,9 @@
 // cmd/meshbed-agent and the simulator both build their agents here, with
 // the same defaults (DefaultAgentConfig), so that a simulated node attaches
 // its pods through the same CNI server and runs the same code as a node of
-// a Kind cluster. The package sits above mesh/ and datapath/, which never
+// a Kind cluster. The processes of a real cluster are assembled here too,
+// from their flags, so that their mains only define flags: RunAgent for
+// meshbed-agent, RunAPIServer and RunKVStoreMesh for meshbed-apiserver. The package sits above mesh/ and datapath/, which never
 // import each other's worlds.
 package daemon
 
