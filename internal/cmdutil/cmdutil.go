@@ -1,5 +1,7 @@
-// Package cmdutil holds what meshbed's mains share: flag checks that name
-// the flag in their errors.
+// Package cmdutil holds what meshbed's mains and the command bodies they
+// call share: flag checks that name the flag in their errors, loggers, and
+// the exit codes that errors carry out of a command (2 invalid input or
+// environment, 1 failed).
 package cmdutil
 
 import (
