@@ -17,29 +17,24 @@ import (
 
 // options are the flags of every command.
 type options struct {
-	planSeed       int64
-	scenarioRun    run.Options
-	chaosRun       run.Options
-	chaos          run.ChaosOptions
-	simName        string
-	up             control.UpOptions
-	step           control.StepOptions
-	kvPrefix       bool
-	simFlows       flow.Options
-	metricsCluster string
-	metricsNode    string
-	metricsKind    string
-	install        clustermesh.InstallOptions
-	kubeconfig     string
-	enable         clustermesh.EnableOptions
-	connect        clustermesh.ConnectOptions
-	status         clustermesh.StatusOptions
-	statusProbe    bool
-	statusCADir    string
-	statusCluster  string
-	statusMesh     string
-	statusOutput   string
-	observe        clustermesh.ObserveOptions
+	planSeed                               int64
+	scenarioRun, chaosRun                  run.Options
+	chaos                                  run.ChaosOptions
+	simName                                string
+	up                                     control.UpOptions
+	step                                   control.StepOptions
+	kvPrefix                               bool
+	simFlows                               flow.Options
+	metricsCluster, metricsNode, metricsOf string
+	install                                clustermesh.InstallOptions
+	kubeconfig                             string
+	enable                                 clustermesh.EnableOptions
+	connect                                clustermesh.ConnectOptions
+	status                                 clustermesh.StatusOptions
+	statusProbe                            bool
+	statusCADir, statusCluster, statusMesh string
+	statusOutput                           string
+	observe                                clustermesh.ObserveOptions
 }
 
 func newRoot(clients clustermesh.ClientFactory) *cobra.Command {

@@ -107,12 +107,12 @@ func simCmd(o *options) *cobra.Command {
 		Short: "Print the Prometheus metrics of every component of the running mesh (cluster, node and component labels added)",
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, prefixes []string) error {
-			return client().PrintMetrics(cmd.Context(), cmd.OutOrStdout(), prefixes, o.metricsCluster, o.metricsNode, o.metricsKind)
+			return client().PrintMetrics(cmd.Context(), cmd.OutOrStdout(), prefixes, o.metricsCluster, o.metricsNode, o.metricsOf)
 		},
 	}
 	metrics.Flags().StringVar(&o.metricsCluster, "cluster", "", "only this cluster's components")
 	metrics.Flags().StringVar(&o.metricsNode, "node", "", "only this node's agent (with --cluster)")
-	metrics.Flags().StringVar(&o.metricsKind, "component", "", "only agent, apiserver, kvstoremesh or datapath")
+	metrics.Flags().StringVar(&o.metricsOf, "component", "", "only agent, apiserver, kvstoremesh or datapath")
 	cmd.AddCommand(metrics)
 	return cmd
 }
