@@ -32,7 +32,7 @@ var rules = []struct {
 	{"./kind/...", []string{"go.etcd.io/etcd/server/"}, nil,
 		"rendering manifests must not link an etcd server"},
 	{"./scenarios/...", []string{module + "sim"}, nil,
-		"the engine drives a Target; cmd/meshbed wires the simulator in"},
+		"the engine drives a Target; internal/run and sim/control wire the simulator in"},
 }
 
 func TestImportBoundaries(t *testing.T) {
