@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshbed/meshbed/daemon"
+	"github.com/meshbed/meshbed/daemon/meshapiserver"
 	"github.com/meshbed/meshbed/mesh/apiserver"
 	"github.com/meshbed/meshbed/mesh/metrics"
 	"github.com/meshbed/meshbed/mesh/wire"
@@ -22,8 +22,8 @@ import (
 
 // options are the flags of the command and of its kvstoremesh subcommand.
 type options struct {
-	apiserver   daemon.APIServerOptions
-	kvstoremesh daemon.KVStoreMeshOptions
+	apiserver   meshapiserver.Options
+	kvstoremesh meshapiserver.KVStoreMeshOptions
 }
 
 func main() {
@@ -46,7 +46,7 @@ func newCommand(opts *options) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
-		RunE:          func(cmd *cobra.Command, _ []string) error { return daemon.RunAPIServer(cmd.Context(), *o) },
+		RunE:          func(cmd *cobra.Command, _ []string) error { return meshapiserver.Run(cmd.Context(), *o) },
 	}
 	cmd.AddCommand(kvstoremeshCmd(&opts.kvstoremesh))
 	f := cmd.Flags()
@@ -72,12 +72,12 @@ func newCommand(opts *options) *cobra.Command {
 // kvstoremeshCmd runs kvstoremesh in a process of its own beside the
 // cluster's mesh-apiserver (as Cilium runs it in a container of its own),
 // so that it can be stopped and restarted alone.
-func kvstoremeshCmd(o *daemon.KVStoreMeshOptions) *cobra.Command {
+func kvstoremeshCmd(o *meshapiserver.KVStoreMeshOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "kvstoremesh",
 		Short: "Mirror the remote clusters into this cluster's mesh-apiserver, from a process of its own",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return daemon.RunKVStoreMesh(cmd.Context(), *o) },
+		RunE:  func(cmd *cobra.Command, _ []string) error { return meshapiserver.RunKVStoreMesh(cmd.Context(), *o) },
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.ClusterName, "cluster-name", "", "name of this cluster")

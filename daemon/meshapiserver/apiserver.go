@@ -1,4 +1,10 @@
-package daemon
+// Package meshapiserver assembles the processes of cmd/meshbed-apiserver
+// from their flags: the mesh-apiserver of one cluster (Run), with the
+// kvstoremesh beside it in the same process, and kvstoremesh in a process
+// of its own (RunKVStoreMesh). It is apart from package daemon, which
+// assembles the node agent, so that the agent links no etcd server and
+// the mesh-apiserver no datapath.
+package meshapiserver
 
 import (
 	"context"
@@ -22,10 +28,10 @@ import (
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
-// APIServerOptions are the flags of cmd/meshbed-apiserver: the
-// mesh-apiserver of one cluster and, with KVStoreMesh, the kvstoremesh
-// beside it in the same process.
-type APIServerOptions struct {
+// Options are the flags of cmd/meshbed-apiserver: the mesh-apiserver of
+// one cluster and, with KVStoreMesh, the kvstoremesh beside it in the same
+// process.
+type Options struct {
 	ClusterName, Kubeconfig, Listen, TLSDir, ConfigDir, DataDir string
 	ClusterID, MaxConnected                                     uint32
 	KVStoreMesh                                                 bool
@@ -37,7 +43,7 @@ type APIServerOptions struct {
 
 // Validate checks every flag and reports all mistakes at once, each naming
 // its flag.
-func (o APIServerOptions) Validate() error {
+func (o Options) Validate() error {
 	var errs []error
 	errs = append(errs, cmdutil.ClusterFlags(o.ClusterName, o.ClusterID, o.MaxConnected)...)
 	if host, port, err := net.SplitHostPort(o.Listen); err != nil {
@@ -82,9 +88,9 @@ func (o APIServerOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// RunAPIServer runs the mesh-apiserver of o (and its kvstoremesh) until
-// ctx ends or one of its parts stops.
-func RunAPIServer(ctx context.Context, o APIServerOptions) error {
+// Run runs the mesh-apiserver of o (and its kvstoremesh) until ctx ends
+// or one of its parts stops.
+func Run(ctx context.Context, o Options) error {
 	log, err := cmdutil.Logger(o.LogLevel)
 	if err != nil {
 		return err
