@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 version=${CILIUM_VERSION:-v1.18.8}
 cache=${MESHBED_CACHE:-/var/cache/meshbed}/interop/$version
 bin=$cache/clustermesh-apiserver
+decoder=$cache/decode
 log() { echo "hack/interop.sh: $*" >&2; }
 
 build() {
@@ -38,6 +39,13 @@ MOD
 	mv "$bin.tmp" "$bin"
 }
 
+# build_decoder builds hack/interop/decode.go (meshbed's keys through
+# Cilium's types) in the same scratch module; it is rebuilt when it changes.
+build_decoder() {
+	cp hack/interop/decode.go "$cache/decode.go"
+	(cd "$cache" && go build -mod=mod -trimpath -o "$decoder" ./decode.go)
+}
+
 if [ ! -x "$bin" ] || [ "${REBUILD:-}" = 1 ]; then
 	start=$(date +%s)
 	log "building Cilium clustermesh-apiserver $version in $cache (first run only)"
@@ -47,7 +55,12 @@ else
 	log "using $bin (REBUILD=1 to build again)"
 fi
 
+if [ ! -x "$decoder" ] || ! cmp -s hack/interop/decode.go "$cache/decode.go"; then
+	log "building the decoder (hack/interop/decode.go)"
+	build_decoder
+fi
+
 start=$(date +%s)
-MESHBED_INTEROP=1 CILIUM_CLUSTERMESH_APISERVER=$bin CILIUM_INTEROP_MODULE=$cache \
+MESHBED_INTEROP=1 CILIUM_INTEROP_DECODER=$decoder CILIUM_CLUSTERMESH_APISERVER=$bin \
 	go test -tags interop -count=1 -v ${INTEROP_RUN:+-run "$INTEROP_RUN"} ./sim/interop/
 log "interop tests took $(($(date +%s) - start)) s"
