@@ -150,7 +150,9 @@ type matchHandler struct {
 	n     *atomic.Int64
 }
 
-func (h *matchHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.inner.Enabled(ctx, l) }
+func (h *matchHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.inner.Enabled(ctx, l)
+}
 
 func (h *matchHandler) Handle(ctx context.Context, r slog.Record) error {
 	if strings.Contains(r.Message, h.msg) {
