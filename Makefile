@@ -1,5 +1,5 @@
 # The Makefile only delegates to hack/ scripts.
-.PHONY: all build test check e2e generate generate-check bench scenario chaos-test deps clean
+.PHONY: all build test check e2e generate generate-check bench scenario chaos-test interop deps clean
 
 all: build
 
@@ -42,6 +42,12 @@ scenario:
 # The long chaos tests (minutes; not in make test). COUNT=n repeats them.
 chaos-test:
 	hack/chaos-test.sh
+
+# meshbed against Cilium's own code: builds Cilium's clustermesh-apiserver
+# (pinned release, scratch module under /var/cache/meshbed/interop; first
+# run only) and runs the interop tests. Not in make test.
+interop:
+	hack/interop.sh
 
 clean:
 	rm -rf bin

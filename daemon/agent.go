@@ -7,7 +7,10 @@
 // cmd/meshbed-agent and the simulator both build their agents here, with
 // the same defaults (DefaultAgentConfig), so that a simulated node attaches
 // its pods through the same CNI server and runs the same code as a node of
-// a Kind cluster. The package sits above mesh/ and datapath/, which never
+// a Kind cluster. The agent's process is assembled here too, from its
+// flags (RunAgent), so that cmd/meshbed-agent only defines them; the
+// mesh-apiserver's is in daemon/meshapiserver, so that the agent links no
+// etcd server. The package sits above mesh/ and datapath/, which never
 // import each other's worlds.
 package daemon
 

@@ -49,7 +49,7 @@ hash_inputs() {
 }
 
 gov=$(go env GOVERSION)
-bins_key=$(printf '%s\n' "$k8s $etcd $coredns $gov $(hash_inputs kind/node/build-bins.sh cmd/meshbed-pause)" | sha256sum | cut -c1-16)
+bins_key=$(printf '%s\n' "$k8s $etcd $coredns $gov $(hash_inputs kind/node/build-bins.sh cmd/meshbed-pause kind/pause)" | sha256sum | cut -c1-16)
 # meshbed-runc is built first and its binary hashed (a -trimpath build is
 # reproducible): a go.mod change that does not touch it keeps the image.
 runc_dir=$(mktemp -d)

@@ -293,3 +293,24 @@ func LimitChaos(sc *Scenario, d time.Duration) int {
 	}
 	return n
 }
+
+// ParseRange reads the "MIN..MAX" of flag; empty means the default (the
+// zero Range).
+func ParseRange(flag, s string) (Range, error) {
+	if s == "" {
+		return Range{}, nil
+	}
+	lo, hi, ok := strings.Cut(s, "..")
+	if !ok {
+		return Range{}, fmt.Errorf("%s %q: want MIN..MAX, like 1s..8s", flag, s)
+	}
+	var r Range
+	var err error
+	if r.Min, err = ParseDuration(lo); err != nil {
+		return r, fmt.Errorf("%s: %w", flag, err)
+	}
+	if r.Max, err = ParseDuration(hi); err != nil {
+		return r, fmt.Errorf("%s: %w", flag, err)
+	}
+	return r, nil
+}

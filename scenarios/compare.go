@@ -106,3 +106,16 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// CompareFiles is Compare of the reports in files (report.json).
+func CompareFiles(w io.Writer, files ...string) error {
+	var reps []*Report
+	for _, f := range files {
+		r, err := ReadReport(f)
+		if err != nil {
+			return err
+		}
+		reps = append(reps, r)
+	}
+	return Compare(w, reps...)
+}

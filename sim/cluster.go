@@ -114,6 +114,12 @@ func (c *Cluster) agentConfigDir() string {
 	return filepath.Join(c.mesh.dir, "clustermesh", c.spec.Name, "agent")
 }
 
+// KVStoreMeshConfigDir is the clustermesh config directory of the cluster's
+// kvstoremesh: one file per connected cluster, in Cilium's etcd config
+// format, with this cluster's remote-reader certificate. Another
+// kvstoremesh (Cilium's, in the interop tests) can be pointed at it.
+func (c *Cluster) KVStoreMeshConfigDir() string { return c.kvstoremeshConfigDir() }
+
 func (c *Cluster) kvstoremeshConfigDir() string {
 	return filepath.Join(c.mesh.dir, "clustermesh", c.spec.Name, "kvstoremesh")
 }

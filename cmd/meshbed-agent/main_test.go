@@ -27,7 +27,7 @@ func TestFlagDefaultsAreThePackageDefaults(t *testing.T) {
 		"flows-listen-address":   dd.FlowsAddress,
 		"prometheus-serve-addr":  dd.PrometheusAddress,
 	}
-	f := newCommand().Flags()
+	f := newCommand(&options{}).Flags()
 	for name, w := range want {
 		fl := f.Lookup(name)
 		if fl == nil {
@@ -63,17 +63,12 @@ func TestEncryptionFlags(t *testing.T) {
 		{[]string{"--encryption=wireguard", "--wireguard-impl=boringtun"}, `--wireguard-impl "boringtun"`},
 		{[]string{"--encryption=wireguard", "--state-dir="}, "needs --state-dir"},
 	} {
-		cmd := newCommand()
+		var o options
+		cmd := newCommand(&o)
 		if err := cmd.ParseFlags(tc.args); err != nil {
 			t.Fatal(err)
 		}
-		var o options
-		f := cmd.Flags()
-		o.encryption, _ = f.GetString("encryption")
-		o.encryptionStrict, _ = f.GetBool("encryption-strict")
-		o.wireguardImpl, _ = f.GetString("wireguard-impl")
-		o.agentConfig.StateDir, _ = f.GetString("state-dir")
-		_, err := o.encryptionConfig()
+		_, err := o.agent.EncryptionConfig()
 		switch {
 		case tc.want == "" && err != nil:
 			t.Errorf("%v: %v", tc.args, err)

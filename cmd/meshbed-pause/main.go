@@ -4,30 +4,9 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"os/signal"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshbed/meshbed/kind/pause"
 )
 
-func main() {
-	if len(os.Args) > 1 && os.Args[1] == "-v" {
-		fmt.Println("meshbed-pause")
-		return
-	}
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGCHLD)
-	for s := range sigs {
-		if s != unix.SIGCHLD {
-			os.Exit(0)
-		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
-	}
-}
+func main() { pause.Main(os.Args[1:]) }

@@ -2,33 +2,23 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
+	"github.com/meshbed/meshbed/sim/control"
 )
 
-func defaultCADir() string {
-	dir, err := os.UserConfigDir()
-	if err != nil {
-		return filepath.Join(".meshbed", "ca")
-	}
-	return filepath.Join(dir, "meshbed", "ca")
-}
-
-func clustermeshCmd(clients clustermesh.ClientFactory) *cobra.Command {
+func clustermeshCmd(o *options, clients clustermesh.ClientFactory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "clustermesh",
 		Short: "Connect clusters where meshbed is installed into a mesh",
 	}
-	var kubeconfig string
-	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	cmd.PersistentFlags().StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
 
-	var enable clustermesh.EnableOptions
+	enable := &o.enable
 	enableCmd := &cobra.Command{
 		Use:   "enable --context CTX [--create-ca]",
 		Short: "Issue the cluster's mesh certificates from the mesh CA and store them as Secrets",
@@ -40,19 +30,19 @@ cluster's Secrets. Every cluster of a mesh must be enabled with the same CA.
 Certificates that are still valid are kept, so enable can run again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			enable.Kubeconfig = kubeconfig
-			if enable.Context == "" {
-				return &exitError{2, errors.New("--context is required")}
+			enable.Kubeconfig = o.kubeconfig
+			if err := enable.Validate(); err != nil {
+				return err
 			}
-			return clustermesh.Enable(cmd.Context(), cmd.OutOrStdout(), clients, enable)
+			return clustermesh.Enable(cmd.Context(), cmd.OutOrStdout(), clients, *enable)
 		},
 	}
 	enableCmd.Flags().StringVar(&enable.Context, "context", "", "kubeconfig context of the cluster")
-	enableCmd.Flags().StringVar(&enable.CADir, "ca-dir", defaultCADir(), "directory of the mesh CA (ca.crt, ca.key)")
+	enableCmd.Flags().StringVar(&enable.CADir, "ca-dir", clustermesh.DefaultCADir(), "directory of the mesh CA (ca.crt, ca.key)")
 	enableCmd.Flags().BoolVar(&enable.CreateCA, "create-ca", false, "create the mesh CA in --ca-dir if there is none")
 	cmd.AddCommand(enableCmd)
 
-	var connect clustermesh.ConnectOptions
+	connect := &o.connect
 	connectCmd := &cobra.Command{
 		Use:   "connect --context A --destination-context B",
 		Short: "Connect two enabled clusters, in both directions",
@@ -64,30 +54,18 @@ pick the files up without a restart once the kubelet has updated the Secrets
 (up to about a minute); see clustermesh status --wait.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			connect.Kubeconfig = kubeconfig
-			var errs []error
-			if connect.Context == "" {
-				errs = append(errs, errors.New("--context is required"))
+			connect.Kubeconfig = o.kubeconfig
+			if err := connect.Validate(); err != nil {
+				return err
 			}
-			if connect.Destination == "" {
-				errs = append(errs, errors.New("--destination-context is required"))
-			} else if connect.Destination == connect.Context {
-				errs = append(errs, fmt.Errorf("--destination-context %q: same as --context", connect.Destination))
-			}
-			if err := errors.Join(errs...); err != nil {
-				return &exitError{2, err}
-			}
-			return clustermesh.Connect(cmd.Context(), cmd.OutOrStdout(), clients, connect)
+			return clustermesh.Connect(cmd.Context(), cmd.OutOrStdout(), clients, *connect)
 		},
 	}
 	connectCmd.Flags().StringVar(&connect.Context, "context", "", "kubeconfig context of one cluster")
 	connectCmd.Flags().StringVar(&connect.Destination, "destination-context", "", "kubeconfig context of the other cluster")
 	cmd.AddCommand(connectCmd)
 
-	var status clustermesh.StatusOptions
-	var probe bool
-	var probeCADir string
-	var simCluster, simName, output string
+	status := &o.status
 	statusCmd := &cobra.Command{
 		Use:   "status --context CTX [--wait] | --cluster C [--name MESH]",
 		Short: "Show whether the cluster's meshbed is ready and its remote clusters synced",
@@ -104,39 +82,25 @@ identities and endpoints came from it, and for how long it has been synced
 (or not). Exits 1 when a remote is not synced or a component is stopped.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if simCluster != "" {
+			if o.statusCluster != "" {
 				if status.Context != "" {
-					return &exitError{2, errors.New("--cluster (a simulated mesh) and --context (a real cluster) exclude each other")}
+					return cmdutil.Invalid(errors.New("--cluster (a simulated mesh) and --context (a real cluster) exclude each other"))
 				}
-				return clustermeshStatusSim(cmd, simName, simCluster, output)
+				return control.NewClient(o.statusMesh).PrintClusterMesh(cmd.Context(), cmd.OutOrStdout(), o.statusCluster, o.statusOutput)
 			}
-			status.Kubeconfig = kubeconfig
-			if status.Context == "" {
-				return &exitError{2, errors.New("--context is required")}
-			}
-			if status.WaitTimeout <= 0 {
-				return &exitError{2, fmt.Errorf("--wait-timeout %v: must be positive", status.WaitTimeout)}
-			}
-			var p clustermesh.Probe
-			if probe {
-				p = clustermesh.KVStoreProbe(probeCADir)
-			}
-			err := clustermesh.Status(cmd.Context(), cmd.OutOrStdout(), clients, p, status)
-			if errors.Is(err, clustermesh.ErrNotReady) {
-				return &exitError{1, err}
-			}
-			return err
+			status.Kubeconfig = o.kubeconfig
+			return clustermesh.StatusCommand(cmd.Context(), cmd.OutOrStdout(), clients, *status, o.statusProbe, o.statusCADir)
 		},
 	}
 	statusCmd.Flags().StringVar(&status.Context, "context", "", "kubeconfig context of the cluster")
 	statusCmd.Flags().BoolVar(&status.Wait, "wait", false, "wait until ready")
 	statusCmd.Flags().DurationVar(&status.WaitTimeout, "wait-timeout", 5*time.Minute, "how long --wait waits")
 	statusCmd.Flags().DurationVar(&status.Interval, "interval", 2*time.Second, "how often --wait checks")
-	statusCmd.Flags().BoolVar(&probe, "probe", true, "ask the mesh-apiserver whether remote clusters are synced (needs --ca-dir with ca.key and a route to the node addresses)")
-	statusCmd.Flags().StringVar(&probeCADir, "ca-dir", defaultCADir(), "directory of the mesh CA, for --probe")
-	statusCmd.Flags().StringVar(&simCluster, "cluster", "", "a cluster of a running simulated mesh (instead of --context)")
-	statusCmd.Flags().StringVar(&simName, "name", "default", "with --cluster: the name of the simulated mesh")
-	statusCmd.Flags().StringVarP(&output, "output", "o", "summary", "with --cluster: summary or json")
+	statusCmd.Flags().BoolVar(&o.statusProbe, "probe", true, "ask the mesh-apiserver whether remote clusters are synced (needs --ca-dir with ca.key and a route to the node addresses)")
+	statusCmd.Flags().StringVar(&o.statusCADir, "ca-dir", clustermesh.DefaultCADir(), "directory of the mesh CA, for --probe")
+	statusCmd.Flags().StringVar(&o.statusCluster, "cluster", "", "a cluster of a running simulated mesh (instead of --context)")
+	statusCmd.Flags().StringVar(&o.statusMesh, "name", "default", "with --cluster: the name of the simulated mesh")
+	statusCmd.Flags().StringVarP(&o.statusOutput, "output", "o", "summary", "with --cluster: summary or json")
 	cmd.AddCommand(statusCmd)
 	return cmd
 }

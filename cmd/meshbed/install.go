@@ -3,13 +3,14 @@ package main
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
 	"github.com/meshbed/meshbed/mesh/wire"
 )
 
-func installCmd(clients clustermesh.ClientFactory) *cobra.Command {
-	var o clustermesh.InstallOptions
+func installCmd(opts *options, clients clustermesh.ClientFactory) *cobra.Command {
+	o := &opts.install
 	cmd := &cobra.Command{
 		Use:   "install --context CTX --cluster-name NAME --cluster-id ID",
 		Short: "Install meshbed (agent, CNI, mesh-apiserver) into a cluster",
@@ -21,9 +22,9 @@ With --dry-run, prints the manifests instead (kubectl apply -f - takes them).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
-				return &exitError{2, err}
+				return cmdutil.Invalid(err)
 			}
-			return clustermesh.Install(cmd.Context(), cmd.OutOrStdout(), clients, o)
+			return clustermesh.Install(cmd.Context(), cmd.OutOrStdout(), clients, *o)
 		},
 	}
 	f := cmd.Flags()

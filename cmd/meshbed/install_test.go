@@ -9,22 +9,21 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
 	"github.com/meshbed/meshbed/kind"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
 )
 
-// runCLI runs the install and clustermesh commands, with factory for
+// runCLI runs the meshbed command line, with factory for
 // clients, and returns what they print.
 func runCLI(t *testing.T, factory clustermesh.ClientFactory, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "meshbed", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(installCmd(factory), clustermeshCmd(factory))
+	root := newRoot(factory)
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -70,8 +69,8 @@ func TestInstallFlagErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := runCLI(t, noClients(t), tc.args...)
-			var ee *exitError
-			if !errors.As(err, &ee) || ee.code != 2 {
+			var ee *cmdutil.ExitError
+			if !errors.As(err, &ee) || ee.Code != 2 {
 				t.Fatalf("error %v, want a usage error (exit 2)", err)
 			}
 			for _, w := range tc.want {

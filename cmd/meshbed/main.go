@@ -3,38 +3,55 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshbed/meshbed/internal/cmdutil"
+	"github.com/meshbed/meshbed/internal/run"
 	"github.com/meshbed/meshbed/mesh/clustermesh"
+	"github.com/meshbed/meshbed/mesh/flow"
+	"github.com/meshbed/meshbed/sim/control"
 )
 
-// exitError carries a process exit code through cobra.
-type exitError struct {
-	code int
-	err  error
+// options are the flags of every command.
+type options struct {
+	planSeed                               int64
+	scenarioRun, chaosRun                  run.Options
+	chaos                                  run.ChaosOptions
+	simName                                string
+	up                                     control.UpOptions
+	step                                   control.StepOptions
+	kvPrefix                               bool
+	simFlows                               flow.Options
+	metricsCluster, metricsNode, metricsOf string
+	install                                clustermesh.InstallOptions
+	kubeconfig                             string
+	enable                                 clustermesh.EnableOptions
+	connect                                clustermesh.ConnectOptions
+	status                                 clustermesh.StatusOptions
+	statusProbe                            bool
+	statusCADir, statusCluster, statusMesh string
+	statusOutput                           string
+	observe                                clustermesh.ObserveOptions
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func main() {
+func newRoot(clients clustermesh.ClientFactory) *cobra.Command {
+	var o options
 	root := &cobra.Command{
 		Use:           "meshbed",
 		Short:         "A multi-cluster networking mesh for Kubernetes, built simulation-first",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(scenarioCmd(), chaosCmd(), simCmd(), installCmd(clustermesh.KubeClients), clustermeshCmd(clustermesh.KubeClients), observeCmd(clustermesh.KubeClients))
-	if err := root.Execute(); err != nil {
+	root.AddCommand(scenarioCmd(&o), chaosCmd(&o), simCmd(&o), installCmd(&o, clients), clustermeshCmd(&o, clients), observeCmd(&o, clients))
+	return root
+}
+
+func main() {
+	if err := newRoot(clustermesh.KubeClients).Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshbed:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(2)
+		os.Exit(cmdutil.ExitCode(err, 2))
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 
@@ -15,8 +14,7 @@ import (
 
 func runObserve(t *testing.T, factory clustermesh.ClientFactory, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "meshbed", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(observeCmd(factory), simCmd())
+	root := newRoot(factory)
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)

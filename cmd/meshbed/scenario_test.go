@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/meshbed/meshbed/internal/cmdutil"
 )
 
 // TestScenarioRunFlagErrors: a target or --context that cannot be used is
@@ -23,13 +25,13 @@ func TestScenarioRunFlagErrors(t *testing.T) {
 		{[]string{"--target", "kind", "--context", "cluster1=kind-c1"}, "cluster cluster2: no --context given for it"},
 		{[]string{"--target", "kind"}, "needs the node, meshbed and demo images"},
 	} {
-		cmd := scenarioCmd()
-		cmd.SetArgs(append([]string{"run", "../../scenarios/failover.yaml"}, tc.args...))
+		cmd := newRoot(nil)
+		cmd.SetArgs(append([]string{"scenario", "run", "../../scenarios/failover.yaml"}, tc.args...))
 		cmd.SetOut(&strings.Builder{})
 		cmd.SetErr(&strings.Builder{})
 		err := cmd.ExecuteContext(t.Context())
-		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), tc.want) {
+		var ee *cmdutil.ExitError
+		if !errors.As(err, &ee) || ee.Code != 2 || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("scenario run %v: %v, want exit 2 and %q", tc.args, err, tc.want)
 		}
 	}

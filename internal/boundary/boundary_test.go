@@ -1,7 +1,8 @@
 // Package boundary holds the test that keeps the architecture's import rules:
 // the control plane never reaches BPF or netlink, the datapath never reaches
 // Kubernetes or etcd, the Kind manifests renderer never drags in the etcd
-// server, and the scenario engine never reaches the simulator. The rules are
+// server, the node agent links no etcd server nor the mesh-apiserver a
+// datapath, and the scenario engine never reaches the simulator. The rules are
 // checked on the real import graph (go list -deps), so an indirect import
 // through a third package breaks them too.
 package boundary
@@ -31,8 +32,13 @@ var rules = []struct {
 		"the datapath knows nothing of Kubernetes or the kvstore"},
 	{"./kind/...", []string{"go.etcd.io/etcd/server/"}, nil,
 		"rendering manifests must not link an etcd server"},
+	{"./cmd/meshbed-agent", []string{"go.etcd.io/etcd/server/"}, nil,
+		"the node agent reads the kvstore; it links no etcd server"},
+	{"./cmd/meshbed-apiserver", []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", module + "datapath"},
+		[]string{module + "datapath/state", module + "datapath/monitor"},
+		"the mesh-apiserver programs no datapath"},
 	{"./scenarios/...", []string{module + "sim"}, nil,
-		"the engine drives a Target; cmd/meshbed wires the simulator in"},
+		"the engine drives a Target; internal/run and sim/control wire the simulator in"},
 }
 
 func TestImportBoundaries(t *testing.T) {

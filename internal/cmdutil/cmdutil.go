@@ -1,9 +1,13 @@
-// Package cmdutil holds what meshbed's mains share: flag checks that name
-// the flag in their errors.
+// Package cmdutil holds what meshbed's mains and the command bodies they
+// call share: flag checks that name the flag in their errors, loggers, and
+// the exit codes that errors carry out of a command (2 invalid input or
+// environment, 1 failed).
 package cmdutil
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -22,4 +26,14 @@ func ClusterFlags(name string, id, maxConnected uint32) []error {
 		errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
 	}
 	return errs
+}
+
+// Logger is a component's text logger on stderr at the level of its
+// --log-level flag.
+func Logger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }

@@ -3,7 +3,7 @@
 // can perform every step, builds the topology, applies the manifests,
 // executes every step with its expectations, and ends with a Jepsen-style
 // check that nothing is lost or stale once every fault is healed. It
-// imports no target: cmd/meshbed wires one in.
+// imports no target: internal/run (for cmd/meshbed) wires one in.
 package engine
 
 import (

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -251,4 +252,19 @@ func pickProcess(rng *rand.Rand, c *scenarios.Chaos, free []scenarios.Cluster, k
 		p.Node = scenarios.NodeName(1 + rng.IntN(cl.Nodes))
 	}
 	return &Fault{Process: p}
+}
+
+// PrintPlan writes the fault schedule that every chaos step of sc draws
+// from its seed, without running anything.
+func PrintPlan(w io.Writer, sc *scenarios.Scenario) {
+	for _, st := range sc.Steps {
+		if st.Chaos == nil {
+			continue
+		}
+		faults := NewSchedule(st.Chaos, &sc.Topology, sc.Seed, st.Index)
+		fmt.Fprintf(w, "step %d (%s), seed %d: %d faults\n", st.Index, st.Name, sc.Seed, len(faults))
+		for i, f := range faults {
+			fmt.Fprintf(w, "  %3d  %s\n", i+1, f)
+		}
+	}
 }

@@ -14,8 +14,8 @@ import (
 
 // Target is where a scenario runs: the simulator (sim/target) or real
 // clusters. The engine drives it through these methods only and never
-// imports a target's package; cmd/meshbed (and tests) pick the target and
-// hand it to Start or Run.
+// imports a target's package; internal/run and sim/control (for
+// cmd/meshbed) and tests pick the target and hand it to Start or Run.
 //
 // Every method takes a context and returns an error rather than panicking
 // on something the target cannot do; no method returns a type of a
