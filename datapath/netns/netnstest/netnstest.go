@@ -6,6 +6,7 @@
 package netnstest
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -86,7 +87,12 @@ func take() (snapshot, error) {
 			s.sockets++
 		}
 	}
+	// A dump that raced a link change elsewhere in the machine (other
+	// tests, Docker) is interrupted, not wrong: list again.
 	links, err := netlink.LinkList()
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 10; try++ {
+		links, err = netlink.LinkList()
+	}
 	if err != nil {
 		return s, fmt.Errorf("list links: %w", err)
 	}
