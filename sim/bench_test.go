@@ -120,6 +120,9 @@ func benchBringUp(b *testing.B, clusters, nodes int) {
 			b.Fatal(err)
 		}
 		rss += status["VmRSS"]
+		if census, n := fdCensus(); n > 0 {
+			b.Logf("open file descriptors: %d %v", n, census)
+		}
 		slab += after["Slab"] - before["Slab"]
 		kernel += kernelMemory(after) - kernelMemory(before)
 
@@ -368,4 +371,35 @@ func readKB(path string) (map[string]float64, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return out, nil
+}
+
+// fdCensus counts this process's open file descriptors by kind: sockets,
+// BPF maps, programs and links, other anonymous inodes, files.
+func fdCensus() (map[string]int, int) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, 0
+	}
+	out := map[string]int{}
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue
+		}
+		kind := "file"
+		switch {
+		case strings.HasPrefix(target, "socket:"):
+			kind = "socket"
+		case strings.HasPrefix(target, "anon_inode:"):
+			kind = strings.TrimPrefix(target, "anon_inode:")
+		case strings.HasPrefix(target, "pipe:"):
+			kind = "pipe"
+		case strings.HasPrefix(target, "net:"):
+			kind = "netns"
+		case strings.HasPrefix(target, "/dev/"):
+			kind = target
+		}
+		out[kind]++
+	}
+	return out, len(ents)
 }

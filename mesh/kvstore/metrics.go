@@ -39,12 +39,26 @@ func NewOperations(reg prometheus.Registerer, name string) (*Operations, error) 
 	return &Operations{hist: h}, nil
 }
 
+// scopeKey carries a call's scope label in its context.
+type scopeKey struct{}
+
+// WithScope labels the calls made with ctx (and contexts derived from it)
+// with scope in the Operations series, overriding the connection's: for a
+// connection shared by several users, each labels its own calls.
+func WithScope(ctx context.Context, scope string) context.Context {
+	return context.WithValue(ctx, scopeKey{}, scope)
+}
+
 // DialOption returns the gRPC option that measures every unary call of a
 // connection (watches are streams and are not timed). scope labels the
-// connection's series.
+// connection's series, unless the call's context has one (WithScope).
 func (o *Operations) DialOption(scope string) grpc.DialOption {
 	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
 		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		scope := scope
+		if s, ok := ctx.Value(scopeKey{}).(string); ok {
+			scope = s
+		}
 		start := time.Now()
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if o != nil && o.hist != nil {

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 
 	"github.com/meshbed/meshbed/mesh/event"
 	"github.com/meshbed/meshbed/mesh/kvstore"
@@ -167,21 +165,8 @@ func (c *cluster) failureLocked() {
 // health probe, and a sequence of sessions.
 func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 	cfg := c.m.cfg
-	client, err := kvstore.Connect(ctx, kvstore.Config{
-		Endpoints:        lc.etcd.Endpoints,
-		TLS:              lc.tls,
-		Dialer:           cfg.Dialer,
-		KeepAliveTime:    cfg.KeepAliveTime,
-		KeepAliveTimeout: cfg.KeepAliveTimeout,
-		RequestTimeout:   cfg.RequestTimeout,
-		DialOptions: append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			// gRPC's default reconnect backoff grows to 2 minutes, far
-			// beyond how fast a healed partition should be noticed.
-			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
-			MinConnectTimeout: max(cfg.MaxBackoff, 2*time.Second),
-		}), c.m.metrics.dialOption(c.name)}, cfg.dialOptions...),
-		Logger: c.logger,
-	})
+	ctx = kvstore.WithScope(ctx, "remote/"+c.name)
+	client, release, err := c.m.acquireConn(lc, c.logger)
 	if err != nil {
 		c.mu.Lock()
 		c.lastErr = fmt.Errorf("connect to cluster %q: %w", c.name, err)
@@ -189,7 +174,7 @@ func (c *cluster) run(ctx context.Context, lc *loadedConfig) {
 		c.logger.Error("Cannot connect to remote cluster", "error", err)
 		return
 	}
-	defer client.Close()
+	defer release()
 
 	c.mu.Lock()
 	c.sessions = 0

@@ -74,8 +74,10 @@ func newMetrics(m *Manager, reg prometheus.Registerer) (*metrics, error) {
 	return out, nil
 }
 
-func (mt *metrics) dialOption(cluster string) grpc.DialOption {
-	return mt.ops.DialOption("remote/" + cluster)
+// dialOption measures a remote connection's calls, each under the scope
+// of the cluster it is made for (kvstore.WithScope).
+func (mt *metrics) dialOption() grpc.DialOption {
+	return mt.ops.DialOption("remote")
 }
 
 func (mt *metrics) lossDetected(cluster string, silence time.Duration) {

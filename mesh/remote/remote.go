@@ -134,6 +134,7 @@ package remote
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -332,6 +333,9 @@ type Manager struct {
 	files *configFiles
 
 	metrics *metrics // never nil; its parts are no-ops without a registry
+
+	connMu sync.Mutex
+	conns  map[[sha256.Size]byte]*sharedConn // by config fingerprint
 }
 
 // New returns a Manager; it does nothing until Run.
@@ -380,6 +384,7 @@ func New(cfg Config) (*Manager, error) {
 		pending:    map[string]bool{},
 		synced:     make(chan struct{}),
 		files:      newConfigFiles(),
+		conns:      map[[sha256.Size]byte]*sharedConn{},
 	}
 	var err error
 	if m.metrics, err = newMetrics(m, cfg.Metrics); err != nil {
