@@ -94,6 +94,21 @@ func (c *Cluster) writeRemoteConfigs() error {
 func (c *Cluster) StartAPIServer() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.startAPIServerLocked(); err != nil {
+		return err
+	}
+	if c.mesh.spec.KVStoreMesh && c.kmWanted {
+		return c.startKVStoreMeshLocked()
+	}
+	return nil
+}
+
+// startAPIServerLocked starts the apiserver alone. The mesh's bring-up
+// starts every apiserver this way before any kvstoremesh, so that no
+// cluster's etcd bootstraps its users and roles while earlier clusters'
+// kvstoremeshes already replicate (at 64 clusters that load made later
+// bootstraps miss their deadline).
+func (c *Cluster) startAPIServerLocked() error {
 	if c.apiserver != nil {
 		return fmt.Errorf("apiserver of %s is already running", c.spec.Name)
 	}
@@ -135,9 +150,6 @@ func (c *Cluster) StartAPIServer() error {
 		err := srv.Run(ctx)
 		return errors.Join(err, srv.Close())
 	})
-	if c.mesh.spec.KVStoreMesh && c.kmWanted {
-		return c.startKVStoreMeshLocked()
-	}
 	return nil
 }
 
@@ -299,3 +311,10 @@ func (c *Cluster) KVStoreMeshStatus() (st []kvstoremesh.ClusterStatus, conns []r
 // UsesKVStoreMesh reports whether the cluster's agents read the remote
 // clusters through kvstoremesh.
 func (c *Cluster) UsesKVStoreMesh() bool { return c.mesh.spec.KVStoreMesh }
+
+// withLock runs f with the cluster's lock held.
+func (c *Cluster) withLock(f func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return f()
+}

@@ -218,13 +218,24 @@ func New(ctx context.Context, spec Spec) (_ *Mesh, err error) {
 		m.clusters = append(m.clusters, c)
 		m.byName[cs.Name] = c
 	}
-	// Apiservers first (agents and kvstoremesh dial them), then the nodes.
+	// Apiservers first (agents and kvstoremesh dial them), then
+	// kvstoremesh, then the nodes.
 	for _, c := range m.clusters {
 		if err := c.writeRemoteConfigs(); err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.spec.Name, err)
 		}
-		if err := c.StartAPIServer(); err != nil {
+		if err := c.withLock(c.startAPIServerLocked); err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.spec.Name, err)
+		}
+	}
+	if spec.KVStoreMesh {
+		for _, c := range m.clusters {
+			if !c.kmWanted {
+				continue
+			}
+			if err := c.withLock(c.startKVStoreMeshLocked); err != nil {
+				return nil, fmt.Errorf("cluster %s: kvstoremesh: %w", c.spec.Name, err)
+			}
 		}
 	}
 	var wg sync.WaitGroup
