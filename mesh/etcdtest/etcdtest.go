@@ -224,6 +224,23 @@ func (s *Server) pipe(rc *relayConn, dst, src net.Conn) {
 	}
 }
 
+// Dial connects to addr (a Server's relay) without exposing the socket to
+// the caller (the connection is not a syscall.Conn), so that a client
+// cannot read its kernel's TCP state: a Partition is then what a black
+// hole is to it, a silence. Use it as the Dialer of clients whose tests
+// cut the network with Partition.
+func Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return opaqueConn{c}, nil
+}
+
+// opaqueConn hides the socket of a net.Conn.
+type opaqueConn struct{ net.Conn }
+
 // Endpoints are the client URLs; they stay the same across Restart.
 func (s *Server) Endpoints() []string { return []string{"http://" + s.addr} }
 
@@ -332,6 +349,11 @@ func (s *Server) DropConnections() {
 // the server: connections stay open, nothing is delivered (new connections
 // are accepted and hang too), until Heal. Bytes held back meanwhile are
 // delivered on Heal, as TCP would retransmit them.
+//
+// The relay holds the bytes in user space, so a client's kernel still sees
+// them acknowledged: to a client that asks its kernel (kvstore.Health does)
+// this is a hung server, not a cut link. Clients that dial through Dial see
+// only the silence, as they would behind a black hole.
 func (s *Server) Partition() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -109,6 +109,10 @@ type Client struct {
 	// than its own probe only.
 	epoch    time.Time
 	activity atomic.Int64
+
+	// transport follows the connections dialed, for Health's verdict on a
+	// silence (transport.go).
+	transport *transport
 }
 
 // Connect creates a Client. It does not wait for the server: an unreachable
@@ -137,7 +141,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.MaxReconnectDelay <= 0 {
 		cfg.MaxReconnectDelay = DefaultMaxReconnectDelay
 	}
-	c := &Client{cfg: cfg, logger: logger, epoch: time.Now()}
+	c := &Client{cfg: cfg, logger: logger, epoch: time.Now(), transport: newTransport()}
 	dialOpts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff: grpcbackoff.Config{
 			BaseDelay:  100 * time.Millisecond,
@@ -147,9 +151,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		},
 		MinConnectTimeout: cfg.DialTimeout,
 	})}
-	if cfg.Dialer != nil {
-		dialOpts = append(dialOpts, grpc.WithContextDialer(cfg.Dialer))
-	}
+	dialOpts = append(dialOpts, grpc.WithContextDialer(c.transport.dialer(cfg.Dialer)))
 	dialOpts = append(dialOpts, cfg.DialOptions...)
 	// Last, so that they sit next to the wire: after the etcd client's
 	// retries and any caller's interceptor, each sees one real answer.

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshbed/meshbed/mesh/wire"
 )
@@ -20,6 +23,11 @@ const (
 	DefaultHealthTimeout     = 2 * time.Second
 	DefaultHealthMaxDiscount = 750 * time.Millisecond
 )
+
+// DefaultHealthVouchFactor: unless HealthConfig.VouchFor says otherwise, the
+// kernel's word keeps a silent connection reachable for up to this many
+// Timeouts beyond the first.
+const DefaultHealthVouchFactor = 2
 
 // healthEvalPeriod is how often the verdict is re-evaluated at most (it is
 // cheap: no request), so that detection does not wait for the next probe.
@@ -49,6 +57,18 @@ type HealthConfig struct {
 	// silence; zero means DefaultHealthMaxDiscount, negative none. It
 	// keeps a real loss detected within Bound even in a starved process.
 	MaxDiscount time.Duration
+	// VouchFor is how much longer than Timeout a silence is tolerated
+	// while the kernel vouches for the connection: it is established and
+	// every byte this side sent was acknowledged by the peer's kernel, or
+	// no retransmission is pending (transport.go). That is a live link to
+	// a live host whose process is slow, such as a starved one on a busy
+	// machine, not a partition: a cut link leaves sent bytes
+	// unacknowledged, and a crashed server resets the connection, both
+	// reported within Bound as before. A server process that hangs while
+	// its kernel runs is reported after Timeout + VouchFor. An answered
+	// probe error (other than a timeout) is not vouched for. Zero means
+	// DefaultHealthVouchFactor × Timeout, negative never.
+	VouchFor time.Duration
 	// Watchdog measures the process's own stalls; nil means the process's
 	// shared one, which Run starts and stops. A Watchdog given here is
 	// the caller's to run.
@@ -77,6 +97,9 @@ type Status struct {
 	// LastActivity is Client.LastActivity as of the last evaluation: when
 	// any successful response last arrived (zero if none).
 	LastActivity time.Time
+	// Vouched: Reachable only because the kernel vouches for a silent
+	// connection (HealthConfig.VouchFor).
+	Vouched bool
 	// Err is the last probe error, nil after a success. A connection can be
 	// reachable with a failed (timed out) probe while other answers arrive.
 	Err error
@@ -92,10 +115,13 @@ type Health struct {
 	c   *Client
 	cfg HealthConfig
 
-	mu      sync.Mutex
-	wd      *Watchdog // while Run runs
-	status  Status
-	changed chan struct{}
+	mu     sync.Mutex
+	wd     *Watchdog // while Run runs
+	status Status
+	// answered: the last probe failed with an error the server sent (not
+	// a timeout or a broken transport), which the kernel cannot vouch for.
+	answered bool
+	changed  chan struct{}
 }
 
 // NewHealth returns a Health for c; it probes only while Run runs.
@@ -120,6 +146,12 @@ func (cfg HealthConfig) withDefaults() HealthConfig {
 	case cfg.MaxDiscount < 0:
 		cfg.MaxDiscount = 0
 	}
+	switch {
+	case cfg.VouchFor == 0:
+		cfg.VouchFor = DefaultHealthVouchFactor * cfg.Timeout
+	case cfg.VouchFor < 0:
+		cfg.VouchFor = 0
+	}
 	return cfg
 }
 
@@ -128,13 +160,21 @@ func (cfg HealthConfig) evalPeriod() time.Duration {
 	return min(cfg.withDefaults().Interval, healthEvalPeriod)
 }
 
-// Bound is the longest a loss can take to be reported: Timeout, plus at
-// most MaxDiscount of the process's own stalls, plus the evaluation
-// period. A process that was not starved reports within Timeout plus the
-// evaluation period.
+// Bound is the longest a loss of the link or the server can take to be
+// reported: Timeout, plus at most MaxDiscount of the process's own stalls,
+// plus the evaluation period. A process that was not starved reports within
+// Timeout plus the evaluation period. A hung server whose host still
+// acknowledges takes up to HungBound.
 func (cfg HealthConfig) Bound() time.Duration {
 	d := cfg.withDefaults()
 	return d.Timeout + d.MaxDiscount + d.evalPeriod()
+}
+
+// HungBound is the longest a server that hangs while its host's kernel
+// still acknowledges can take to be reported lost.
+func (cfg HealthConfig) HungBound() time.Duration {
+	d := cfg.withDefaults()
+	return d.Timeout + d.VouchFor + d.evalPeriod()
 }
 
 // unreachable is the verdict: whether a connection whose last answer
@@ -176,7 +216,10 @@ func (h *Health) Run(ctx context.Context) error {
 		go func() {
 			pctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
 			defer cancel()
-			_, err := h.c.etcd.Get(pctx, h.cfg.Key)
+			// A member without a leader answers at once rather than
+			// letting the probe time out: a loss the kernel cannot vouch
+			// against.
+			_, err := h.c.etcd.Get(clientv3.WithRequireLeader(pctx), h.cfg.Key)
 			if errors.Is(err, rpctypes.ErrPermissionDenied) {
 				// The server answered; the key is just not ours to read
 				// (a remote cluster's read-only user).
@@ -204,6 +247,7 @@ func (h *Health) Run(ctx context.Context) error {
 				h.status.LastSuccess = now
 			}
 			h.status.Err = err
+			h.answered = answeredError(err)
 			h.evaluateLocked(now, start)
 			h.mu.Unlock()
 		case <-ticker.C:
@@ -232,6 +276,12 @@ func (h *Health) evaluateLocked(now, start time.Time) {
 		stalled = h.wd.Stalled(last, now)
 	}
 	reachable := !h.cfg.unreachable(now, last, stalled)
+	vouched := false
+	if !reachable && !last.IsZero() && !h.answered && now.Sub(last) < h.cfg.Timeout+h.cfg.VouchFor {
+		vouched = h.c.transport.verdict(h.cfg.Interval) == transportAlive
+		reachable = vouched
+	}
+	h.status.Vouched = vouched
 	known := reachable || now.Sub(start) >= h.cfg.Timeout
 	if !known {
 		return
@@ -250,6 +300,23 @@ func (h *Health) evaluateLocked(now, start time.Time) {
 		// order; OnChange must not call back into h.
 		h.cfg.OnChange(h.status)
 	}
+}
+
+// answeredError reports whether a probe's error came from the server
+// rather than from waiting for it: a timeout, a cancellation or a broken
+// transport are not answers.
+func answeredError(err error) bool {
+	if errors.Is(err, rpctypes.ErrNoLeader) {
+		return true
+	}
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Canceled, codes.Unavailable:
+		return false
+	}
+	return true
 }
 
 // Status returns the current status.

@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/meshbed/meshbed/internal/testenv"
@@ -37,7 +38,9 @@ func TestHealthDetectsLoss(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := etcdtest.Start(t)
-			c, err := kvstore.Connect(context.Background(), kvstore.Config{Endpoints: s.Endpoints(), Logger: testLogger(t)})
+			// Dialed opaquely: etcdtest's partition is a silence, as a
+			// black hole is, not a hung server (see etcdtest.Server.Dial).
+			c, err := kvstore.Connect(context.Background(), kvstore.Config{Endpoints: s.Endpoints(), Dialer: etcdtest.Dial, Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -253,6 +256,7 @@ func TestHealthCountsActivity(t *testing.T) {
 			var held atomic.Int64
 			c, err := kvstore.Connect(context.Background(), kvstore.Config{
 				Endpoints:   s.Endpoints(),
+				Dialer:      etcdtest.Dial, // a partition is a silence (etcdtest.Server.Dial)
 				Logger:      testLogger(t),
 				DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(slowKey(wire.HeartbeatKey, &held))},
 			})
@@ -445,5 +449,91 @@ func TestHealthDiscountsOwnStalls(t *testing.T) {
 				t.Errorf("detected after %v (%v of it stalled), bound %v", detected, stalled, bound)
 			}
 		})
+	}
+}
+
+// TestHealthVouchesForHungServer checks the kernel's part of the verdict:
+// a server that stops answering while its host still acknowledges what it
+// is sent (etcdtest's Partition, seen through the client's own socket) is
+// a slow peer, not a cut link. It stays reachable, vouched for, beyond
+// Timeout, and is reported lost once VouchFor has run out too. A cut link
+// is not vouched for: TestHealthDetectsLoss dials opaquely so that only
+// the silence counts, and the simulator's partitions are black holes in
+// the kernel, detected within Bound (sim's partition tests).
+func TestHealthVouchesForHungServer(t *testing.T) {
+	cfg := kvstore.HealthConfig{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond, VouchFor: time.Second}
+	s := etcdtest.Start(t)
+	c, err := kvstore.Connect(context.Background(), kvstore.Config{Endpoints: s.Endpoints(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	h := kvstore.NewHealth(c, cfg)
+	run(t, h.Run)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if st := h.Status(); !st.Known || !st.Reachable || st.Vouched {
+			return fmt.Errorf("status %+v, want reachable on its own answers", st)
+		}
+		return nil
+	})
+
+	changed := h.Changed()
+	hung := time.Now()
+	s.Partition()
+	testenv.Eventually(t, cfg.HungBound(), func() error {
+		if st := h.Status(); !st.Vouched || !st.Reachable {
+			return fmt.Errorf("status %+v, want reachable, vouched for by the kernel", st)
+		}
+		return nil
+	})
+	vouched := time.Since(hung)
+	select {
+	case <-changed:
+	case <-time.After(cfg.HungBound() + time.Second):
+		t.Fatalf("hung server not reported lost within %v", cfg.HungBound()+time.Second)
+	}
+	detected := time.Since(hung)
+	st := h.Status()
+	t.Logf("vouched for after %v, lost after %v (timeout %v, hung bound %v): %+v", vouched, detected, cfg.Timeout, cfg.HungBound(), st)
+	if st.Reachable || st.Vouched {
+		t.Fatalf("after the change: %+v, want unreachable", st)
+	}
+	// The last answer came at most an Interval or so before the cut.
+	if min := cfg.Timeout + cfg.VouchFor - 2*cfg.Interval; detected < min {
+		t.Errorf("lost after %v: the kernel's word should have held for %v", detected, min)
+	}
+	if detected > cfg.HungBound()+300*time.Millisecond {
+		t.Errorf("lost after %v, hung bound %v", detected, cfg.HungBound())
+	}
+
+	s.Heal()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if st := h.Status(); !st.Reachable || st.Vouched {
+			return fmt.Errorf("not reachable on its own answers again: %+v", st)
+		}
+		return nil
+	})
+}
+
+// TestTCPVerdict checks the verdict on one connection's TCP state.
+func TestTCPVerdict(t *testing.T) {
+	const stall = 500 // ms
+	est := uint8(unix.BPF_TCP_ESTABLISHED)
+	tests := []struct {
+		name string
+		info unix.TCPInfo
+		lost bool
+	}{
+		{"idle", unix.TCPInfo{State: est, Last_ack_recv: 5000}, false},
+		{"bytes in flight, no timer fired yet", unix.TCPInfo{State: est, Unacked: 2, Last_ack_recv: 5000}, false},
+		{"retransmitting, acknowledged lately", unix.TCPInfo{State: est, Unacked: 1, Retransmits: 1, Last_ack_recv: 100}, false},
+		{"retransmitting, nothing acknowledged", unix.TCPInfo{State: est, Unacked: 1, Retransmits: 2, Backoff: 2, Last_ack_recv: 900}, true},
+		{"probing a window, nothing acknowledged", unix.TCPInfo{State: est, Probes: 1, Backoff: 1, Last_ack_recv: 900}, true},
+		{"closing", unix.TCPInfo{State: unix.BPF_TCP_CLOSE_WAIT}, true},
+	}
+	for _, tt := range tests {
+		if got := kvstore.TCPLost(&tt.info, stall*time.Millisecond); got != tt.lost {
+			t.Errorf("%s: lost %v, want %v", tt.name, got, tt.lost)
+		}
 	}
 }

@@ -39,7 +39,9 @@ func connect(t testing.TB, s *etcdtest.Server) *kvstore.Client {
 	t.Helper()
 	c, err := kvstore.Connect(context.Background(), kvstore.Config{
 		Endpoints: s.Endpoints(),
-		Logger:    testLogger(t),
+		// A Partition is a silence, as a black hole is (etcdtest.Server.Dial).
+		Dialer: etcdtest.Dial,
+		Logger: testLogger(t),
 		// Short keepalives so that tests see transport loss quickly; the
 		// test server allows them.
 		KeepAliveTime:    500 * time.Millisecond,

@@ -247,7 +247,10 @@ func fastConfig(t testing.TB, l *local) Config {
 		MinBackoff:   20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 		KeepAliveTime: 500 * time.Millisecond, KeepAliveTimeout: 500 * time.Millisecond,
 		RequestTimeout: 2 * time.Second,
-		Logger:         testLogger(t),
+		// A source's Partition is a silence, as a black hole is
+		// (etcdtest.Dial).
+		Dialer: etcdtest.Dial,
+		Logger: testLogger(t),
 	}
 }
 
