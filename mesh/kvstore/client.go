@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -329,25 +330,32 @@ const waitKeyRecheck = 2 * time.Second
 // connection errors until ctx is done, and then returns ctx's error. It is
 // how readers wait for sync canaries and cluster-config.
 func (c *Client) WaitKey(ctx context.Context, key string) ([]byte, error) {
+	v, _, err := c.WaitKeyRev(ctx, key)
+	return v, err
+}
+
+// WaitKeyRev is WaitKey that also returns the ModRevision of the value
+// found: the revision at which it was written.
+func (c *Client) WaitKeyRev(ctx context.Context, key string) ([]byte, int64, error) {
 	bo := newBackoff(0, 0)
 	for {
-		v, found, rev, err := c.getRev(ctx, key)
-		if err == nil && found {
-			return v, nil
+		kv, rev, err := c.getKV(ctx, key)
+		if err == nil && kv != nil {
+			return kv.Value, kv.ModRevision, nil
 		}
 		if err != nil {
 			c.logger.Debug("waiting for key", "key", key, "error", err)
 			if !bo.wait(ctx) {
-				return nil, fmt.Errorf("wait for %q: %w", key, ctx.Err())
+				return nil, 0, fmt.Errorf("wait for %q: %w", key, ctx.Err())
 			}
 			continue
 		}
 		bo.reset()
-		if v, ok := c.watchForKey(ctx, key, rev); ok {
-			return v, nil
+		if kv, ok := c.watchForKey(ctx, key, rev); ok {
+			return kv.Value, kv.ModRevision, nil
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("wait for %q: %w", key, ctx.Err())
+			return nil, 0, fmt.Errorf("wait for %q: %w", key, ctx.Err())
 		}
 	}
 }
@@ -355,7 +363,7 @@ func (c *Client) WaitKey(ctx context.Context, key string) ([]byte, error) {
 // watchForKey watches key from after rev and returns its value once it is
 // put. It gives up (false) on a watch error, a reconnect, or after
 // waitKeyRecheck, so that the caller reads the key again.
-func (c *Client) watchForKey(ctx context.Context, key string, rev int64) ([]byte, bool) {
+func (c *Client) watchForKey(ctx context.Context, key string, rev int64) (*mvccpb.KeyValue, bool) {
 	wctx, cancel := context.WithTimeout(ctx, waitKeyRecheck)
 	defer cancel()
 	reconnected := c.Reconnects(wctx)
@@ -370,24 +378,26 @@ func (c *Client) watchForKey(ctx context.Context, key string, rev int64) ([]byte
 			}
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypePut {
-					return ev.Kv.Value, true
+					return ev.Kv, true
 				}
 			}
 		}
 	}
 }
 
-func (c *Client) getRev(ctx context.Context, key string) (value []byte, found bool, rev int64, err error) {
+// getKV reads key: its KeyValue (nil if absent) and the revision of the
+// read.
+func (c *Client) getKV(ctx context.Context, key string) (*mvccpb.KeyValue, int64, error) {
 	ctx, cancel := c.requestContext(ctx)
 	defer cancel()
 	resp, err := c.etcd.Get(ctx, key)
 	if err != nil {
-		return nil, false, 0, fmt.Errorf("get %q: %w", key, err)
+		return nil, 0, fmt.Errorf("get %q: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, false, resp.Header.Revision, nil
+		return nil, resp.Header.Revision, nil
 	}
-	return resp.Kvs[0].Value, true, resp.Header.Revision, nil
+	return resp.Kvs[0], resp.Header.Revision, nil
 }
 
 // Reconnects returns a channel that is closed the first time the gRPC

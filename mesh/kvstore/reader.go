@@ -47,6 +47,10 @@ type Event struct {
 	Kind  EventKind
 	Key   string
 	Value []byte
+	// CanaryRevision, on EventSynced of a Reader with a Canary, is the
+	// ModRevision of the canary found before the list: the canary was
+	// written at that revision (and existed until at least the list).
+	CanaryRevision int64
 }
 
 // ReaderConfig configures a Reader.
@@ -127,8 +131,10 @@ func (r *Reader) session(ctx context.Context) (listed bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reconnected := r.c.Reconnects(sctx)
+	var canaryRev int64
 	if r.cfg.Canary != "" {
-		if _, err := r.c.WaitKey(sctx, r.cfg.Canary); err != nil {
+		var err error
+		if _, canaryRev, err = r.c.WaitKeyRev(sctx, r.cfg.Canary); err != nil {
 			return false, err
 		}
 	}
@@ -138,7 +144,7 @@ func (r *Reader) session(ctx context.Context) (listed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("list %q: %w", r.cfg.Prefix, err)
 	}
-	r.reconcile(resp.Kvs)
+	r.reconcile(resp.Kvs, canaryRev)
 
 	wch := r.c.etcd.Watch(clientv3.WithRequireLeader(sctx), r.cfg.Prefix,
 		clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
@@ -182,7 +188,7 @@ func (r *Reader) upsert(key string, value []byte) {
 // reconcile makes known equal to a fresh list: upserts for new and changed
 // keys first, then deletes for the stale ones, so that a consumer never
 // sees a gap where a key it had is missing before its replacement arrives.
-func (r *Reader) reconcile(kvs []*mvccpb.KeyValue) {
+func (r *Reader) reconcile(kvs []*mvccpb.KeyValue, canaryRev int64) {
 	stale := make(map[string]struct{}, len(r.known))
 	for k := range r.known {
 		stale[k] = struct{}{}
@@ -203,7 +209,7 @@ func (r *Reader) reconcile(kvs []*mvccpb.KeyValue) {
 	}
 	if !r.synced {
 		r.synced = true
-		r.handler(Event{Kind: EventSynced})
+		r.handler(Event{Kind: EventSynced, CanaryRevision: canaryRev})
 	} else {
 		r.resyncs.Add(1)
 	}

@@ -56,6 +56,9 @@ type cluster struct {
 	healthOK      bool // direct connections: kvstore.Health verdict
 	canaryOK      bool // cached connections: services canary verdict
 	canaryPresent bool
+	// canaryRev is the revision of the latest observation of the canary
+	// this session (a read's, or a watched or proven write's).
+	canaryRev int64
 	grace         *time.Timer
 	lastErr       error
 	// lossReason says why the cluster became unreachable, for the
@@ -237,6 +240,7 @@ func (c *cluster) beginSession() uint64 {
 	c.sess++
 	c.sessions++
 	c.sessReaders, c.sessSynced, c.sessEnded = false, false, false
+	c.canaryRev = 0 // a new session may read a restarted etcd
 	c.stopGraceLocked()
 	for _, st := range c.stores {
 		st.gen++
@@ -549,7 +553,7 @@ func (c *cluster) monitorCanary(ctx context.Context, client *kvstore.Client, sid
 		}
 		bo.reset()
 		// What a fresh read finds is not a deletion we saw happen.
-		c.canary(sid, len(resp.Kvs) > 0, false)
+		c.canary(sid, len(resp.Kvs) > 0, false, resp.Header.Revision)
 		wch := client.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1))
 	watch:
 		for {
@@ -561,7 +565,7 @@ func (c *cluster) monitorCanary(ctx context.Context, client *kvstore.Client, sid
 					break watch
 				}
 				for _, ev := range wr.Events {
-					c.canary(sid, ev.Type == clientv3.EventTypePut, true)
+					c.canary(sid, ev.Type == clientv3.EventTypePut, true, ev.Kv.ModRevision)
 				}
 			}
 		}
@@ -569,14 +573,36 @@ func (c *cluster) monitorCanary(ctx context.Context, client *kvstore.Client, sid
 	}
 }
 
-// canary records the services canary's presence; live says a deletion was
-// observed on a watch rather than found on a (re)read.
-func (c *cluster) canary(sid uint64, present, live bool) {
+// canary records the services canary's presence at revision rev; live
+// says a change was observed on a watch rather than found on a (re)read.
+// A read is always taken (after a restart of the local etcd revisions
+// start over); a watched change no newer than what is known is stale.
+func (c *cluster) canary(sid uint64, present, live bool, rev int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if sid != c.sess {
 		return
 	}
+	c.canaryLocked(sid, present, live, rev)
+}
+
+// canaryProvenLocked takes the services reader's proof that the canary
+// was written at rev: it lists only once the canary exists. The watch of
+// monitorCanary can lag seconds behind on a busy connection shared by many
+// clusters, and an absent read's grace must not outlast the proof that
+// the canary was written after that read.
+func (c *cluster) canaryProvenLocked(sid uint64, rev int64) {
+	if c.canaryPresent || rev <= c.canaryRev {
+		return
+	}
+	c.canaryLocked(sid, true, true, rev)
+}
+
+func (c *cluster) canaryLocked(sid uint64, present, live bool, rev int64) {
+	if live && rev <= c.canaryRev {
+		return
+	}
+	c.canaryRev = rev
 	c.canaryPresent = present
 	switch {
 	case present:

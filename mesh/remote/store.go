@@ -69,6 +69,9 @@ func (c *cluster) handle(sid uint64, r wire.Resource, ev kvstore.Event) {
 		}
 		c.sessSynced, c.current = true, true
 		c.lastErr = nil
+		if c.cached && ev.CanaryRevision > 0 {
+			c.canaryProvenLocked(sid, ev.CanaryRevision)
+		}
 		if !c.everSynced {
 			c.everSynced = true
 			c.sink.ServicesSynced(c.name)
