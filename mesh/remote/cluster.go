@@ -59,8 +59,8 @@ type cluster struct {
 	// canaryRev is the revision of the latest observation of the canary
 	// this session (a read's, or a watched or proven write's).
 	canaryRev int64
-	grace         *time.Timer
-	lastErr       error
+	grace     *time.Timer
+	lastErr   error
 	// lossReason says why the cluster became unreachable, for the
 	// RemoteLost event; lostAt is when it was lost (zero: not lost).
 	lossReason string
