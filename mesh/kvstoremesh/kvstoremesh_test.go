@@ -210,8 +210,11 @@ func TestMalformedNotCopied(t *testing.T) {
 
 // watchLog records every event under cilium/ of the local etcd from now on.
 type watchLog struct {
+	t      *testing.T
+	l      *local
 	mu     sync.Mutex
 	events []*clientv3.Event
+	rev    int64 // the revision the log has seen up to
 }
 
 func startWatchLog(t *testing.T, l *local) *watchLog {
@@ -221,7 +224,7 @@ func startWatchLog(t *testing.T, l *local) *watchLog {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	wl := &watchLog{}
+	wl := &watchLog{t: t, l: l}
 	wch := l.srv.Client().Watch(ctx, wire.Root, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 	done := make(chan struct{})
 	go func() {
@@ -229,6 +232,7 @@ func startWatchLog(t *testing.T, l *local) *watchLog {
 		for wr := range wch {
 			wl.mu.Lock()
 			wl.events = append(wl.events, wr.Events...)
+			wl.rev = max(wl.rev, wr.Header.Revision)
 			wl.mu.Unlock()
 		}
 	}()
@@ -239,7 +243,29 @@ func startWatchLog(t *testing.T, l *local) *watchLog {
 	return wl
 }
 
+// snapshot returns the events up to the local etcd's current revision at
+// least: what the test has seen in the store is in the log, however late
+// the watch delivers it.
 func (wl *watchLog) snapshot() []*clientv3.Event {
+	wl.t.Helper()
+	cli := wl.l.srv.Client()
+	resp, err := cli.Get(ctxT(wl.t), "probe")
+	if err != nil {
+		wl.t.Fatal(err)
+	}
+	testenv.Eventually(wl.t, wait, func() error {
+		wl.mu.Lock()
+		rev := wl.rev
+		wl.mu.Unlock()
+		if rev >= resp.Header.Revision {
+			return nil
+		}
+		// A progress notification carries the revision when no event does.
+		if err := cli.RequestProgress(ctxT(wl.t)); err != nil {
+			return err
+		}
+		return fmt.Errorf("watch log at revision %d, the store at %d", rev, resp.Header.Revision)
+	})
 	wl.mu.Lock()
 	defer wl.mu.Unlock()
 	return slices.Clone(wl.events)
